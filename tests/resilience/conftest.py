@@ -1,0 +1,12 @@
+"""Shared fixtures: every resilience test runs on a fake clock, never on real time."""
+
+from __future__ import annotations
+
+import pytest
+
+from sidecar.resilience import FakeClock
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
