@@ -1,0 +1,218 @@
+"""The whole configuration, `Config`, and each service's merged policies, `ServicePolicies`.
+
+The sections live in their own modules: `server` (the `server:` models), `policies` (the
+`integration:` models and the per-service partial overrides) and the `services` package (one
+model per service type). Every class and field is named after its YAML key, so
+`integration.retry_policy.max_delay` in the file is `config.integration.retry_policy.max_delay`
+in Python, and every field has a default, so an empty file (or no file) starts a working
+sidecar.
+
+Every service may override the `integration:` policies partially (`retry_policy: {max_retries:
+5}` keeps every other retry setting); `Config.policies_for(name)` returns the merged result,
+computed and validated once when the config is built.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TypeVar
+
+from pydantic import (
+    BaseModel,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails, PydanticCustomError
+
+from ._common import ConfigModel, ServiceName
+from .policies import (
+    BulkheadConfig,
+    CircuitBreakerConfig,
+    ConnectionPoolConfig,
+    IntegrationConfig,
+    RateLimitConfig,
+    RetryPolicyConfig,
+    TimeoutsConfig,
+)
+from .server import ServerConfig
+from .services import ServiceBase, ServiceConfig, default_services
+
+__all__ = ["Config", "ServicePolicies"]
+
+
+@dataclass(frozen=True, slots=True)
+class ServicePolicies:
+    """The policies one service runs with: its overrides merged over `integration:`."""
+
+    retry_policy: RetryPolicyConfig
+    circuit_breaker: CircuitBreakerConfig
+    rate_limit: RateLimitConfig | None
+    bulkhead: BulkheadConfig
+    timeouts: TimeoutsConfig
+    connection_pool: ConnectionPoolConfig
+
+
+_M = TypeVar("_M", bound=BaseModel)
+
+
+class Config(ConfigModel):
+    """The sidecar's whole configuration; `Config()` is the no-config-file default."""
+
+    server: ServerConfig = Field(default_factory=ServerConfig, description="The gRPC server.")
+    integration: IntegrationConfig = Field(
+        default_factory=IntegrationConfig, description="Policy defaults for outbound calls."
+    )
+    services: Mapping[ServiceName, ServiceConfig] = Field(
+        default_factory=default_services,
+        description="Named service instances. When absent: an in-memory cache named cache and "
+        "an in-memory pubsub named pubsub.",
+    )
+
+    _policies: dict[str, ServicePolicies] = PrivateAttr(default_factory=dict)
+
+    @field_validator("services")
+    @classmethod
+    def _one_default_per_type(
+        cls, services: Mapping[str, ServiceConfig]
+    ) -> Mapping[str, ServiceConfig]:
+        marked: dict[str, list[str]] = {}
+        for name, service in services.items():
+            if service.default:
+                marked.setdefault(service.type, []).append(name)
+        clashes = [
+            f"{len(names)} {kind} services have default: true ({', '.join(names)})"
+            for kind, names in marked.items()
+            if len(names) > 1
+        ]
+        if clashes:
+            raise PydanticCustomError(
+                "duplicate_default",
+                "{clashes}; at most one per type may",
+                {"clashes": "; ".join(clashes)},
+            )
+        return services
+
+    @model_validator(mode="after")
+    def _resolve_policies(self) -> Config:
+        """Merge every service's overrides now, so a bad combination fails at load time.
+
+        Runs only once every field is valid; the problems it finds (say a service raising
+        `min_connections` above the inherited `max_connections`) are reported at the path of
+        the service's override.
+        """
+        errors: list[InitErrorDetails] = []
+        resolved: dict[str, ServicePolicies] = {}
+        for name, service in self.services.items():
+            try:
+                resolved[name] = _resolve(self.integration, service, (name,), errors)
+            except _Unresolved:
+                continue
+        if errors:
+            raise ValidationError.from_exception_data(type(self).__name__, errors)
+        self._policies = resolved
+        return self
+
+    def policies_for(self, service_name: str) -> ServicePolicies:
+        """The fully resolved policies of one service.
+
+        Raises:
+            KeyError: no service has that name.
+        """
+        try:
+            return self._policies[service_name]
+        except KeyError:
+            raise KeyError(f"no service named {service_name!r}") from None
+
+    def default_service(self, type_name: str) -> str | None:
+        """The service that answers requests with an empty `target` for a service type.
+
+        In order: the one marked `default: true`; else the only service of that type; else the
+        one named like the type (`cache`); else None, and the caller must name a target.
+        """
+        names = [name for name, service in self.services.items() if service.type == type_name]
+        for name in names:
+            if self.services[name].default:
+                return name
+        if len(names) == 1:
+            return names[0]
+        if type_name in names:
+            return type_name
+        return None
+
+
+class _Unresolved(Exception):
+    """A service's policies could not be merged; the reasons are already in `errors`."""
+
+
+def _resolve(
+    integration: IntegrationConfig,
+    service: ServiceBase,
+    where: tuple[str],
+    errors: list[InitErrorDetails],
+) -> ServicePolicies:
+    failed = False
+
+    def merge(field: str, base: _M, override: BaseModel | None) -> _M:
+        nonlocal failed
+        if override is None:
+            return base
+        changes = override.model_dump(exclude_none=True)
+        if not changes:
+            return base
+        try:
+            return type(base).model_validate({**base.model_dump(), **changes})
+        except ValidationError as error:
+            failed = True
+            errors.extend(_rebased(error, ("services", *where, field)))
+            return base
+
+    rate_limit: RateLimitConfig | None = integration.rate_limiting.default
+    if service.rate_limit is not None:
+        if rate_limit is None:
+            try:
+                rate_limit = RateLimitConfig.model_validate(
+                    service.rate_limit.model_dump(exclude_none=True)
+                )
+            except ValidationError as error:
+                failed = True
+                errors.extend(_rebased(error, ("services", *where, "rate_limit")))
+        else:
+            rate_limit = merge("rate_limit", rate_limit, service.rate_limit)
+    elif "rate_limit" in service.model_fields_set:
+        rate_limit = None  # explicit null: this service opts out of the inherited limit
+
+    policies = ServicePolicies(
+        retry_policy=merge("retry_policy", integration.retry_policy, service.retry_policy),
+        circuit_breaker=merge(
+            "circuit_breaker", integration.circuit_breaker, service.circuit_breaker
+        ),
+        rate_limit=rate_limit,
+        bulkhead=merge("bulkhead", integration.bulkhead, service.bulkhead),
+        timeouts=merge("timeouts", integration.timeouts, service.timeouts),
+        connection_pool=merge(
+            "connection_pool", integration.connection_pools.default, service.connection_pool
+        ),
+    )
+    if failed:
+        raise _Unresolved
+    return policies
+
+
+def _rebased(error: ValidationError, prefix: tuple[str, ...]) -> list[InitErrorDetails]:
+    """Re-home a nested model's errors under `prefix`, keeping type, message and context.
+
+    Every error is re-raised as a custom error carrying its original type name and message,
+    because known pydantic error types cannot always be rebuilt from `errors()` output.
+    """
+    return [
+        InitErrorDetails(
+            type=PydanticCustomError(detail["type"], detail["msg"], detail.get("ctx")),
+            loc=(*prefix, *detail["loc"]),
+            input=detail["input"],
+        )
+        for detail in error.errors()
+    ]

@@ -1,0 +1,329 @@
+"""The `integration:` section, and the per-service partial overrides of its policies.
+
+`integration:` holds the policy defaults every service's outbound calls start from (pool,
+retry, circuit breaker, rate limit, bulkhead, timeouts) plus health checks and metrics. A
+service may override each policy partially: every field of an override is optional, and an
+absent or null field is inherited. `Config.policies_for` returns the merged result.
+
+Each override model must list exactly the fields of its full policy model, with the same
+bounds (both use the types of `_common`); a test checks the field lists match.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
+
+from ._address import HostPort
+from ._common import AtLeastOne, AtLeastZero, ConfigModel, Fraction, Multiplier, PositiveRate
+from ._units import DurationSeconds
+
+__all__ = [
+    "BulkheadConfig",
+    "BulkheadOverride",
+    "CircuitBreakerConfig",
+    "CircuitBreakerOverride",
+    "ConnectionPoolConfig",
+    "ConnectionPoolOverride",
+    "ConnectionPoolsConfig",
+    "HealthMonitoringConfig",
+    "IntegrationConfig",
+    "MetricsConfig",
+    "RateLimitConfig",
+    "RateLimitOverride",
+    "RateLimitingConfig",
+    "RetryPolicyConfig",
+    "RetryPolicyOverride",
+    "TimeoutsConfig",
+    "TimeoutsOverride",
+]
+
+# --------------------------------------------------------------------------------------------
+# integration: policy defaults for every outbound call
+# --------------------------------------------------------------------------------------------
+
+
+class ConnectionPoolConfig(ConfigModel):
+    """Connections to one upstream, kept open and reused."""
+
+    min_connections: AtLeastZero = Field(
+        default=2, description="Connections kept open while idle. Default 2."
+    )
+    max_connections: AtLeastOne = Field(
+        default=10,
+        description="Most connections open at once; must be >= min_connections. Default 10.",
+    )
+    acquire_timeout: DurationSeconds = Field(
+        default=10.0,
+        description="How long a call waits for a free connection. Default 10s.",
+    )
+    idle_timeout: DurationSeconds = Field(
+        default=300.0,
+        description="Close connections above min_connections after this idle time. Default 5m.",
+    )
+
+    @field_validator("max_connections")
+    @classmethod
+    def _max_not_below_min(cls, value: int, info: ValidationInfo) -> int:
+        low = info.data.get("min_connections")
+        if low is not None and value < low:
+            raise PydanticCustomError(
+                "max_below_min", "must be >= min_connections ({low})", {"low": low}
+            )
+        return value
+
+
+class ConnectionPoolsConfig(ConfigModel):
+    """Pool settings; `default` applies to every service unless it sets `connection_pool`."""
+
+    default: ConnectionPoolConfig = Field(
+        default_factory=ConnectionPoolConfig, description="The pool every service starts from."
+    )
+
+
+class RetryPolicyConfig(ConfigModel):
+    """Retries with exponential backoff, bounded by a retry budget (as in Envoy)."""
+
+    max_retries: AtLeastZero = Field(
+        default=3, description="Retries after the first attempt; 0 disables retry. Default 3."
+    )
+    base_delay: DurationSeconds = Field(
+        default=1.0, description="Backoff before the first retry. Default 1s."
+    )
+    max_delay: DurationSeconds = Field(
+        default=30.0,
+        description="Cap on any single backoff; must be >= base_delay. Default 30s.",
+    )
+    backoff_multiplier: Multiplier = Field(
+        default=2.0, description="Each backoff is the previous one times this. Default 2."
+    )
+    jitter: bool = Field(
+        default=True,
+        description="Randomise backoffs so many clients do not retry in lockstep. Default true.",
+    )
+    budget_ratio: Fraction = Field(
+        default=0.2,
+        description="Retries may add at most this fraction of extra load on top of first "
+        "attempts, so retries cannot turn an outage into a retry storm. Default 0.2.",
+    )
+    budget_min_retries_per_second: float = Field(
+        default=10.0,
+        ge=0,
+        description="Retries always allowed per second whatever the ratio, so low-traffic "
+        "services can still retry. Default 10.",
+    )
+
+    @field_validator("max_delay")
+    @classmethod
+    def _max_not_below_base(cls, value: float, info: ValidationInfo) -> float:
+        base = info.data.get("base_delay")
+        if base is not None and value < base:
+            raise PydanticCustomError(
+                "max_below_base", "must be >= base_delay ({base}s)", {"base": f"{base:g}"}
+            )
+        return value
+
+
+class CircuitBreakerConfig(ConfigModel):
+    """Stops calling an upstream that keeps failing, then probes it before trusting it again."""
+
+    enabled: bool = Field(default=True, description="Whether the breaker runs. Default true.")
+    failure_threshold: AtLeastOne = Field(
+        default=5, description="Consecutive failures that open the breaker. Default 5."
+    )
+    reset_timeout: DurationSeconds = Field(
+        default=30.0,
+        description="How long the breaker stays open before a half-open probe. Default 30s.",
+    )
+    monitoring_period: DurationSeconds = Field(
+        default=10.0,
+        description="Sliding window over which failure_ratio is measured. Default 10s.",
+    )
+    failure_ratio: Fraction = Field(
+        default=0.5,
+        description="Fraction of failed calls in the window that opens the breaker. Default 0.5.",
+    )
+    minimum_throughput: AtLeastOne = Field(
+        default=20,
+        description="Calls needed in the window before failure_ratio is judged, so two "
+        "failures out of three calls do not open it. Default 20.",
+    )
+    half_open_max_calls: AtLeastOne = Field(
+        default=1, description="Probe calls let through while half-open. Default 1."
+    )
+
+
+class RateLimitConfig(ConfigModel):
+    """A token bucket for calls to one upstream, with a bounded queue of waiting calls."""
+
+    requests_per_second: PositiveRate = Field(
+        description="Sustained rate the bucket refills at. Required."
+    )
+    burst_size: AtLeastOne = Field(
+        description="Bucket capacity: calls allowed at once after a quiet period. Required."
+    )
+    max_queue: AtLeastZero = Field(
+        default=1000,
+        description="Calls that may wait for a token; more are rejected with "
+        "RESOURCE_EXHAUSTED. 0 rejects at once. Default 1000.",
+    )
+
+
+class RateLimitingConfig(ConfigModel):
+    """Outbound rate limits."""
+
+    default: RateLimitConfig | None = Field(
+        default=None,
+        description="Limit for every service that sets no rate_limit of its own; null means "
+        "no outbound limit. Default null.",
+    )
+
+
+class BulkheadConfig(ConfigModel):
+    """Caps concurrent calls to one upstream, so one slow upstream cannot take every task."""
+
+    max_concurrent_calls: AtLeastOne = Field(
+        default=100, description="Calls in flight at once. Default 100."
+    )
+    max_queued_calls: AtLeastZero = Field(
+        default=100,
+        description="Calls waiting for a slot; more are rejected with RESOURCE_EXHAUSTED. "
+        "Default 100.",
+    )
+
+
+class TimeoutsConfig(ConfigModel):
+    """Upper bounds for outbound calls; the caller's gRPC deadline can only shorten them."""
+
+    connect: DurationSeconds = Field(
+        default=10.0, description="Establishing a connection. Default 10s."
+    )
+    request: DurationSeconds = Field(
+        default=30.0, description="One whole call, retries included. Default 30s."
+    )
+    read: DurationSeconds = Field(
+        default=30.0, description="Waiting for the next bytes of a response. Default 30s."
+    )
+
+
+class HealthMonitoringConfig(ConfigModel):
+    """Background health checks that drive the per-service gRPC health status."""
+
+    check_interval: DurationSeconds = Field(
+        default=30.0, description="Time between checks of one service. Default 30s."
+    )
+    timeout: DurationSeconds = Field(default=5.0, description="Limit on one check. Default 5s.")
+    consecutive_failures: AtLeastOne = Field(
+        default=3,
+        description="Failed checks in a row before the service is reported NOT_SERVING. Default 3.",
+    )
+
+
+class MetricsConfig(ConfigModel):
+    """OpenTelemetry metrics."""
+
+    enabled: bool = Field(default=True, description="Record metrics. Default true.")
+    export_interval: DurationSeconds = Field(
+        default=15.0, description="How often metrics are exported. Default 15s."
+    )
+    retention_period: DurationSeconds = Field(
+        default=7 * 86400.0, description="How long exported metrics are kept. Default 7d."
+    )
+    prometheus_listen: HostPort | None = Field(
+        default=None,
+        description="host:port to serve Prometheus /metrics on (e.g. 127.0.0.1:9464); null "
+        "serves nothing. Default null.",
+    )
+
+
+class IntegrationConfig(ConfigModel):
+    """Policy defaults applied to every service's outbound calls."""
+
+    connection_pools: ConnectionPoolsConfig = Field(
+        default_factory=ConnectionPoolsConfig, description="Connection pool defaults."
+    )
+    retry_policy: RetryPolicyConfig = Field(
+        default_factory=RetryPolicyConfig, description="Retry defaults."
+    )
+    circuit_breaker: CircuitBreakerConfig = Field(
+        default_factory=CircuitBreakerConfig, description="Circuit breaker defaults."
+    )
+    rate_limiting: RateLimitingConfig = Field(
+        default_factory=RateLimitingConfig, description="Outbound rate limit defaults."
+    )
+    bulkhead: BulkheadConfig = Field(
+        default_factory=BulkheadConfig, description="Concurrency limit defaults."
+    )
+    timeouts: TimeoutsConfig = Field(
+        default_factory=TimeoutsConfig, description="Timeout defaults."
+    )
+    health_monitoring: HealthMonitoringConfig = Field(
+        default_factory=HealthMonitoringConfig, description="Health check settings."
+    )
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig, description="Metrics settings.")
+
+
+# --------------------------------------------------------------------------------------------
+# Per-service partial overrides: every field optional, null or absent means "inherit".
+# --------------------------------------------------------------------------------------------
+
+_INHERIT = "Inherited from integration when absent or null."
+
+
+class ConnectionPoolOverride(ConfigModel):
+    """Overrides `integration.connection_pools.default` for one service."""
+
+    min_connections: AtLeastZero | None = Field(default=None, description=_INHERIT)
+    max_connections: AtLeastOne | None = Field(default=None, description=_INHERIT)
+    acquire_timeout: DurationSeconds | None = Field(default=None, description=_INHERIT)
+    idle_timeout: DurationSeconds | None = Field(default=None, description=_INHERIT)
+
+
+class RetryPolicyOverride(ConfigModel):
+    """Overrides `integration.retry_policy` for one service."""
+
+    max_retries: AtLeastZero | None = Field(default=None, description=_INHERIT)
+    base_delay: DurationSeconds | None = Field(default=None, description=_INHERIT)
+    max_delay: DurationSeconds | None = Field(default=None, description=_INHERIT)
+    backoff_multiplier: Multiplier | None = Field(default=None, description=_INHERIT)
+    jitter: bool | None = Field(default=None, description=_INHERIT)
+    budget_ratio: Fraction | None = Field(default=None, description=_INHERIT)
+    budget_min_retries_per_second: float | None = Field(default=None, ge=0, description=_INHERIT)
+
+
+class CircuitBreakerOverride(ConfigModel):
+    """Overrides `integration.circuit_breaker` for one service."""
+
+    enabled: bool | None = Field(default=None, description=_INHERIT)
+    failure_threshold: AtLeastOne | None = Field(default=None, description=_INHERIT)
+    reset_timeout: DurationSeconds | None = Field(default=None, description=_INHERIT)
+    monitoring_period: DurationSeconds | None = Field(default=None, description=_INHERIT)
+    failure_ratio: Fraction | None = Field(default=None, description=_INHERIT)
+    minimum_throughput: AtLeastOne | None = Field(default=None, description=_INHERIT)
+    half_open_max_calls: AtLeastOne | None = Field(default=None, description=_INHERIT)
+
+
+class RateLimitOverride(ConfigModel):
+    """Overrides `integration.rate_limiting.default` for one service.
+
+    With no default to inherit from, `requests_per_second` and `burst_size` must both be set.
+    """
+
+    requests_per_second: PositiveRate | None = Field(default=None, description=_INHERIT)
+    burst_size: AtLeastOne | None = Field(default=None, description=_INHERIT)
+    max_queue: AtLeastZero | None = Field(default=None, description=_INHERIT)
+
+
+class BulkheadOverride(ConfigModel):
+    """Overrides `integration.bulkhead` for one service."""
+
+    max_concurrent_calls: AtLeastOne | None = Field(default=None, description=_INHERIT)
+    max_queued_calls: AtLeastZero | None = Field(default=None, description=_INHERIT)
+
+
+class TimeoutsOverride(ConfigModel):
+    """Overrides `integration.timeouts` for one service."""
+
+    connect: DurationSeconds | None = Field(default=None, description=_INHERIT)
+    request: DurationSeconds | None = Field(default=None, description=_INHERIT)
+    read: DurationSeconds | None = Field(default=None, description=_INHERIT)

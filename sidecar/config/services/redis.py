@@ -1,0 +1,69 @@
+"""`RedisConnectionSettings`: where a `backend: redis` service finds its Redis server.
+
+The keys sit directly on the service, as in the specification's example:
+
+    services:
+      redis:
+        type: cache
+        backend: redis
+        host: localhost
+        port: 6379
+        database: 0
+        password: ${REDIS_PASSWORD}
+
+The cache and pub/sub models both inherit these fields; the memory backend ignores them.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field, SecretStr
+
+from .._common import AtLeastZero, ConfigModel
+
+__all__ = ["RedisConnectionSettings"]
+
+
+class RedisConnectionSettings(ConfigModel):
+    """How to connect to Redis, for services with `backend: redis`.
+
+    The connection pool is not configured here: its size is the service's
+    `connection_pool.max_connections`, merged over `integration.connection_pools.default` and
+    read from `Config.policies_for(name).connection_pool`, like every other upstream's pool.
+    """
+
+    host: str = Field(
+        default="127.0.0.1",
+        description="Redis host name or IP address (backend: redis only). The client's pool "
+        "size is the service's connection_pool.max_connections. Default 127.0.0.1.",
+    )
+    port: int = Field(
+        default=6379,
+        ge=1,
+        le=65535,
+        description="Redis TCP port, 1-65535 (backend: redis only). Default 6379.",
+    )
+    database: AtLeastZero = Field(
+        default=0,
+        description="Redis logical database number, SELECTed on connect (backend: redis "
+        "only). Default 0.",
+    )
+    username: str | None = Field(
+        default=None,
+        description="Redis ACL user name (Redis 6+); null authenticates with the password "
+        "alone, as the default user (backend: redis only). Default null.",
+    )
+    password: SecretStr | None = Field(
+        default=None,
+        description="Redis password; write it as a ${ENV} reference, never in the file. It "
+        "never appears in repr, logs or dumps. Null means no AUTH (backend: redis only). "
+        "Default null.",
+    )
+    tls: bool = Field(
+        default=False,
+        description="Connect with TLS (rediss://) (backend: redis only). Default false.",
+    )
+    key_prefix: str = Field(
+        default="",
+        description="Prepended to every key and channel this service uses, so several apps can "
+        "share one Redis without clashing (backend: redis only). Default '' (no prefix).",
+    )
