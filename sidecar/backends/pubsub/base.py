@@ -1,0 +1,256 @@
+"""The pub/sub capability: domain types, the `PubSubBackend` protocol, and glob matching.
+
+The model is Redis pub/sub: fire-and-forget messages on named channels, subscribers by exact
+channel or by glob pattern, no persistence (a message reaches only the subscriptions that exist
+when it is published). Unlike raw Redis, a slow subscriber never makes memory grow: each
+subscription has a bounded buffer, and overflow drops the oldest buffered messages and reports
+how many as a `Dropped` event.
+
+Delivery rule (Redis's): a subscription receives one `Message` per matching entry it holds. A
+subscription to channel `news` and to pattern `n*` receives a message on `news` twice, once
+with `pattern=None` and once with `pattern="n*"`, and `publish` counts both deliveries.
+
+Usage:
+
+    subscription = await broker.subscribe(["orders"], ["news.*"], buffer_size=256)
+    try:
+        async for event in subscription:
+            if isinstance(event, Dropped):
+                log.warning("lost %d messages", event.count)
+            else:
+                handle(event.channel, event.payload)
+    finally:
+        await subscription.close()
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, TypeAlias
+
+__all__ = [
+    "Dropped",
+    "GlobPattern",
+    "Message",
+    "PubSubBackend",
+    "Subscription",
+    "SubscriptionEvent",
+    "compile_glob",
+    "glob_match",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One published message, as one subscription receives it.
+
+    Attributes:
+        channel: the channel it was published on.
+        payload: the opaque bytes published.
+        metadata: string pairs published with it (read-only).
+        pattern: the subscribed pattern that matched, or None if delivered for the channel.
+        published_at: wall-clock time of publishing, seconds since the epoch.
+    """
+
+    channel: str
+    payload: bytes
+    metadata: Mapping[str, str]
+    pattern: str | None
+    published_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Dropped:
+    """`count` messages were dropped for this subscription since its previous event.
+
+    They were the oldest buffered ones: the subscriber read too slowly and its buffer filled.
+    The messages after this event are the newer ones that were kept, in order.
+    """
+
+    count: int
+
+
+SubscriptionEvent: TypeAlias = Message | Dropped
+
+
+class Subscription(Protocol):
+    """An open subscription: iterate it for events; close it to free it.
+
+    Iteration yields events in publishing order and ends when the subscription is closed (by
+    `close`, or by the broker's `close`); messages still buffered then are discarded. If the
+    task iterating it is cancelled, or the iterator is closed, the subscription closes too.
+    Whoever subscribes must close it, for example in a `finally`; a subscription never
+    iterated stays open until then.
+    """
+
+    def __aiter__(self) -> AsyncIterator[SubscriptionEvent]:
+        """Events as they arrive; waits while there are none; ends once closed."""
+        ...
+
+    async def close(self) -> None:
+        """Unsubscribe, end the iteration and free the buffer; idempotent."""
+        ...
+
+    @property
+    def dropped_total(self) -> int:
+        """Messages dropped for this subscription since it was made."""
+        ...
+
+
+class PubSubBackend(Protocol):
+    """Publish to channels; subscribe to channels and glob patterns (Redis semantics).
+
+    `publish` and `subscribe` raise `Unavailable` if the backend is unreachable or closed.
+    """
+
+    async def publish(
+        self, channel: str, payload: bytes, metadata: Mapping[str, str] | None = None
+    ) -> int:
+        """Send a message to every current subscriber; return the number of deliveries.
+
+        Deliveries are counted as Redis `PUBLISH` counts receivers: one per subscription per
+        matching channel or pattern (see the module docstring).
+        """
+        ...
+
+    async def subscribe(
+        self, channels: Sequence[str], patterns: Sequence[str], *, buffer_size: int
+    ) -> Subscription:
+        """Subscribe to exact channels and glob patterns (at least one of either).
+
+        Returns once the subscription is active: every message published after that is
+        delivered to it. Repeated channels or patterns count once. `buffer_size` (>= 1) is how
+        many undelivered messages it holds before dropping the oldest.
+        """
+        ...
+
+    async def ping(self) -> None:
+        """Return if the backend can serve requests, else raise `Unavailable`."""
+        ...
+
+    async def close(self) -> None:
+        """Close every subscription (their iterations end cleanly) and the backend."""
+        ...
+
+    def subscriber_count(self) -> int:
+        """Subscriptions currently open through this backend."""
+        ...
+
+
+# -- glob patterns -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class GlobPattern:
+    """A Redis glob pattern compiled to a regular expression; see `glob_match`."""
+
+    pattern: str
+    _regex: re.Pattern[bytes] = field(repr=False, compare=False)
+
+    def matches(self, channel: str) -> bool:
+        """Whether `channel` matches this pattern."""
+        if not channel:
+            # Redis's matcher stops as soon as the string is exhausted, so the empty channel
+            # matches only the empty pattern (not even "*").
+            return not self.pattern
+        return self._regex.fullmatch(channel.encode()) is not None
+
+
+@functools.lru_cache(maxsize=1024)
+def compile_glob(pattern: str) -> GlobPattern:
+    """Compile a Redis glob pattern (cached: compiling the same pattern again is free)."""
+    return GlobPattern(pattern, re.compile(_translate(pattern.encode()), re.DOTALL))
+
+
+def glob_match(pattern: str, channel: str) -> bool:
+    """Whether `channel` matches the Redis glob `pattern` (as PSUBSCRIBE and KEYS match).
+
+    - `*` any run of bytes, `?` any one byte;
+    - `[abc]` one of, `[^abc]` none of, `[a-z]` a range (reversed ends are swapped);
+      inside brackets `\\x` is a literal `x`, and a missing `]` closes at the end;
+    - `\\x` a literal `x` (a trailing lone `\\` is literal);
+    - case-sensitive, everything else literal.
+
+    Like Redis, matching is on the UTF-8 bytes: `?` matches one byte, so `?` does not match
+    `é` but `??` does.
+    """
+    return compile_glob(pattern).matches(channel)
+
+
+def _class_regex(negated: bool, singles: list[int], ranges: list[tuple[int, int]]) -> bytes:
+    items = b"".join(b"\\x%02x" % byte for byte in singles) + b"".join(
+        b"\\x%02x-\\x%02x" % pair for pair in ranges
+    )
+    if not items:
+        return b"." if negated else b"(?!)"  # "[^]" matches any byte, "[]" none
+    return b"[" + (b"^" if negated else b"") + items + b"]"
+
+
+def _tokens(pattern: bytes) -> list[bytes | None]:
+    """Split a pattern into one-byte regexes and None for `*`, parsing as Redis does."""
+    tokens: list[bytes | None] = []
+    i, n = 0, len(pattern)
+    while i < n:
+        char = pattern[i]
+        if char == ord("*"):
+            if not tokens or tokens[-1] is not None:
+                tokens.append(None)
+            i += 1
+        elif char == ord("?"):
+            tokens.append(b".")
+            i += 1
+        elif char == ord("["):
+            i += 1
+            negated = i < n and pattern[i] == ord("^")
+            if negated:
+                i += 1
+            singles: list[int] = []
+            ranges: list[tuple[int, int]] = []
+            while True:
+                if i + 1 < n and pattern[i] == ord("\\"):
+                    singles.append(pattern[i + 1])
+                    i += 2
+                elif i >= n:
+                    break  # unterminated: the class ends with the pattern
+                elif pattern[i] == ord("]"):
+                    i += 1
+                    break
+                elif i + 2 < n and pattern[i + 1] == ord("-"):
+                    low, high = sorted((pattern[i], pattern[i + 2]))
+                    ranges.append((low, high))
+                    i += 3
+                else:
+                    singles.append(pattern[i])
+                    i += 1
+            tokens.append(_class_regex(negated, singles, ranges))
+        else:
+            if char == ord("\\") and i + 1 < n:
+                i += 1
+            tokens.append(re.escape(pattern[i : i + 1]))
+            i += 1
+    return tokens
+
+
+def _translate(pattern: bytes) -> bytes:
+    """A regex for `fullmatch` equivalent to the glob, free of catastrophic backtracking.
+
+    Every token but `*` matches exactly one byte, so between two stars the leftmost match of
+    the fixed-length segment is always the best choice; an atomic group `(?>.*?segment)`
+    commits to it, which keeps matching O(len(pattern) * len(channel)) like Redis's matcher
+    instead of exponential in the number of stars.
+    """
+    segments: list[list[bytes]] = [[]]
+    for token in _tokens(pattern):
+        if token is None:
+            segments.append([])
+        else:
+            segments[-1].append(token)
+    if len(segments) == 1:
+        return b"".join(segments[0])
+    head, *middle, tail = (b"".join(segment) for segment in segments)
+    return (
+        head + b"".join(b"(?>.*?" + segment + b")" for segment in middle if segment) + b".*" + tail
+    )

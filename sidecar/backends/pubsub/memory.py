@@ -1,0 +1,198 @@
+"""`MemoryBroker`: the pub/sub capability inside one process, with Redis semantics.
+
+`publish` fans a message out synchronously into the bounded buffer of every matching
+subscription (a deque plus an `asyncio.Event` to wake the reader), so per-subscriber order is
+publishing order and a slow reader costs at most `buffer_size` messages of memory. A full
+buffer drops its oldest message and counts it; the reader then gets `Dropped(count)` before
+the newer messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from types import MappingProxyType
+
+from sidecar.backends.pubsub.base import (
+    Dropped,
+    GlobPattern,
+    Message,
+    PubSubBackend,
+    Subscription,
+    SubscriptionEvent,
+    compile_glob,
+)
+from sidecar.errors import Unavailable
+
+__all__ = ["MemoryBroker"]
+
+
+class _MemorySubscription(Subscription):
+    def __init__(
+        self,
+        channels: tuple[str, ...],
+        patterns: tuple[GlobPattern, ...],
+        buffer_size: int,
+        on_close: Callable[[_MemorySubscription], None],
+    ) -> None:
+        self.channels = channels
+        self.patterns = patterns
+        self._buffer_size = buffer_size
+        self._on_close = on_close
+        self._buffer: deque[Message] = deque()
+        self._unreported_drops = 0
+        self._dropped_total = 0
+        self._wakeup = asyncio.Event()
+        self._closed = False
+
+    @property
+    def dropped_total(self) -> int:
+        return self._dropped_total
+
+    def buffered(self) -> int:
+        """Messages waiting to be read (for tests: it never exceeds the buffer size)."""
+        return len(self._buffer)
+
+    def __aiter__(self) -> AsyncIterator[SubscriptionEvent]:
+        return self._events()
+
+    async def _events(self) -> AsyncIterator[SubscriptionEvent]:
+        try:
+            while True:
+                if self._unreported_drops:
+                    count, self._unreported_drops = self._unreported_drops, 0
+                    yield Dropped(count)
+                elif self._buffer:
+                    yield self._buffer.popleft()
+                elif self._closed:
+                    return
+                else:
+                    self._wakeup.clear()
+                    await self._wakeup.wait()
+        finally:
+            # Runs on cancellation of the reading task (CancelledError propagates on after
+            # it), on aclose() of this iterator, and when it ends: the subscription never
+            # outlives its reader.
+            self._close_now()
+
+    async def close(self) -> None:
+        self._close_now()
+
+    def deliver(self, message: Message) -> None:
+        if len(self._buffer) >= self._buffer_size:
+            self._buffer.popleft()
+            self._unreported_drops += 1
+            self._dropped_total += 1
+        self._buffer.append(message)
+        self._wakeup.set()
+
+    def _close_now(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._buffer.clear()
+        self._unreported_drops = 0
+        self._on_close(self)
+        self._wakeup.set()
+
+
+class MemoryBroker(PubSubBackend):
+    """A `PubSubBackend` within one process.
+
+    Args:
+        clock_wall: wall-clock seconds for `Message.published_at`; tests inject a fake.
+            Default `time.time`.
+
+    Usage:
+
+        broker = MemoryBroker()
+        subscription = await broker.subscribe([], ["orders.*"], buffer_size=100)
+        await broker.publish("orders.eu", b"{...}", {"content-type": "application/json"})
+    """
+
+    def __init__(self, *, clock_wall: Callable[[], float] = time.time) -> None:
+        self._clock_wall = clock_wall
+        # Dicts used as ordered sets, so delivery order across subscriptions is deterministic.
+        self._subscriptions: dict[_MemorySubscription, None] = {}
+        self._by_channel: dict[str, dict[_MemorySubscription, None]] = {}
+        self._by_pattern: dict[str, tuple[GlobPattern, dict[_MemorySubscription, None]]] = {}
+        self._closed = False
+
+    async def publish(
+        self, channel: str, payload: bytes, metadata: Mapping[str, str] | None = None
+    ) -> int:
+        self._check_open()
+        # One read-only copy shared by every delivery: no subscriber can alter another's.
+        shared_metadata = MappingProxyType(dict(metadata or {}))
+        payload = bytes(payload)
+        published_at = self._clock_wall()
+        matched: dict[_MemorySubscription, list[str | None]] = {
+            subscription: [None] for subscription in self._by_channel.get(channel, {})
+        }
+        for pattern, (glob, subscriptions) in self._by_pattern.items():
+            if glob.matches(channel):
+                for subscription in subscriptions:
+                    matched.setdefault(subscription, []).append(pattern)
+        deliveries = 0
+        for subscription, reasons in matched.items():
+            for matched_pattern in reasons:
+                subscription.deliver(
+                    Message(channel, payload, shared_metadata, matched_pattern, published_at)
+                )
+                deliveries += 1
+        return deliveries
+
+    async def subscribe(
+        self, channels: Sequence[str], patterns: Sequence[str], *, buffer_size: int
+    ) -> Subscription:
+        self._check_open()
+        if buffer_size < 1:
+            raise ValueError(f"buffer_size must be >= 1, got {buffer_size}")
+        unique_channels = tuple(dict.fromkeys(channels))
+        unique_patterns = tuple(dict.fromkeys(patterns))
+        if not unique_channels and not unique_patterns:
+            raise ValueError("subscribe needs at least one channel or pattern")
+        subscription = _MemorySubscription(
+            unique_channels,
+            tuple(compile_glob(pattern) for pattern in unique_patterns),
+            buffer_size,
+            self._unregister,
+        )
+        self._subscriptions[subscription] = None
+        for channel in unique_channels:
+            self._by_channel.setdefault(channel, {})[subscription] = None
+        for glob in subscription.patterns:
+            self._by_pattern.setdefault(glob.pattern, (glob, {}))[1][subscription] = None
+        return subscription
+
+    async def ping(self) -> None:
+        self._check_open()
+
+    async def close(self) -> None:
+        self._closed = True
+        for subscription in list(self._subscriptions):
+            await subscription.close()
+
+    def subscriber_count(self) -> int:
+        return len(self._subscriptions)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise Unavailable("the in-memory broker is closed", reason="BACKEND_CLOSED")
+
+    def _unregister(self, subscription: _MemorySubscription) -> None:
+        self._subscriptions.pop(subscription, None)
+        for channel in subscription.channels:
+            subscribers = self._by_channel.get(channel)
+            if subscribers is not None:
+                subscribers.pop(subscription, None)
+                if not subscribers:
+                    del self._by_channel[channel]
+        for glob in subscription.patterns:
+            entry = self._by_pattern.get(glob.pattern)
+            if entry is not None:
+                entry[1].pop(subscription, None)
+                if not entry[1]:
+                    del self._by_pattern[glob.pattern]

@@ -1,0 +1,49 @@
+"""Pin the public surface of the backend packages: servicers are written against it."""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+
+EXPORTS = {
+    "sidecar.backends.cache": [
+        "CacheBackend",
+        "CacheOp",
+        "DeleteOp",
+        "ExistsOp",
+        "ExpireOp",
+        "GetOp",
+        "IncrementOp",
+        "ListEnd",
+        "MemoryCache",
+        "OpResult",
+        "SetCondition",
+        "SetOp",
+        "check_ttl",
+        "run_batch_sequentially",
+    ],
+    "sidecar.backends.pubsub": [
+        "Dropped",
+        "GlobPattern",
+        "MemoryBroker",
+        "Message",
+        "PubSubBackend",
+        "Subscription",
+        "SubscriptionEvent",
+        "compile_glob",
+        "glob_match",
+    ],
+}
+
+
+@pytest.mark.parametrize("module_name", sorted(EXPORTS))
+def test_package_exports_exactly_the_pinned_names(module_name: str) -> None:
+    module = importlib.import_module(module_name)
+    assert module.__all__ == EXPORTS[module_name]
+
+
+@pytest.mark.parametrize("module_name", sorted(EXPORTS))
+def test_every_exported_name_exists(module_name: str) -> None:
+    module = importlib.import_module(module_name)
+    assert [name for name in module.__all__ if not hasattr(module, name)] == []
