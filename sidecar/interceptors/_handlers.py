@@ -1,0 +1,69 @@
+"""Build gRPC method handlers of the same kind as a given one (unary or streaming on either
+side), so an interceptor can wrap or replace any handler without caring about its shape."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeAlias
+
+import grpc
+
+__all__ = ["Continuation", "Handler", "rejecting_handler", "replace_behavior"]
+
+Behavior = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Any]
+# grpc.RpcMethodHandler is generic only in the type stubs, hence the string aliases.
+Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
+Continuation: TypeAlias = "Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]]"
+_FACTORIES = {
+    "unary_unary": grpc.unary_unary_rpc_method_handler,
+    "unary_stream": grpc.unary_stream_rpc_method_handler,
+    "stream_unary": grpc.stream_unary_rpc_method_handler,
+    "stream_stream": grpc.stream_stream_rpc_method_handler,
+}
+
+
+def kind_of(handler: Handler) -> str:
+    """The handler's kind: unary_unary, unary_stream, stream_unary or stream_stream."""
+    if handler.request_streaming:
+        return "stream_stream" if handler.response_streaming else "stream_unary"
+    return "unary_stream" if handler.response_streaming else "unary_unary"
+
+
+def behavior_of(handler: Handler) -> Behavior:
+    """The servicer function a handler calls."""
+    behavior: Behavior = getattr(handler, kind_of(handler))
+    return behavior
+
+
+def replace_behavior(handler: Handler, behavior: Behavior) -> Handler:
+    """A handler like `handler` (same kind and (de)serializers) that calls `behavior`."""
+    factory: Any = _FACTORIES[kind_of(handler)]
+    result: Handler = factory(
+        behavior,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
+    return result
+
+
+def rejecting_handler(handler: Handler, error: Callable[[], BaseException]) -> Handler:
+    """A handler like `handler` that raises `error()` instead of serving the call; the
+    error-mapping layer then answers it like any other domain error."""
+    if handler.response_streaming:
+
+        async def reject_stream(_request: Any, _context: Any) -> AsyncIterator[Any]:
+            raise error()
+            yield  # pragma: no cover - makes this an async generator
+
+        return replace_behavior(handler, reject_stream)
+
+    async def reject(_request: Any, _context: Any) -> Awaitable[Any]:
+        raise error()
+
+    return replace_behavior(handler, reject)
+
+
+def is_async_generator(behavior: Behavior) -> bool:
+    """True when a streaming behavior yields its responses rather than calling write()."""
+    return inspect.isasyncgenfunction(behavior)

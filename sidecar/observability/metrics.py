@@ -1,0 +1,71 @@
+"""The specification's request metrics through the OpenTelemetry SDK.
+
+`integration_requests_total{service, operation, status}` counts every RPC and
+`integration_request_duration_seconds{service, operation}` times it; `service` is the
+integration (target) that served the call, or the gRPC service when none did.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from opentelemetry.metrics import Meter
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import MetricReader
+
+__all__ = ["DURATION_BUCKETS", "Metrics", "build_meter_provider"]
+
+DURATION_BUCKETS: Sequence[float] = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+)
+_MAX_CACHED_LABEL_SETS = 4096
+
+
+def build_meter_provider(readers: Sequence[MetricReader]) -> MeterProvider:
+    """A MeterProvider exporting to `readers` (Prometheus, in-memory in tests)."""
+    return MeterProvider(metric_readers=list(readers))
+
+
+class Metrics:
+    """Request metrics; label dicts are built once per label set to keep the hot path cheap."""
+
+    def __init__(self, meter: Meter) -> None:
+        self._requests = meter.create_counter(
+            "integration_requests_total", unit="1", description="Integration requests served"
+        )
+        self._duration = meter.create_histogram(
+            "integration_request_duration_seconds",
+            unit="s",
+            description="Integration request duration",
+            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
+        )
+        self._labels: dict[tuple[str, str, str], tuple[Mapping[str, str], Mapping[str, str]]] = {}
+
+    def record_request(self, service: str, operation: str, status: str, seconds: float) -> None:
+        """Count one finished request and record how long it took."""
+        key = (service, operation, status)
+        labels = self._labels.get(key)
+        if labels is None:
+            if len(self._labels) >= _MAX_CACHED_LABEL_SETS:
+                self._labels.clear()
+            labels = (
+                {"service": service, "operation": operation, "status": status},
+                {"service": service, "operation": operation},
+            )
+            self._labels[key] = labels
+        self._requests.add(1, labels[0])
+        self._duration.record(seconds, labels[1])

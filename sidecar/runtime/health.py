@@ -1,0 +1,108 @@
+"""Feed the standard gRPC health service from backend probes.
+
+Every `check_interval` each backend is pinged with a timeout; after `consecutive_failures`
+failed probes its integration turns NOT_SERVING, and one good probe turns it back. Health
+names: "" (the process), each gRPC service (following its default integration), and each
+integration by name, so a probe can watch one dependency.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from grpc_health.v1 import health, health_pb2
+
+from sidecar.runtime.integrations import Integration, Integrations
+
+__all__ = ["HealthMonitor"]
+
+_log = logging.getLogger("sidecar.health")
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+class HealthMonitor:
+    """Probe backends and publish their health.
+
+    Args:
+        integrations: what to probe.
+        servicer: the aio health servicer to update.
+        services_by_type: gRPC service name of each capability type.
+        check_interval, timeout, consecutive_failures: the `integration.health_monitoring` settings.
+    """
+
+    def __init__(
+        self,
+        integrations: Integrations,
+        servicer: health.aio.HealthServicer,
+        services_by_type: Mapping[str, str],
+        *,
+        check_interval: float,
+        timeout: float,
+        consecutive_failures: int,
+    ) -> None:
+        self._integrations = integrations
+        self._servicer = servicer
+        self._services_by_type = dict(services_by_type)
+        self._interval = check_interval
+        self._timeout = timeout
+        self._threshold = consecutive_failures
+        self._failures: dict[str, int] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    async def publish_initial(self) -> None:
+        """Mark everything SERVING before the first probe (backends are built lazily)."""
+        await self._servicer.set("", SERVING)
+        for service in self._services_by_type.values():
+            await self._servicer.set(service, SERVING)
+        for item in self._integrations:
+            await self._servicer.set(item.name, SERVING)
+
+    def start(self) -> None:
+        """Probe in the background until `stop`."""
+        self._task = asyncio.create_task(self._run(), name="health-monitor")
+
+    async def stop(self) -> None:
+        """Stop probing."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def check_once(self) -> None:
+        """Probe every integration once and publish the result."""
+        await asyncio.gather(*(self._probe(item) for item in self._integrations))
+        for type_name, service in self._services_by_type.items():
+            try:
+                default = self._integrations.resolve(type_name, "")
+            except Exception:
+                continue
+            await self._servicer.set(service, SERVING if default.healthy else NOT_SERVING)
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            await self.check_once()
+
+    async def _probe(self, item: Integration[Any]) -> None:
+        try:
+            await asyncio.wait_for(item.backend.ping(), self._timeout)
+        except Exception as exc:
+            failures = self._failures.get(item.name, 0) + 1
+            self._failures[item.name] = failures
+            if failures >= self._threshold and item.healthy:
+                item.healthy = False
+                _log.warning(
+                    "integration unhealthy", extra={"integration": item.name, "error": repr(exc)}
+                )
+                await self._servicer.set(item.name, NOT_SERVING)
+            return
+        self._failures[item.name] = 0
+        if not item.healthy:
+            item.healthy = True
+            _log.info("integration healthy again", extra={"integration": item.name})
+            await self._servicer.set(item.name, SERVING)

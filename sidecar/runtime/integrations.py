@@ -1,0 +1,119 @@
+"""Build one live integration per configured service: its backend, the resilience pipeline
+guarding it, and the lookup by target name that servicers use."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from sidecar.backends.registry import create_backend
+from sidecar.config import Config
+from sidecar.errors import NotFound
+from sidecar.resilience import SYSTEM_CLOCK, Clock, Pipeline
+from sidecar.runtime.classify import classify
+from sidecar.runtime.policies import pipeline_options
+
+__all__ = ["Integration", "Integrations", "build_integrations"]
+
+B = TypeVar("B")
+_log = logging.getLogger("sidecar.runtime")
+
+
+@dataclass(eq=False)
+class Integration(Generic[B]):
+    """One configured service instance, ready to serve calls."""
+
+    name: str
+    type: str
+    backend_name: str
+    backend: B
+    pipeline: Pipeline
+    settings: Any
+    is_default: bool
+    healthy: bool = True
+
+
+class Integrations:
+    """The integrations by name, with the default instance of each capability type."""
+
+    def __init__(self, items: Sequence[Integration[Any]]) -> None:
+        self._by_name = {item.name: item for item in items}
+        self._defaults = {item.type: item for item in items if item.is_default}
+        self._by_type_and_name = {(item.type, item.name): item for item in items}
+
+    def resolve(self, type_name: str, target: str) -> Integration[Any]:
+        """The integration of `type_name` called `target` (empty: the default one).
+
+        Raises:
+            NotFound: no such integration of that type is configured (TARGET_NOT_FOUND).
+        """
+        found = (
+            self._by_type_and_name.get((type_name, target))
+            if target
+            else self._defaults.get(type_name)
+        )
+        if found is None:
+            shown = target or "(default)"
+            raise NotFound(
+                f"no {type_name} integration named {shown!r} is configured",
+                reason="TARGET_NOT_FOUND",
+                metadata={"target": shown, "type": type_name},
+            )
+        return found
+
+    def get(self, name: str) -> Integration[Any] | None:
+        """The integration called `name`, of any type."""
+        return self._by_name.get(name)
+
+    def __iter__(self) -> Iterator[Integration[Any]]:
+        return iter(sorted(self._by_name.values(), key=lambda item: item.name))
+
+    def __len__(self) -> int:
+        return len(self._by_name)
+
+    def types(self) -> set[str]:
+        """Capability types with at least one integration."""
+        return {item.type for item in self._by_name.values()}
+
+    async def close(self) -> None:
+        """Close every backend; one failing close does not stop the others."""
+        results = await asyncio.gather(
+            *(item.backend.close() for item in self._by_name.values()), return_exceptions=True
+        )
+        for item, result in zip(self._by_name.values(), results, strict=True):
+            if isinstance(result, BaseException):
+                _log.warning(
+                    "closing integration failed",
+                    extra={"integration": item.name, "error": repr(result)},
+                )
+
+
+def build_integrations(config: Config, clock: Clock = SYSTEM_CLOCK) -> Integrations:
+    """Create every configured backend and its pipeline (no network I/O happens here)."""
+    items: list[Integration[Any]] = []
+    defaults = {
+        type_name: config.default_service(type_name)
+        for type_name in {service.type for service in config.services.values()}
+    }
+    for name, service in config.services.items():
+        pipeline = Pipeline(
+            name,
+            pipeline_options(config.policies_for(name)),
+            clock=clock,
+            classify=classify,
+        )
+        items.append(
+            Integration(
+                name=name,
+                type=service.type,
+                backend_name=service.backend,
+                backend=create_backend(service),
+                pipeline=pipeline,
+                settings=service,
+                is_default=defaults.get(service.type) == name,
+            )
+        )
+    return Integrations(items)

@@ -1,0 +1,270 @@
+"""Start-up, the grpc.aio server, and graceful shutdown.
+
+`start_server` builds everything inside the running loop and returns a handle; `serve` runs
+until SIGTERM or SIGINT, then: health turns NOT_SERVING, new calls are refused, open
+Subscribe streams end with OK, in-flight calls get `shutdown_grace` to finish, and the
+backends close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2_grpc
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import MetricReader
+
+from generated.integration.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    cache_pb2,
+    cache_pb2_grpc,
+    pubsub_pb2,
+    pubsub_pb2_grpc,
+)
+from sidecar.config import Config
+from sidecar.interceptors.auth import BearerAuthInterceptor
+from sidecar.interceptors.observe import ObservingInterceptor
+from sidecar.interceptors.rate_limit import InboundRateLimitInterceptor
+from sidecar.observability.metrics import Metrics
+from sidecar.reflection import enable_reflection
+from sidecar.resilience import SYSTEM_CLOCK, Clock, TokenBucketOptions
+from sidecar.runtime import Integrations, build_integrations
+from sidecar.runtime.health import HealthMonitor
+from sidecar.services import AdminServicer, CacheServicer, PubSubServicer
+
+__all__ = ["SERVICE_NAMES", "RunningServer", "serve", "start_server"]
+
+_log = logging.getLogger("sidecar.server")
+
+
+def _full_name(module: Any, service: str) -> str:
+    name: str = module.DESCRIPTOR.services_by_name[service].full_name
+    return name
+
+
+HEALTH_SERVICE = "grpc.health.v1.Health"
+
+
+@dataclass(frozen=True)
+class _Service:
+    """One proto service: its full name, the capability type whose default integration its
+    health follows (None: always up), and how to add its servicer to a server."""
+
+    name: str
+    capability: str | None
+    add: Callable[[Integrations, grpc.aio.Server], Any]
+
+
+def _add_cache(integrations: Integrations, server: grpc.aio.Server) -> CacheServicer:
+    servicer = CacheServicer(integrations)
+    cache_pb2_grpc.add_CacheServiceServicer_to_server(servicer, server)
+    return servicer
+
+
+def _add_pubsub(integrations: Integrations, server: grpc.aio.Server) -> PubSubServicer:
+    servicer = PubSubServicer(integrations)
+    pubsub_pb2_grpc.add_PubSubServiceServicer_to_server(servicer, server)
+    return servicer
+
+
+def _add_admin(integrations: Integrations, server: grpc.aio.Server) -> AdminServicer:
+    servicer = AdminServicer(integrations)
+    admin_pb2_grpc.add_AdminServiceServicer_to_server(servicer, server)
+    return servicer
+
+
+# Every proto service the sidecar serves. A new capability adds one line here.
+SERVICES: tuple[_Service, ...] = (
+    _Service(_full_name(cache_pb2, "CacheService"), "cache", _add_cache),
+    _Service(_full_name(pubsub_pb2, "PubSubService"), "pubsub", _add_pubsub),
+    _Service(_full_name(admin_pb2, "AdminService"), None, _add_admin),
+)
+SERVICE_NAMES = (*(service.name for service in SERVICES), HEALTH_SERVICE)
+
+
+class ServerStartError(Exception):
+    """The server could not start (for example, the listen address is taken)."""
+
+
+@dataclass
+class RunningServer:
+    """A started sidecar: the gRPC server and what it serves."""
+
+    server: grpc.aio.Server
+    address: str
+    config: Config
+    integrations: Integrations
+    health: health.aio.HealthServicer
+    monitor: HealthMonitor
+    servicers: dict[str, Any]
+    meter_provider: MeterProvider | None
+    _stopped: bool = field(default=False, repr=False)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Shut down gracefully within `grace` seconds (default: `server.shutdown_grace`)."""
+        if self._stopped:
+            return
+        self._stopped = True
+        grace = self.config.server.shutdown_grace if grace is None else grace
+        _log.info("shutting down", extra={"grace_seconds": grace})
+        await self.health.enter_graceful_shutdown()
+        await self.monitor.stop()
+        stopping = asyncio.create_task(self.server.stop(grace))
+        # Streams never end by themselves: end them now so they close with OK, while
+        # unary calls already running keep their grace period.
+        await asyncio.gather(
+            *(s.end_streams() for s in self.servicers.values() if hasattr(s, "end_streams"))
+        )
+        await stopping
+        await self.integrations.close()
+        if self.meter_provider is not None:
+            self.meter_provider.shutdown()
+        _log.info("stopped")
+
+
+def _server_options(config: Config) -> list[tuple[str, Any]]:
+    server = config.server
+    keepalive = server.keepalive
+    return [
+        ("grpc.max_receive_message_length", server.max_receive_message_size),
+        ("grpc.max_send_message_length", server.max_send_message_size),
+        ("grpc.keepalive_time_ms", int(keepalive.time * 1000)),
+        ("grpc.keepalive_timeout_ms", int(keepalive.timeout * 1000)),
+        ("grpc.keepalive_permit_without_calls", int(keepalive.permit_without_calls)),
+        ("grpc.http2.min_ping_interval_without_data_ms", int(keepalive.min_ping_interval * 1000)),
+        # A second process on the same port must fail loudly, not share it silently.
+        ("grpc.so_reuseport", 0),
+    ]
+
+
+def _interceptors(
+    config: Config, metrics: Metrics | None, clock: Clock
+) -> list[grpc.aio.ServerInterceptor]:
+    server = config.server
+    chain: list[grpc.aio.ServerInterceptor] = [
+        ObservingInterceptor(metrics, access_log=server.access_log)
+    ]
+    if server.auth.tokens:
+        chain.append(BearerAuthInterceptor([t.get_secret_value() for t in server.auth.tokens]))
+    if server.inbound_rate_limits:
+        limits = {
+            method: TokenBucketOptions(
+                requests_per_second=limit.requests_per_second,
+                burst_size=limit.burst_size,
+                max_queue=0,
+            )
+            for method, limit in server.inbound_rate_limits.items()
+        }
+        chain.append(InboundRateLimitInterceptor(limits, clock))
+    return chain
+
+
+def _meter_provider(config: Config, readers: Sequence[MetricReader]) -> MeterProvider | None:
+    metrics = config.integration.metrics
+    if not metrics.enabled:
+        return None
+    all_readers = list(readers)
+    if metrics.prometheus_listen:
+        from opentelemetry.exporter.prometheus import PrometheusMetricReader
+        from prometheus_client import start_http_server
+
+        host, _, port = metrics.prometheus_listen.rpartition(":")
+        start_http_server(int(port), addr=host.strip("[]"))
+        all_readers.append(PrometheusMetricReader())
+    return MeterProvider(metric_readers=all_readers)
+
+
+async def start_server(
+    config: Config,
+    *,
+    listen: str | None = None,
+    clock: Clock = SYSTEM_CLOCK,
+    metric_readers: Sequence[MetricReader] = (),
+) -> RunningServer:
+    """Build the integrations and the server, bind, and start serving.
+
+    Args:
+        config: the validated configuration.
+        listen: overrides `server.listen` (`host:port`, port 0 picks a free one, or
+            `unix:/path`).
+        clock: time source of every resilience policy.
+        metric_readers: extra OpenTelemetry readers (tests use an in-memory one).
+
+    Raises:
+        ServerStartError: the address cannot be bound.
+    """
+    integrations = build_integrations(config, clock)
+    meter_provider = _meter_provider(config, metric_readers)
+    metrics = (
+        Metrics(meter_provider.get_meter("integration-sidecar"))
+        if meter_provider is not None
+        else None
+    )
+    server = grpc.aio.server(
+        interceptors=_interceptors(config, metrics, clock),
+        options=_server_options(config),
+        compression=grpc.Compression.Gzip if config.server.compression == "gzip" else None,
+    )
+    types = integrations.types()
+    servicers = {
+        service.name: service.add(integrations, server)
+        for service in SERVICES
+        if service.capability is None or service.capability in types
+    }
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    if config.server.reflection:
+        enable_reflection((*servicers, HEALTH_SERVICE), server)
+
+    address = listen or config.server.listen
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError as exc:
+        raise ServerStartError(f"cannot listen on {address}: {exc}") from exc
+    if not address.startswith("unix:"):
+        if port == 0:
+            raise ServerStartError(f"cannot listen on {address}: address in use or invalid")
+        address = f"{address.rsplit(':', 1)[0]}:{port}"
+
+    health_monitoring = config.integration.health_monitoring
+    monitor = HealthMonitor(
+        integrations,
+        health_servicer,
+        {s.capability: s.name for s in SERVICES if s.capability in types and s.capability},
+        check_interval=health_monitoring.check_interval,
+        timeout=health_monitoring.timeout,
+        consecutive_failures=health_monitoring.consecutive_failures,
+    )
+    await monitor.publish_initial()
+    await server.start()
+    monitor.start()
+    _log.info("serving", extra={"address": address, "integrations": len(integrations)})
+    return RunningServer(
+        server=server,
+        address=address,
+        config=config,
+        integrations=integrations,
+        health=health_servicer,
+        monitor=monitor,
+        servicers=servicers,
+        meter_provider=meter_provider,
+    )
+
+
+async def serve(config: Config, *, listen: str | None = None) -> int:
+    """Serve until SIGTERM or SIGINT, then shut down gracefully; returns the exit code."""
+    running = await start_server(config, listen=listen)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    await running.stop()
+    return 0

@@ -1,0 +1,87 @@
+"""Helpers every servicer uses: the caller's deadline, idempotency keys, running an
+operation through the target's pipeline, and request validation with clear errors."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf import duration_pb2
+
+from sidecar.errors import InvalidArgument
+from sidecar.observability.call_context import note_target
+from sidecar.resilience import SYSTEM_CLOCK, Deadline
+from sidecar.runtime import Integration, Integrations
+
+__all__ = [
+    "IDEMPOTENCY_KEY_HEADER",
+    "call_through",
+    "invalid",
+    "positive_ttl",
+    "require_name",
+    "resolve",
+]
+
+T = TypeVar("T")
+IDEMPOTENCY_KEY_HEADER = "idempotency-key"
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+def resolve(integrations: Integrations, type_name: str, target: str) -> Integration[Any]:
+    """The integration serving this call, noted for the access log and metrics."""
+    integration = integrations.resolve(type_name, target)
+    note_target(integration.name)
+    return integration
+
+
+async def call_through(
+    integration: Integration[Any],
+    context: Context,
+    operation: Callable[[], Awaitable[T]],
+    *,
+    idempotent: bool = True,
+) -> T:
+    """Run `operation` through the integration's pipeline within the caller's deadline.
+
+    A non-idempotent operation is retried only when the caller sent an idempotency key.
+    """
+    remaining = context.time_remaining()
+    deadline = Deadline.after(remaining, SYSTEM_CLOCK) if remaining is not None else None
+    if not idempotent:
+        idempotent = _has_idempotency_key(context)
+    return await integration.pipeline.execute(operation, deadline=deadline, idempotent=idempotent)
+
+
+def _has_idempotency_key(context: Context) -> bool:
+    return any(key == IDEMPOTENCY_KEY_HEADER for key, _ in context.invocation_metadata() or ())
+
+
+def invalid(field: str, message: str, reason: str = "INVALID_REQUEST") -> InvalidArgument:
+    """An INVALID_ARGUMENT naming the offending field (sent as BadRequest and ErrorInfo)."""
+    return InvalidArgument(f"{field}: {message}", reason=reason, metadata={"field": field})
+
+
+def require_name(value: str, field: str, max_length: int) -> str:
+    """A non-empty key or channel of at most `max_length` bytes."""
+    if not value:
+        raise invalid(field, "must not be empty")
+    if len(value) > max_length and len(value.encode()) > max_length:
+        raise invalid(field, f"must be at most {max_length} bytes")
+    return value
+
+
+def positive_ttl(message: Any, field: str = "ttl", *, required: bool = False) -> float | None:
+    """Seconds of the `ttl` Duration of `message`; unset is None (no expiry).
+
+    `field` is the path named in errors (`operations[2].set.ttl` inside a batch).
+    """
+    if not message.HasField("ttl"):
+        if required:
+            raise invalid(field, "must be set")
+        return None
+    duration: duration_pb2.Duration = message.ttl
+    seconds = duration.seconds + duration.nanos / 1e9
+    if seconds <= 0:
+        raise invalid(field, "must be positive")
+    return seconds

@@ -1,0 +1,106 @@
+"""AdminService: what is configured and the live state of each integration's policies."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from generated.integration.v1 import admin_pb2, admin_pb2_grpc, common_pb2
+from sidecar.errors import NotFound
+from sidecar.resilience import CircuitState
+from sidecar.runtime import Integration, Integrations
+from sidecar.services._common import Context, invalid
+
+__all__ = ["AdminServicer"]
+
+_DEFAULT_PAGE = 100
+_MAX_PAGE = 1000
+_STATES = {
+    CircuitState.CLOSED: admin_pb2.CIRCUIT_STATE_CLOSED,
+    CircuitState.OPEN: admin_pb2.CIRCUIT_STATE_OPEN,
+    CircuitState.HALF_OPEN: admin_pb2.CIRCUIT_STATE_HALF_OPEN,
+    CircuitState.ISOLATED: admin_pb2.CIRCUIT_STATE_ISOLATED,
+}
+
+
+class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
+    """Describe the configured integrations."""
+
+    def __init__(self, integrations: Integrations) -> None:
+        self._integrations = integrations
+
+    async def ListIntegrations(
+        self, request: admin_pb2.ListIntegrationsRequest, context: Context
+    ) -> admin_pb2.ListIntegrationsResponse:
+        size = request.page.page_size
+        if size < 0:
+            raise invalid("page.page_size", "must not be negative")
+        size = min(size or _DEFAULT_PAGE, _MAX_PAGE)
+        # The page token is the last name of the previous page: names are unique and sorted.
+        after = request.page.page_token
+        items = [item for item in self._integrations if item.name > after]
+        page, rest = items[:size], items[size:]
+        return admin_pb2.ListIntegrationsResponse(
+            integrations=[describe(item) for item in page],
+            page=common_pb2.PageResponse(next_page_token=page[-1].name if rest else ""),
+        )
+
+    async def GetIntegration(
+        self, request: admin_pb2.GetIntegrationRequest, context: Context
+    ) -> admin_pb2.GetIntegrationResponse:
+        if not request.name:
+            raise invalid("name", "must not be empty")
+        item = self._integrations.get(request.name)
+        if item is None:
+            raise NotFound(
+                f"no integration named {request.name!r}",
+                reason="INTEGRATION_NOT_FOUND",
+                metadata={"name": request.name},
+            )
+        return admin_pb2.GetIntegrationResponse(integration=describe(item))
+
+
+def describe(item: Integration[Any]) -> admin_pb2.Integration:
+    """The admin view of one integration."""
+    snapshot = item.pipeline.snapshot()
+    result = admin_pb2.Integration(
+        name=item.name,
+        type=item.type,
+        backend=item.backend_name,
+        default=item.is_default,
+        health=admin_pb2.HEALTH_STATE_SERVING
+        if item.healthy
+        else admin_pb2.HEALTH_STATE_NOT_SERVING,
+    )
+    breaker = snapshot.circuit_breaker
+    if breaker is not None:
+        result.circuit_breaker.CopyFrom(
+            admin_pb2.CircuitBreakerStatus(
+                state=_STATES[breaker.state],
+                consecutive_failures=breaker.consecutive_failures,
+                failure_ratio=breaker.failure_ratio,
+                calls_in_window=breaker.total_in_window,
+                retry_after_seconds=breaker.retry_after or 0.0,
+            )
+        )
+    limiter = snapshot.rate_limiter
+    if limiter is not None:
+        result.rate_limiter.CopyFrom(
+            admin_pb2.RateLimiterStatus(
+                enabled=True,
+                available_tokens=limiter.available,
+                capacity=limiter.capacity,
+                tokens_per_second=limiter.rate,
+                queued=limiter.queued,
+            )
+        )
+    bulkhead = snapshot.bulkhead
+    if bulkhead is not None:
+        result.bulkhead.CopyFrom(
+            admin_pb2.BulkheadStatus(
+                enabled=True,
+                in_flight=bulkhead.in_flight,
+                queued=bulkhead.queued,
+                max_concurrent_calls=bulkhead.max_concurrent_calls,
+            )
+        )
+    return result

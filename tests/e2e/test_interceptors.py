@@ -1,0 +1,168 @@
+"""Inbound concerns on every RPC: request id, bearer auth, access log, metrics, inbound
+rate limits, gzip."""
+
+from __future__ import annotations
+
+import logging
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from support import error_info, retry_delay
+
+from generated.integration.v1 import cache_pb2, cache_pb2_grpc, pubsub_pb2, pubsub_pb2_grpc
+from sidecar.testing import FakeClock, serve_for_test
+
+pytestmark = pytest.mark.e2e
+
+
+async def test_request_id_is_echoed(cache: cache_pb2_grpc.CacheServiceStub) -> None:
+    call = cache.Get(cache_pb2.GetRequest(key="k"), metadata=[("x-request-id", "abc-123")])
+    await call
+    assert ("x-request-id", "abc-123") in tuple(await call.trailing_metadata())
+
+
+async def test_request_id_is_generated_when_absent(cache: cache_pb2_grpc.CacheServiceStub) -> None:
+    call = cache.Get(cache_pb2.GetRequest(key="k"))
+    await call
+    ids = [v for k, v in await call.trailing_metadata() if k == "x-request-id"]
+    assert len(ids) == 1 and len(ids[0]) == 32
+
+
+AUTH_CONFIG = """
+server:
+  auth:
+    tokens: ["${SIDECAR_TEST_TOKEN}"]
+"""
+
+
+async def test_request_id_comes_back_on_errors_too(cache: cache_pb2_grpc.CacheServiceStub) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await cache.Get(cache_pb2.GetRequest(key=""), metadata=[("x-request-id", "bad-1")])
+    assert ("x-request-id", "bad-1") in tuple(caught.value.trailing_metadata())
+    assert error_info(caught.value).reason == "INVALID_REQUEST"
+
+
+async def test_streams_get_the_request_id_up_front(
+    pubsub: pubsub_pb2_grpc.PubSubServiceStub,
+) -> None:
+    call = pubsub.Subscribe(
+        pubsub_pb2.SubscribeRequest(channels=["x"]), metadata=[("x-request-id", "s-1")]
+    )
+    assert ("x-request-id", "s-1") in tuple(await call.initial_metadata())
+    call.cancel()
+
+
+async def test_bearer_auth_rejects_missing_and_wrong_tokens(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("SIDECAR_TEST_TOKEN", "s3cret-token")
+    async with (
+        serve_for_test(AUTH_CONFIG) as sidecar,
+        grpc.aio.insecure_channel(sidecar.address) as channel,
+    ):
+        cache = cache_pb2_grpc.CacheServiceStub(channel)
+        for metadata in ([], [("authorization", "Bearer wrong")], [("authorization", "Basic x")]):
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await cache.Get(cache_pb2.GetRequest(key="k"), metadata=metadata)
+            assert caught.value.code() is grpc.StatusCode.UNAUTHENTICATED
+            assert error_info(caught.value).reason == "UNAUTHENTICATED"
+        ok = await cache.Get(
+            cache_pb2.GetRequest(key="k"), metadata=[("authorization", "Bearer s3cret-token")]
+        )
+        health = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
+    assert ok.found is False
+    assert health.status == health_pb2.HealthCheckResponse.SERVING
+
+
+async def test_access_log_has_method_status_target_and_request_id_but_no_payload(
+    cache: cache_pb2_grpc.CacheServiceStub, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="sidecar.access")
+    await cache.Set(
+        cache_pb2.SetRequest(key="secret-key", value=b"PAYLOAD"), metadata=[("x-request-id", "r1")]
+    )
+    record = next(r for r in caplog.records if r.name == "sidecar.access")
+    fields = record.__dict__
+    assert (fields["method"], fields["status"], fields["target"], fields["request_id"]) == (
+        "/integration.v1.CacheService/Set",
+        "OK",
+        "cache",
+        "r1",
+    )
+    assert fields["duration_ms"] >= 0
+    assert "PAYLOAD" not in caplog.text and "secret-key" not in caplog.text
+
+
+async def test_metrics_count_requests_by_service_operation_and_status() -> None:
+    reader = InMemoryMetricReader()
+    async with (
+        serve_for_test(metric_readers=[reader]) as sidecar,
+        grpc.aio.insecure_channel(sidecar.address) as channel,
+    ):
+        cache = cache_pb2_grpc.CacheServiceStub(channel)
+        await cache.Get(cache_pb2.GetRequest(key="k"))
+        await cache.Get(cache_pb2.GetRequest(key="k"))
+        with pytest.raises(grpc.aio.AioRpcError):
+            await cache.Get(cache_pb2.GetRequest(key=""))
+        data = reader.get_metrics_data()
+    assert data is not None
+    points: dict[str, list[object]] = {}
+    for resource in data.resource_metrics:
+        for scope in resource.scope_metrics:
+            for metric in scope.metrics:
+                points[metric.name] = list(metric.data.data_points)
+    counts = {
+        (p.attributes["service"], p.attributes["operation"], p.attributes["status"]): p.value  # type: ignore[attr-defined]
+        for p in points["integration_requests_total"]
+    }
+    assert counts[("cache", "CacheService.Get", "OK")] == 2
+    assert counts[("cache", "CacheService.Get", "INVALID_ARGUMENT")] == 1
+    histogram = points["integration_request_duration_seconds"]
+    assert sum(p.count for p in histogram) == 3  # type: ignore[attr-defined]
+
+
+RATE_CONFIG = """
+server:
+  inbound_rate_limits:
+    "/integration.v1.CacheService/Get": {requests_per_second: 2, burst_size: 2}
+"""
+
+
+async def test_inbound_rate_limit_answers_resource_exhausted_with_retry_info() -> None:
+    clock = FakeClock()
+    async with (
+        serve_for_test(RATE_CONFIG, clock=clock) as sidecar,
+        grpc.aio.insecure_channel(sidecar.address) as channel,
+    ):
+        cache = cache_pb2_grpc.CacheServiceStub(channel)
+        await cache.Get(cache_pb2.GetRequest(key="k"))
+        await cache.Get(cache_pb2.GetRequest(key="k"))
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await cache.Get(cache_pb2.GetRequest(key="k"))
+        assert caught.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert error_info(caught.value).reason == "RATE_LIMITED"
+        assert retry_delay(caught.value) == pytest.approx(0.5, abs=0.01)
+        await cache.Exists(cache_pb2.ExistsRequest(key="k"))  # other methods are not limited
+        await clock.advance(0.5)
+        await cache.Get(cache_pb2.GetRequest(key="k"))
+
+
+async def test_gzip_compressed_requests_are_accepted(sidecar: object) -> None:
+    address = sidecar.address  # type: ignore[attr-defined]
+    async with grpc.aio.insecure_channel(address, compression=grpc.Compression.Gzip) as channel:
+        cache = cache_pb2_grpc.CacheServiceStub(channel)
+        await cache.Set(cache_pb2.SetRequest(key="z", value=b"a" * 10_000))
+        got = await cache.Get(cache_pb2.GetRequest(key="z"))
+    assert got.value == b"a" * 10_000
+
+
+async def test_gzip_responses_when_configured() -> None:
+    async with (
+        serve_for_test("server: {compression: gzip}") as sidecar,
+        grpc.aio.insecure_channel(sidecar.address) as channel,
+    ):
+        cache = cache_pb2_grpc.CacheServiceStub(channel)
+        await cache.Set(cache_pb2.SetRequest(key="z", value=b"b" * 10_000))
+        assert (await cache.Get(cache_pb2.GetRequest(key="z"))).value == b"b" * 10_000

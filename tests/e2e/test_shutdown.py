@@ -1,0 +1,101 @@
+"""SIGTERM on a real sidecar process: health turns NOT_SERVING, the in-flight unary call
+completes, the open Subscribe stream ends with a clean status, and the process exits 0."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from generated.integration.v1 import cache_pb2, cache_pb2_grpc, pubsub_pb2, pubsub_pb2_grpc
+
+pytestmark = pytest.mark.e2e
+
+# The outbound limit of 1 call per second makes the second Set wait ~1 s for a token:
+# a genuinely slow unary call, with no test hook in the sidecar.
+CONFIG = """
+server:
+  shutdown_grace: 5s
+services:
+  cache:
+    type: cache
+    rate_limit: {requests_per_second: 1, burst_size: 1}
+  pubsub:
+    type: pubsub
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def wait_until_serving(address: str, within: float = 15.0) -> None:
+    deadline = time.monotonic() + within
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while True:
+            try:
+                reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.aio.AioRpcError:
+                if time.monotonic() > deadline:
+                    raise
+            await asyncio.sleep(0.05)
+
+
+async def test_sigterm_finishes_inflight_calls_ends_streams_and_exits_zero(
+    tmp_path: Path,
+) -> None:
+    config = tmp_path / "sidecar.yaml"
+    config.write_text(CONFIG)
+    address = f"127.0.0.1:{free_port()}"
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "sidecar",
+        "serve",
+        "--config",
+        str(config),
+        "--listen",
+        address,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        await wait_until_serving(address)
+        async with grpc.aio.insecure_channel(address) as channel:
+            cache = cache_pb2_grpc.CacheServiceStub(channel)
+            pubsub = pubsub_pb2_grpc.PubSubServiceStub(channel)
+            stream = pubsub.Subscribe(pubsub_pb2.SubscribeRequest(channels=["events"]))
+            assert (await stream.read()).WhichOneof("event") == "started"
+            await cache.Set(cache_pb2.SetRequest(key="first", value=b"1"), timeout=10)
+            slow = asyncio.ensure_future(
+                cache.Set(cache_pb2.SetRequest(key="slow", value=b"2"), timeout=10)
+            )
+            await asyncio.sleep(0.3)
+            assert not slow.done()
+            started = time.monotonic()
+            process.send_signal(signal.SIGTERM)
+
+            reply = await asyncio.wait_for(slow, 10)
+            assert reply.applied
+            assert await asyncio.wait_for(stream.read(), 5) is grpc.aio.EOF
+            assert await stream.code() is grpc.StatusCode.OK
+            exit_code = await asyncio.wait_for(process.wait(), 10)
+            assert exit_code == 0
+            assert time.monotonic() - started < 5.0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        stderr = await process.stderr.read() if process.stderr else b""
+        assert b"Traceback" not in stderr, stderr.decode()

@@ -1,0 +1,50 @@
+"""Shared test helpers: decoding rich error details and locating the grpcurl binary."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import grpc
+from google.rpc import error_details_pb2, status_pb2
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def rich_status(error: grpc.aio.AioRpcError) -> status_pb2.Status:
+    """The google.rpc.Status carried in the error's trailers."""
+    for key, value in error.trailing_metadata() or ():
+        if key == "grpc-status-details-bin":
+            assert isinstance(value, bytes)
+            return status_pb2.Status.FromString(value)
+    raise AssertionError(f"no rich status in {error!r}")
+
+
+def error_info(error: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo:
+    """The ErrorInfo detail of a failed call."""
+    for detail in rich_status(error).details:
+        info = error_details_pb2.ErrorInfo()
+        if detail.Unpack(info):
+            return info
+    raise AssertionError("no ErrorInfo detail")
+
+
+def retry_delay(error: grpc.aio.AioRpcError) -> float | None:
+    """Seconds of the RetryInfo detail, or None when there is none."""
+    for detail in rich_status(error).details:
+        info = error_details_pb2.RetryInfo()
+        if detail.Unpack(info):
+            return info.retry_delay.seconds + info.retry_delay.nanos / 1e9
+    return None
+
+
+def grpcurl_path() -> str:
+    """The grpcurl binary `make install` puts in .tools/ (or one on PATH)."""
+    local = ROOT / ".tools" / "grpcurl"
+    if local.exists() and os.access(local, os.X_OK):
+        return str(local)
+    found = shutil.which("grpcurl")
+    if found is None:
+        raise AssertionError("grpcurl not found: run `make install`")
+    return found
