@@ -203,10 +203,13 @@ async def start_server(
     integrations = build_integrations(config, clock)
     meter_provider = _meter_provider(config, metric_readers)
     metrics = (
-        Metrics(meter_provider.get_meter("integration-sidecar"))
+        Metrics(meter_provider.get_meter("integration-sidecar"), integrations.breaker_states)
         if meter_provider is not None
         else None
     )
+    if metrics is not None:
+        for integration in integrations:
+            integration.pipeline.add_listener(metrics.record_resilience_event)
     server = grpc.aio.server(
         interceptors=_interceptors(config, metrics, clock),
         options=_server_options(config),

@@ -3,15 +3,22 @@
 `integration_requests_total{service, operation, status}` counts every RPC and
 `integration_request_duration_seconds{service, operation}` times it; `service` is the
 integration (target) that served the call, or the gRPC service when none did.
+
+The resilience core adds, in the shape of Polly's telemetry,
+`integration_resilience_events_total{service, strategy, event}` (retries, breaker
+transitions, rejections, timeouts) and the gauge `integration_circuit_breaker_state{service}`
+(0 closed, 1 open, 2 half-open, 3 isolated).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
-from opentelemetry.metrics import Meter
+from opentelemetry.metrics import CallbackOptions, Meter, Observation
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader
+
+from sidecar.resilience import CircuitState, ResilienceEvent
 
 __all__ = ["DURATION_BUCKETS", "Metrics", "build_meter_provider"]
 
@@ -33,6 +40,13 @@ DURATION_BUCKETS: Sequence[float] = (
     30.0,
 )
 _MAX_CACHED_LABEL_SETS = 4096
+_BREAKER_STATE_VALUES = {
+    CircuitState.CLOSED: 0,
+    CircuitState.OPEN: 1,
+    CircuitState.HALF_OPEN: 2,
+    CircuitState.ISOLATED: 3,
+}
+BreakerStates = Callable[[], Iterable[tuple[str, CircuitState]]]
 
 
 def build_meter_provider(readers: Sequence[MetricReader]) -> MeterProvider:
@@ -43,7 +57,7 @@ def build_meter_provider(readers: Sequence[MetricReader]) -> MeterProvider:
 class Metrics:
     """Request metrics; label dicts are built once per label set to keep the hot path cheap."""
 
-    def __init__(self, meter: Meter) -> None:
+    def __init__(self, meter: Meter, breaker_states: BreakerStates | None = None) -> None:
         self._requests = meter.create_counter(
             "integration_requests_total", unit="1", description="Integration requests served"
         )
@@ -54,6 +68,29 @@ class Metrics:
             explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
         )
         self._labels: dict[tuple[str, str, str], tuple[Mapping[str, str], Mapping[str, str]]] = {}
+        self._events = meter.create_counter(
+            "integration_resilience_events_total",
+            unit="1",
+            description="Retries, breaker transitions, rejections and timeouts per integration",
+        )
+        self._breaker_states = breaker_states
+        if breaker_states is not None:
+            meter.create_observable_gauge(
+                "integration_circuit_breaker_state",
+                callbacks=[self._observe_breakers],
+                description="Circuit breaker state: 0 closed, 1 open, 2 half-open, 3 isolated",
+            )
+
+    def record_resilience_event(self, event: ResilienceEvent) -> None:
+        """Count one event of an integration's pipeline (an EventListener)."""
+        self._events.add(
+            1, {"service": event.pipeline, "strategy": event.strategy, "event": event.event}
+        )
+
+    def _observe_breakers(self, _options: CallbackOptions) -> Iterable[Observation]:
+        assert self._breaker_states is not None
+        for service, state in self._breaker_states():
+            yield Observation(_BREAKER_STATE_VALUES[state], {"service": service})
 
     def record_request(self, service: str, operation: str, status: str, seconds: float) -> None:
         """Count one finished request and record how long it took."""

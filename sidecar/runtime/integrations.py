@@ -12,7 +12,7 @@ from typing import Any, Generic, TypeVar
 from sidecar.backends.registry import create_backend
 from sidecar.config import Config
 from sidecar.errors import NotFound
-from sidecar.resilience import SYSTEM_CLOCK, Clock, Pipeline
+from sidecar.resilience import SYSTEM_CLOCK, CircuitState, Clock, Pipeline
 from sidecar.runtime.classify import classify
 from sidecar.runtime.policies import pipeline_options
 
@@ -73,6 +73,14 @@ class Integrations:
 
     def __len__(self) -> int:
         return len(self._by_name)
+
+    def breaker_states(self) -> list[tuple[str, CircuitState]]:
+        """(integration, breaker state) of every integration that has a breaker."""
+        return [
+            (item.name, item.pipeline.circuit_breaker.state)
+            for item in self._by_name.values()
+            if item.pipeline.circuit_breaker is not None
+        ]
 
     def types(self) -> set[str]:
         """Capability types with at least one integration."""
