@@ -6,6 +6,8 @@ into gRPC statuses, so nothing below the servicers knows about gRPC.
     ├── NotFound               unknown target, missing resource
     ├── AlreadyExists
     ├── FailedPrecondition     wrong type, sidecar misconfigured for this call
+    ├── Aborted                concurrency conflict (serialization failure, deadlock): retry
+    │                          the whole transaction, from the caller
     ├── ResourceExhausted      local limits (sizes, queues)
     ├── Unauthenticated
     ├── PermissionDenied
@@ -20,6 +22,7 @@ import enum
 from collections.abc import Mapping
 
 __all__ = [
+    "Aborted",
     "AlreadyExists",
     "DeadlineExceeded",
     "ErrorKind",
@@ -42,6 +45,7 @@ class ErrorKind(enum.Enum):
     NOT_FOUND = "NOT_FOUND"
     ALREADY_EXISTS = "ALREADY_EXISTS"
     FAILED_PRECONDITION = "FAILED_PRECONDITION"
+    ABORTED = "ABORTED"
     RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
     UNAUTHENTICATED = "UNAUTHENTICATED"
     PERMISSION_DENIED = "PERMISSION_DENIED"
@@ -92,6 +96,13 @@ class AlreadyExists(SidecarError):
 
 class FailedPrecondition(SidecarError):
     kind = ErrorKind.FAILED_PRECONDITION
+
+
+class Aborted(SidecarError):
+    """A conflict with concurrent work; the caller should retry the whole unit (a
+    transaction), so the sidecar itself never retries it and it never trips a breaker."""
+
+    kind = ErrorKind.ABORTED
 
 
 class ResourceExhausted(SidecarError):

@@ -26,23 +26,25 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bintegration/v1/common.proto\x12\x0eintegration.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xfe\x02\n\x05Value\x12/\n\nnull_value\x18\x01 \x01(\x0e\x32\x19.integration.v1.NullValueH\x00\x12\x14\n\nbool_value\x18\x02 \x01(\x08H\x00\x12\x13\n\tint_value\x18\x03 \x01(\x03H\x00\x12\x16\n\x0c\x64ouble_value\x18\x04 \x01(\x01H\x00\x12\x17\n\rdecimal_value\x18\x05 \x01(\tH\x00\x12\x16\n\x0cstring_value\x18\x06 \x01(\tH\x00\x12\x15\n\x0b\x62ytes_value\x18\x07 \x01(\x0cH\x00\x12\x35\n\x0ftimestamp_value\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampH\x00\x12\x33\n\x0e\x64uration_value\x18\t \x01(\x0b\x32\x19.google.protobuf.DurationH\x00\x12\x14\n\njson_value\x18\n \x01(\tH\x00\x12/\n\nlist_value\x18\x0b \x01(\x0b\x32\x19.integration.v1.ListValueH\x00\x42\x06\n\x04kind\"2\n\tListValue\x12%\n\x06values\x18\x01 \x03(\x0b\x32\x15.integration.v1.Value\"4\n\x0bPageRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"\'\n\x0cPageResponse\x12\x17\n\x0fnext_page_token\x18\x01 \x01(\t*\xcb\x04\n\x0b\x45rrorReason\x12\x1c\n\x18\x45RROR_REASON_UNSPECIFIED\x10\x00\x12 \n\x1c\x45RROR_REASON_INVALID_REQUEST\x10\x01\x12!\n\x1d\x45RROR_REASON_TARGET_NOT_FOUND\x10\x02\x12 \n\x1c\x45RROR_REASON_VALUE_TOO_LARGE\x10\x03\x12\x1b\n\x17\x45RROR_REASON_WRONG_TYPE\x10\x04\x12\x1f\n\x1b\x45RROR_REASON_NOT_AN_INTEGER\x10\x05\x12!\n\x1d\x45RROR_REASON_INTEGER_OVERFLOW\x10\x06\x12\x1b\n\x17\x45RROR_REASON_CACHE_FULL\x10\x07\x12\x1d\n\x19\x45RROR_REASON_CIRCUIT_OPEN\x10\x08\x12\x1d\n\x19\x45RROR_REASON_RATE_LIMITED\x10\t\x12\x1e\n\x1a\x45RROR_REASON_BULKHEAD_FULL\x10\n\x12\"\n\x1e\x45RROR_REASON_DEADLINE_EXCEEDED\x10\x0b\x12%\n!ERROR_REASON_UPSTREAM_UNAVAILABLE\x10\x0c\x12 \n\x1c\x45RROR_REASON_UNAUTHENTICATED\x10\r\x12\x1e\n\x1a\x45RROR_REASON_SHUTTING_DOWN\x10\x0e\x12&\n\"ERROR_REASON_UNSUPPORTED_OPERATION\x10\x0f\x12&\n\"ERROR_REASON_INTEGRATION_NOT_FOUND\x10\x10*\'\n\tNullValue\x12\x1a\n\x16NULL_VALUE_UNSPECIFIED\x10\x00\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bintegration/v1/common.proto\x12\x0eintegration.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xde\x03\n\x05Value\x12/\n\nnull_value\x18\x01 \x01(\x0e\x32\x19.integration.v1.NullValueH\x00\x12\x14\n\nbool_value\x18\x02 \x01(\x08H\x00\x12\x13\n\tint_value\x18\x03 \x01(\x03H\x00\x12\x16\n\x0c\x64ouble_value\x18\x04 \x01(\x01H\x00\x12\x17\n\rdecimal_value\x18\x05 \x01(\tH\x00\x12\x16\n\x0cstring_value\x18\x06 \x01(\tH\x00\x12\x15\n\x0b\x62ytes_value\x18\x07 \x01(\x0cH\x00\x12\x35\n\x0ftimestamp_value\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampH\x00\x12\x33\n\x0e\x64uration_value\x18\t \x01(\x0b\x32\x19.google.protobuf.DurationH\x00\x12\x14\n\njson_value\x18\n \x01(\tH\x00\x12/\n\nlist_value\x18\x0b \x01(\x0b\x32\x19.integration.v1.ListValueH\x00\x12\x14\n\ndate_value\x18\x0c \x01(\tH\x00\x12\x14\n\nuuid_value\x18\r \x01(\tH\x00\x12\x32\n\x0einterval_value\x18\x0e \x01(\x0b\x32\x18.integration.v1.IntervalH\x00\x42\x06\n\x04kind\">\n\x08Interval\x12\x0e\n\x06months\x18\x01 \x01(\x05\x12\x0c\n\x04\x64\x61ys\x18\x02 \x01(\x05\x12\x14\n\x0cmicroseconds\x18\x03 \x01(\x03\"2\n\tListValue\x12%\n\x06values\x18\x01 \x03(\x0b\x32\x15.integration.v1.Value\"4\n\x0bPageRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"\'\n\x0cPageResponse\x12\x17\n\x0fnext_page_token\x18\x01 \x01(\t*\xca\x07\n\x0b\x45rrorReason\x12\x1c\n\x18\x45RROR_REASON_UNSPECIFIED\x10\x00\x12 \n\x1c\x45RROR_REASON_INVALID_REQUEST\x10\x01\x12!\n\x1d\x45RROR_REASON_TARGET_NOT_FOUND\x10\x02\x12 \n\x1c\x45RROR_REASON_VALUE_TOO_LARGE\x10\x03\x12\x1b\n\x17\x45RROR_REASON_WRONG_TYPE\x10\x04\x12\x1f\n\x1b\x45RROR_REASON_NOT_AN_INTEGER\x10\x05\x12!\n\x1d\x45RROR_REASON_INTEGER_OVERFLOW\x10\x06\x12\x1b\n\x17\x45RROR_REASON_CACHE_FULL\x10\x07\x12\x1d\n\x19\x45RROR_REASON_CIRCUIT_OPEN\x10\x08\x12\x1d\n\x19\x45RROR_REASON_RATE_LIMITED\x10\t\x12\x1e\n\x1a\x45RROR_REASON_BULKHEAD_FULL\x10\n\x12\"\n\x1e\x45RROR_REASON_DEADLINE_EXCEEDED\x10\x0b\x12%\n!ERROR_REASON_UPSTREAM_UNAVAILABLE\x10\x0c\x12 \n\x1c\x45RROR_REASON_UNAUTHENTICATED\x10\r\x12\x1e\n\x1a\x45RROR_REASON_SHUTTING_DOWN\x10\x0e\x12&\n\"ERROR_REASON_UNSUPPORTED_OPERATION\x10\x0f\x12&\n\"ERROR_REASON_INTEGRATION_NOT_FOUND\x10\x10\x12\x1a\n\x16\x45RROR_REASON_SQL_ERROR\x10\x11\x12\x1f\n\x1b\x45RROR_REASON_POOL_EXHAUSTED\x10\x12\x12\x1a\n\x16\x45RROR_REASON_READ_ONLY\x10\x13\x12\x1e\n\x1a\x45RROR_REASON_TOO_MANY_ROWS\x10\x14\x12#\n\x1f\x45RROR_REASON_TOPIC_NOT_RELIABLE\x10\x15\x12\"\n\x1e\x45RROR_REASON_UPSTREAM_REJECTED\x10\x16\x12%\n!ERROR_REASON_UPSTREAM_AUTH_FAILED\x10\x17\x12 \n\x1c\x45RROR_REASON_MODEL_NOT_FOUND\x10\x18\x12&\n\"ERROR_REASON_UPSTREAM_RATE_LIMITED\x10\x19\x12#\n\x1f\x45RROR_REASON_STREAM_INTERRUPTED\x10\x1a\x12%\n!ERROR_REASON_TOKEN_LIMIT_EXCEEDED\x10\x1b*\'\n\tNullValue\x12\x1a\n\x16NULL_VALUE_UNSPECIFIED\x10\x00\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'integration.v1.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ERRORREASON']._serialized_start=645
-  _globals['_ERRORREASON']._serialized_end=1232
-  _globals['_NULLVALUE']._serialized_start=1234
-  _globals['_NULLVALUE']._serialized_end=1273
+  _globals['_ERRORREASON']._serialized_start=805
+  _globals['_ERRORREASON']._serialized_end=1775
+  _globals['_NULLVALUE']._serialized_start=1777
+  _globals['_NULLVALUE']._serialized_end=1816
   _globals['_VALUE']._serialized_start=113
-  _globals['_VALUE']._serialized_end=495
-  _globals['_LISTVALUE']._serialized_start=497
-  _globals['_LISTVALUE']._serialized_end=547
-  _globals['_PAGEREQUEST']._serialized_start=549
-  _globals['_PAGEREQUEST']._serialized_end=601
-  _globals['_PAGERESPONSE']._serialized_start=603
-  _globals['_PAGERESPONSE']._serialized_end=642
+  _globals['_VALUE']._serialized_end=591
+  _globals['_INTERVAL']._serialized_start=593
+  _globals['_INTERVAL']._serialized_end=655
+  _globals['_LISTVALUE']._serialized_start=657
+  _globals['_LISTVALUE']._serialized_end=707
+  _globals['_PAGEREQUEST']._serialized_start=709
+  _globals['_PAGEREQUEST']._serialized_end=761
+  _globals['_PAGERESPONSE']._serialized_start=763
+  _globals['_PAGERESPONSE']._serialized_end=802
 # @@protoc_insertion_point(module_scope)

@@ -60,6 +60,30 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """The backend of this target does not support the operation."""
     ERROR_REASON_INTEGRATION_NOT_FOUND: _ErrorReason.ValueType  # 16
     """The named integration does not exist (AdminService)."""
+    ERROR_REASON_SQL_ERROR: _ErrorReason.ValueType  # 17
+    """The database refused the statement; ErrorInfo.metadata["sqlstate"] holds its SQLSTATE."""
+    ERROR_REASON_POOL_EXHAUSTED: _ErrorReason.ValueType  # 18
+    """No pooled database connection became free within the pool's acquire timeout."""
+    ERROR_REASON_READ_ONLY: _ErrorReason.ValueType  # 19
+    """The target (or the transaction) is read-only and the statement would write."""
+    ERROR_REASON_TOO_MANY_ROWS: _ErrorReason.ValueType  # 20
+    """A Query produced more rows than the target's max_rows_per_query (use QueryStream)."""
+    ERROR_REASON_TOPIC_NOT_RELIABLE: _ErrorReason.ValueType  # 21
+    """The topic is not one of the target's reliable_topics, so it has no consumer groups,
+    acknowledgements or dead letters (or a reliable topic was used like a plain channel).
+    """
+    ERROR_REASON_UPSTREAM_REJECTED: _ErrorReason.ValueType  # 22
+    """The upstream refused the request as invalid (HTTP 400/413/422); the message says why."""
+    ERROR_REASON_UPSTREAM_AUTH_FAILED: _ErrorReason.ValueType  # 23
+    """The upstream refused the sidecar's own credentials (HTTP 401/403): fix the config."""
+    ERROR_REASON_MODEL_NOT_FOUND: _ErrorReason.ValueType  # 24
+    """The upstream has no such model or route (HTTP 404)."""
+    ERROR_REASON_UPSTREAM_RATE_LIMITED: _ErrorReason.ValueType  # 25
+    """The upstream rate-limited the sidecar (HTTP 429); RetryInfo carries its Retry-After."""
+    ERROR_REASON_STREAM_INTERRUPTED: _ErrorReason.ValueType  # 26
+    """An upstream stream broke off after it had started; what was streamed stays valid."""
+    ERROR_REASON_TOKEN_LIMIT_EXCEEDED: _ErrorReason.ValueType  # 27
+    """The request's estimated tokens exceed what any deployment's tokens_per_minute allows."""
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """ErrorReason lists the stable reasons the sidecar puts in google.rpc.ErrorInfo.reason.
@@ -100,6 +124,30 @@ ERROR_REASON_UNSUPPORTED_OPERATION: ErrorReason.ValueType  # 15
 """The backend of this target does not support the operation."""
 ERROR_REASON_INTEGRATION_NOT_FOUND: ErrorReason.ValueType  # 16
 """The named integration does not exist (AdminService)."""
+ERROR_REASON_SQL_ERROR: ErrorReason.ValueType  # 17
+"""The database refused the statement; ErrorInfo.metadata["sqlstate"] holds its SQLSTATE."""
+ERROR_REASON_POOL_EXHAUSTED: ErrorReason.ValueType  # 18
+"""No pooled database connection became free within the pool's acquire timeout."""
+ERROR_REASON_READ_ONLY: ErrorReason.ValueType  # 19
+"""The target (or the transaction) is read-only and the statement would write."""
+ERROR_REASON_TOO_MANY_ROWS: ErrorReason.ValueType  # 20
+"""A Query produced more rows than the target's max_rows_per_query (use QueryStream)."""
+ERROR_REASON_TOPIC_NOT_RELIABLE: ErrorReason.ValueType  # 21
+"""The topic is not one of the target's reliable_topics, so it has no consumer groups,
+acknowledgements or dead letters (or a reliable topic was used like a plain channel).
+"""
+ERROR_REASON_UPSTREAM_REJECTED: ErrorReason.ValueType  # 22
+"""The upstream refused the request as invalid (HTTP 400/413/422); the message says why."""
+ERROR_REASON_UPSTREAM_AUTH_FAILED: ErrorReason.ValueType  # 23
+"""The upstream refused the sidecar's own credentials (HTTP 401/403): fix the config."""
+ERROR_REASON_MODEL_NOT_FOUND: ErrorReason.ValueType  # 24
+"""The upstream has no such model or route (HTTP 404)."""
+ERROR_REASON_UPSTREAM_RATE_LIMITED: ErrorReason.ValueType  # 25
+"""The upstream rate-limited the sidecar (HTTP 429); RetryInfo carries its Retry-After."""
+ERROR_REASON_STREAM_INTERRUPTED: ErrorReason.ValueType  # 26
+"""An upstream stream broke off after it had started; what was streamed stays valid."""
+ERROR_REASON_TOKEN_LIMIT_EXCEEDED: ErrorReason.ValueType  # 27
+"""The request's estimated tokens exceed what any deployment's tokens_per_minute allows."""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 
 class _NullValue:
@@ -135,6 +183,9 @@ class Value(_message.Message):
     DURATION_VALUE_FIELD_NUMBER: _builtins.int
     JSON_VALUE_FIELD_NUMBER: _builtins.int
     LIST_VALUE_FIELD_NUMBER: _builtins.int
+    DATE_VALUE_FIELD_NUMBER: _builtins.int
+    UUID_VALUE_FIELD_NUMBER: _builtins.int
+    INTERVAL_VALUE_FIELD_NUMBER: _builtins.int
     null_value: Global___NullValue.ValueType
     """Explicit null."""
     bool_value: _builtins.bool
@@ -146,12 +197,20 @@ class Value(_message.Message):
     bytes_value: _builtins.bytes
     json_value: _builtins.str
     """JSON document as text."""
+    date_value: _builtins.str
+    """Calendar date with no time zone, ISO 8601 "YYYY-MM-DD" (SQL date)."""
+    uuid_value: _builtins.str
+    """UUID in canonical text form, for example "0f8fad5b-d9cb-469f-a165-70867728950e"."""
     @_builtins.property
     def timestamp_value(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def duration_value(self) -> _duration_pb2.Duration: ...
     @_builtins.property
     def list_value(self) -> Global___ListValue: ...
+    @_builtins.property
+    def interval_value(self) -> Global___Interval:
+        """Calendar interval (SQL interval), months, days and microseconds kept apart."""
+
     def __init__(
         self,
         *,
@@ -166,16 +225,48 @@ class Value(_message.Message):
         duration_value: _duration_pb2.Duration | None = ...,
         json_value: _builtins.str = ...,
         list_value: Global___ListValue | None = ...,
+        date_value: _builtins.str = ...,
+        uuid_value: _builtins.str = ...,
+        interval_value: Global___Interval | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["bool_value", b"bool_value", "bytes_value", b"bytes_value", "decimal_value", b"decimal_value", "double_value", b"double_value", "duration_value", b"duration_value", "int_value", b"int_value", "json_value", b"json_value", "kind", b"kind", "list_value", b"list_value", "null_value", b"null_value", "string_value", b"string_value", "timestamp_value", b"timestamp_value"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["bool_value", b"bool_value", "bytes_value", b"bytes_value", "date_value", b"date_value", "decimal_value", b"decimal_value", "double_value", b"double_value", "duration_value", b"duration_value", "int_value", b"int_value", "interval_value", b"interval_value", "json_value", b"json_value", "kind", b"kind", "list_value", b"list_value", "null_value", b"null_value", "string_value", b"string_value", "timestamp_value", b"timestamp_value", "uuid_value", b"uuid_value"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bool_value", b"bool_value", "bytes_value", b"bytes_value", "decimal_value", b"decimal_value", "double_value", b"double_value", "duration_value", b"duration_value", "int_value", b"int_value", "json_value", b"json_value", "kind", b"kind", "list_value", b"list_value", "null_value", b"null_value", "string_value", b"string_value", "timestamp_value", b"timestamp_value"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bool_value", b"bool_value", "bytes_value", b"bytes_value", "date_value", b"date_value", "decimal_value", b"decimal_value", "double_value", b"double_value", "duration_value", b"duration_value", "int_value", b"int_value", "interval_value", b"interval_value", "json_value", b"json_value", "kind", b"kind", "list_value", b"list_value", "null_value", b"null_value", "string_value", b"string_value", "timestamp_value", b"timestamp_value", "uuid_value", b"uuid_value"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["null_value", "bool_value", "int_value", "double_value", "decimal_value", "string_value", "bytes_value", "timestamp_value", "duration_value", "json_value", "list_value"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["null_value", "bool_value", "int_value", "double_value", "decimal_value", "string_value", "bytes_value", "timestamp_value", "duration_value", "json_value", "list_value", "date_value", "uuid_value", "interval_value"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
 Global___Value: _TypeAlias = Value  # noqa: Y015
+
+@_typing.final
+class Interval(_message.Message):
+    """Interval is a calendar interval as SQL keeps it: "1 month" is not "30 days", and
+    "1 day" is not "24 hours" across a daylight-saving change. Parts may have any sign.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MONTHS_FIELD_NUMBER: _builtins.int
+    DAYS_FIELD_NUMBER: _builtins.int
+    MICROSECONDS_FIELD_NUMBER: _builtins.int
+    months: _builtins.int
+    days: _builtins.int
+    microseconds: _builtins.int
+    def __init__(
+        self,
+        *,
+        months: _builtins.int = ...,
+        days: _builtins.int = ...,
+        microseconds: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["days", b"days", "microseconds", b"microseconds", "months", b"months"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Interval: _TypeAlias = Interval  # noqa: Y015
 
 @_typing.final
 class ListValue(_message.Message):

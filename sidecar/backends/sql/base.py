@@ -1,0 +1,340 @@
+"""The SQL capability: domain values and results, the `SqlBackend` protocol, and the one
+table that turns a SQLSTATE into a domain error.
+
+Values are plain Python objects, the same for every backend:
+
+    None, bool, int, float, Decimal (numeric), str (text), bytes (bytea), date,
+    datetime (aware = timestamptz, naive = timestamp), timedelta, Interval, UUID,
+    Json (json / jsonb text), and lists of those (arrays)
+
+A backend binds parameters, never splices them into the SQL text, and returns rows as
+sequences of such values in column order. It raises only `sidecar.errors` types: a database
+error carries its SQLSTATE in `metadata["sqlstate"]` (see `error_for_sqlstate`).
+
+Usage:
+
+    deadline = Deadline.after(2.5, SYSTEM_CLOCK)
+    result = await backend.query(Statement("SELECT $1::int8 AS n", (41,)), max_rows=1000,
+                                 deadline=deadline)
+    result.columns            # (Column(name="n", type="int8"),)
+    result.rows[0][0]         # 41
+    stream = await backend.stream(Statement("SELECT * FROM big"), batch_size=500, deadline=None)
+    try:
+        while batch := await stream.fetch():
+            send(batch)
+    finally:
+        await stream.close()
+
+`deadline` is the caller's (None: none). The backend turns the time left, capped by its request
+timeout, into the database's statement timeout, a little shorter, so the database's own error
+reaches the caller before the caller gives up; each statement of a transaction and each batch
+of a stream gets what is left when it starts.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from decimal import Decimal
+from typing import Protocol, TypeAlias
+from uuid import UUID
+
+from sidecar.errors import (
+    Aborted,
+    AlreadyExists,
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidArgument,
+    PermissionDenied,
+    ResourceExhausted,
+    SidecarError,
+    Unavailable,
+)
+from sidecar.resilience import Deadline
+
+__all__ = [
+    "Column",
+    "Interval",
+    "IsolationLevel",
+    "Json",
+    "ResultSet",
+    "Row",
+    "RowStream",
+    "SqlBackend",
+    "SqlValue",
+    "Statement",
+    "error_for_sqlstate",
+    "rows_affected",
+    "statement_timeout_ms",
+    "time_left",
+    "too_many_rows",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Interval:
+    """A SQL interval with its calendar parts kept apart ("1 mon" is not "30 days")."""
+
+    months: int = 0
+    days: int = 0
+    microseconds: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Json:
+    """A JSON document as text (json / jsonb); kept apart from `str` so it binds as JSON."""
+
+    text: str
+
+
+SqlValue: TypeAlias = (
+    bool
+    | int
+    | float
+    | Decimal
+    | str
+    | bytes
+    | date
+    | datetime
+    | timedelta
+    | Interval
+    | UUID
+    | Json
+    | list["SqlValue"]
+    | None
+)
+"""One SQL value (see the module docstring); other database types arrive as text."""
+
+Row: TypeAlias = Sequence[SqlValue]
+"""One result row, one value per column."""
+
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    """One result column: its name and its database type name (`int8`, `text[]`, ...)."""
+
+    name: str
+    type: str
+
+
+@dataclass(frozen=True, slots=True)
+class Statement:
+    """One SQL statement and the parameters bound to its placeholders, in order."""
+
+    sql: str
+    parameters: tuple[SqlValue, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ResultSet:
+    """What one statement produced.
+
+    Attributes:
+        columns: the result columns (empty for a command that returns no rows).
+        rows: the rows, in order.
+        command_tag: PostgreSQL-style tag, such as `SELECT 2` or `INSERT 0 1`.
+        rows_affected: rows inserted, updated, deleted, merged, selected or copied.
+    """
+
+    columns: tuple[Column, ...]
+    rows: Sequence[Row]
+    command_tag: str
+    rows_affected: int
+
+
+class IsolationLevel(enum.Enum):
+    """Transaction isolation; DEFAULT is the database's own default."""
+
+    DEFAULT = "DEFAULT"
+    READ_COMMITTED = "READ COMMITTED"
+    REPEATABLE_READ = "REPEATABLE READ"
+    SERIALIZABLE = "SERIALIZABLE"
+
+
+class RowStream(Protocol):
+    """An open server-side cursor. Whoever opens it must `close` it, in a `finally`."""
+
+    @property
+    def columns(self) -> tuple[Column, ...]:
+        """The result columns, known as soon as the stream is open."""
+        ...
+
+    async def fetch(self) -> Sequence[Row]:
+        """The next batch of at most `batch_size` rows; empty once every row was read.
+
+        The batch that ends the result already commits and frees the connection.
+        """
+        ...
+
+    async def close(self) -> None:
+        """Abandon the cursor (rolling its transaction back) unless it ended; idempotent.
+
+        Safe to call from a cancelled task: it finishes the clean-up before returning.
+        """
+        ...
+
+
+class SqlBackend(Protocol):
+    """A SQL database behind a connection pool.
+
+    Every method raises `sidecar.errors` types only: `Unavailable` for a lost or refused
+    connection, `ResourceExhausted(reason="POOL_EXHAUSTED")` when no connection frees up in
+    time, `DeadlineExceeded` past the timeout, and the error of `error_for_sqlstate` for
+    anything the database refused.
+    """
+
+    @property
+    def read_only(self) -> bool:
+        """Whether the database session refuses every write on this target."""
+        ...
+
+    async def query(
+        self, statement: Statement, *, max_rows: int, deadline: Deadline | None
+    ) -> ResultSet:
+        """Run one statement and return all its rows.
+
+        Raises:
+            ResourceExhausted: more than `max_rows` rows (reason TOO_MANY_ROWS); no more than
+                `max_rows + 1` rows are ever held in memory.
+        """
+        ...
+
+    async def execute(self, statement: Statement, *, deadline: Deadline | None) -> ResultSet:
+        """Run one statement for its effect; the result carries no rows."""
+        ...
+
+    async def stream(
+        self, statement: Statement, *, batch_size: int, deadline: Deadline | None
+    ) -> RowStream:
+        """Open a server-side cursor over one statement's rows, fetched `batch_size` at a time.
+
+        `deadline` bounds opening the cursor and each batch fetch; the caller bounds the stream.
+        """
+        ...
+
+    async def transaction(
+        self,
+        statements: Sequence[Statement],
+        *,
+        isolation: IsolationLevel,
+        read_only: bool,
+        max_rows: int,
+        deadline: Deadline | None,
+    ) -> list[ResultSet]:
+        """Run `statements` in order in one transaction and commit; any error rolls back all.
+
+        A failing statement's error carries `metadata["statement_index"]`. A statement that
+        ends the transaction itself fails the call with `FailedPrecondition`.
+        """
+        ...
+
+    async def ping(self) -> None:
+        """Return if the database answers, else raise `Unavailable`."""
+        ...
+
+    async def close(self) -> None:
+        """Close every connection."""
+        ...
+
+
+# -- helpers shared by the backends ------------------------------------------------------------
+
+_COUNTED = frozenset({"INSERT", "UPDATE", "DELETE", "SELECT", "MERGE", "MOVE", "FETCH", "COPY"})
+
+# The statement timeout ends this much before the caller's deadline (at most this fraction of
+# the time left), so the database's "canceling statement" reaches the caller in time.
+_TIMEOUT_MARGIN = 0.1
+_TIMEOUT_MARGIN_FRACTION = 0.1
+
+
+def rows_affected(command_tag: str) -> int:
+    """The row count at the end of a command tag (`UPDATE 3` -> 3), 0 for other commands."""
+    parts = command_tag.split()
+    if len(parts) >= 2 and parts[0] in _COUNTED and parts[-1].isdigit():
+        return int(parts[-1])
+    return 0
+
+
+def time_left(deadline: Deadline | None, cap: float) -> float:
+    """Seconds a statement may run: what the deadline leaves, at most `cap`."""
+    if deadline is None:
+        return cap
+    left = deadline.remaining()
+    return cap if left is None or left > cap else left
+
+
+def statement_timeout_ms(timeout: float) -> int:
+    """Milliseconds of statement timeout for `timeout` seconds left: slightly less, >= 1.
+
+    Raises:
+        DeadlineExceeded: no time is left at all.
+    """
+    if timeout <= 0:
+        raise DeadlineExceeded(
+            "the deadline passed before the statement ran", reason="DEADLINE_EXCEEDED"
+        )
+    margin = min(_TIMEOUT_MARGIN, timeout * _TIMEOUT_MARGIN_FRACTION)
+    return max(1, math.floor((timeout - margin) * 1000))
+
+
+def too_many_rows(max_rows: int) -> ResourceExhausted:
+    """The error of a Query whose result is longer than `max_rows`."""
+    return ResourceExhausted(
+        f"the query returned more than {max_rows} rows; use QueryStream or a LIMIT",
+        reason="TOO_MANY_ROWS",
+        metadata={"max_rows": str(max_rows)},
+    )
+
+
+def error_for_sqlstate(
+    sqlstate: str, message: str, metadata: Mapping[str, str] | None = None
+) -> SidecarError:
+    """The domain error for a database error, by SQLSTATE (class = its first two characters).
+
+    | SQLSTATE                     | error                                        |
+    |------------------------------|----------------------------------------------|
+    | 23505 unique violation       | AlreadyExists                                |
+    | other 23 integrity           | FailedPrecondition                           |
+    | 22 data, 42 syntax/access    | InvalidArgument (42501 PermissionDenied)     |
+    | 0A feature not supported     | InvalidArgument                              |
+    | 25006 read-only transaction  | PermissionDenied, reason READ_ONLY           |
+    | 40001, 40P01, other 40       | Aborted (retry the transaction)              |
+    | 57014 query canceled         | DeadlineExceeded                             |
+    | 08 connection, 57P0x         | Unavailable, reason UPSTREAM_UNAVAILABLE     |
+    | 53300 too many connections   | Unavailable                                  |
+    | 53 insufficient resources    | ResourceExhausted                            |
+    | 58, XX system / internal     | Unavailable                                  |
+    | anything else                | FailedPrecondition                           |
+
+    The SQLSTATE is always in `metadata["sqlstate"]`; the reason is SQL_ERROR unless noted.
+    """
+    meta = {"sqlstate": sqlstate, **(metadata or {})}
+    cls = sqlstate[:2]
+    reason = "SQL_ERROR"
+    error_type: type[SidecarError]
+    if sqlstate == "23505":
+        error_type = AlreadyExists
+    elif sqlstate == "25006":
+        error_type, reason = PermissionDenied, "READ_ONLY"
+    elif sqlstate == "42501":
+        error_type = PermissionDenied
+    elif sqlstate == "57014":
+        error_type = DeadlineExceeded
+    elif cls == "08" or sqlstate.startswith("57P"):
+        error_type, reason = Unavailable, "UPSTREAM_UNAVAILABLE"
+    elif sqlstate == "53300" or cls in ("58", "XX"):
+        error_type = Unavailable
+    elif cls == "23":
+        error_type = FailedPrecondition
+    elif cls in ("22", "42", "0A"):
+        error_type = InvalidArgument
+    elif cls == "40":
+        error_type = Aborted
+    elif cls == "53":
+        error_type = ResourceExhausted
+    else:
+        error_type = FailedPrecondition
+    return error_type(message, reason=reason, metadata=meta)

@@ -1,0 +1,175 @@
+"""SqlService: validates requests, picks the SQL integration by target, converts values, and
+runs the `SqlBackend` through the target's resilience pipeline. No retry, breaker or SQL
+knowledge lives here.
+
+- Query and the opening of a QueryStream are idempotent (retried on transient failures);
+  Execute and Transaction are retried only when the call carries an idempotency key.
+- The caller's deadline is handed to the backend, which makes it the statement timeout.
+- QueryStream opens its cursor through the pipeline, then streams outside it; whatever ends
+  the stream (the last row, an error, the client cancelling), the cursor and its
+  transaction are closed in `finally`, and cancellation is re-raised, never swallowed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+from generated.integration.v1 import common_pb2, sql_pb2, sql_pb2_grpc
+from sidecar.backends.sql import IsolationLevel, Row, RowStream, Statement
+from sidecar.resilience import SYSTEM_CLOCK, Deadline
+from sidecar.runtime import Integration, Integrations
+from sidecar.services._common import Context, call_through, invalid, resolve
+from sidecar.services._sql_values import columns_to_proto, parameters_from_proto, rows_to_proto
+
+__all__ = ["SqlServicer"]
+
+_MAX_SQL_BYTES = 1024 * 1024
+_MAX_PARAMETERS = 32_767  # asyncpg's (and the wire protocol's signed int16) limit
+_MAX_STATEMENTS = 1_000
+_MAX_BATCH_SIZE = 10_000
+# A stream message stays well under the default 4 MiB gRPC message limit.
+_MAX_MESSAGE_BYTES = 1024 * 1024
+
+_ISOLATION = {
+    sql_pb2.ISOLATION_LEVEL_UNSPECIFIED: IsolationLevel.DEFAULT,
+    sql_pb2.ISOLATION_LEVEL_READ_COMMITTED: IsolationLevel.READ_COMMITTED,
+    sql_pb2.ISOLATION_LEVEL_REPEATABLE_READ: IsolationLevel.REPEATABLE_READ,
+    sql_pb2.ISOLATION_LEVEL_SERIALIZABLE: IsolationLevel.SERIALIZABLE,
+}
+
+
+class SqlServicer(sql_pb2_grpc.SqlServiceServicer):
+    """Serve SqlService over the configured SQL integrations."""
+
+    def __init__(self, integrations: Integrations) -> None:
+        self._integrations = integrations
+
+    def _target(self, target: str) -> Integration[Any]:
+        return resolve(self._integrations, "sql", target)
+
+    async def Query(self, request: sql_pb2.QueryRequest, context: Context) -> sql_pb2.QueryResponse:
+        sql = self._target(request.target)
+        statement = _statement(request.sql, request.parameters, "")
+        max_rows: int = sql.settings.max_rows_per_query
+        deadline = _deadline(context)
+        result = await call_through(
+            sql,
+            context,
+            lambda: sql.backend.query(statement, max_rows=max_rows, deadline=deadline),
+        )
+        return sql_pb2.QueryResponse(
+            columns=columns_to_proto(result.columns),
+            rows=rows_to_proto(result.rows),
+            command_tag=result.command_tag,
+        )
+
+    async def QueryStream(
+        self, request: sql_pb2.QueryStreamRequest, context: Context
+    ) -> AsyncIterator[sql_pb2.QueryStreamResponse]:
+        sql = self._target(request.target)
+        statement = _statement(request.sql, request.parameters, "")
+        if not 0 <= request.batch_size <= _MAX_BATCH_SIZE:
+            raise invalid("batch_size", f"must be between 0 and {_MAX_BATCH_SIZE}")
+        batch_size: int = request.batch_size or sql.settings.stream_batch_size
+        deadline = _deadline(context)
+        stream: RowStream = await call_through(
+            sql,
+            context,
+            lambda: sql.backend.stream(statement, batch_size=batch_size, deadline=deadline),
+        )
+        try:
+            rows = await stream.fetch()
+            messages = _messages(rows)
+            messages[0].columns.extend(columns_to_proto(stream.columns))  # sent even if empty
+            while messages:
+                for message in messages:
+                    yield message
+                rows = await stream.fetch()
+                messages = _messages(rows) if rows else []
+        finally:
+            # Shielded: a cancelled call still closes its cursor and transaction at once.
+            await asyncio.shield(stream.close())
+
+    async def Execute(
+        self, request: sql_pb2.ExecuteRequest, context: Context
+    ) -> sql_pb2.ExecuteResponse:
+        sql = self._target(request.target)
+        statement = _statement(request.sql, request.parameters, "")
+        deadline = _deadline(context)
+        result = await call_through(
+            sql,
+            context,
+            lambda: sql.backend.execute(statement, deadline=deadline),
+            idempotent=False,
+        )
+        return sql_pb2.ExecuteResponse(
+            command_tag=result.command_tag, rows_affected=result.rows_affected
+        )
+
+    async def Transaction(
+        self, request: sql_pb2.TransactionRequest, context: Context
+    ) -> sql_pb2.TransactionResponse:
+        sql = self._target(request.target)
+        if not request.statements:
+            raise invalid("statements", "must not be empty")
+        if len(request.statements) > _MAX_STATEMENTS:
+            raise invalid("statements", f"at most {_MAX_STATEMENTS} statements per transaction")
+        statements = [
+            _statement(item.sql, item.parameters, f"statements[{i}].")
+            for i, item in enumerate(request.statements)
+        ]
+        isolation = _ISOLATION.get(request.isolation_level)
+        if isolation is None:
+            raise invalid("isolation_level", "unknown isolation level")
+        max_rows: int = sql.settings.max_rows_per_query
+        read_only = request.read_only
+        deadline = _deadline(context)
+        results = await call_through(
+            sql,
+            context,
+            lambda: sql.backend.transaction(
+                statements,
+                isolation=isolation,
+                read_only=read_only,
+                max_rows=max_rows,
+                deadline=deadline,
+            ),
+            idempotent=False,
+        )
+        return sql_pb2.TransactionResponse(
+            results=[
+                sql_pb2.StatementResult(
+                    command_tag=result.command_tag,
+                    rows_affected=result.rows_affected,
+                    columns=columns_to_proto(result.columns),
+                    rows=rows_to_proto(result.rows),
+                )
+                for result in results
+            ]
+        )
+
+
+def _deadline(context: Context) -> Deadline | None:
+    remaining = context.time_remaining()
+    return None if remaining is None else Deadline.after(remaining, SYSTEM_CLOCK)
+
+
+def _statement(sql: str, parameters: Sequence[common_pb2.Value], prefix: str) -> Statement:
+    if not sql.strip():
+        raise invalid(f"{prefix}sql", "must not be empty")
+    if len(sql) > _MAX_SQL_BYTES and len(sql.encode()) > _MAX_SQL_BYTES:
+        raise invalid(f"{prefix}sql", f"must be at most {_MAX_SQL_BYTES} bytes")
+    if len(parameters) > _MAX_PARAMETERS:
+        raise invalid(f"{prefix}parameters", f"at most {_MAX_PARAMETERS} parameters")
+    return Statement(sql, parameters_from_proto(parameters, f"{prefix}parameters"))
+
+
+def _messages(rows: Sequence[Row]) -> list[sql_pb2.QueryStreamResponse]:
+    """One message for `rows`, or several when it would exceed `_MAX_MESSAGE_BYTES`."""
+    message = sql_pb2.QueryStreamResponse(rows=rows_to_proto(rows))
+    if len(rows) <= 1 or message.ByteSize() <= _MAX_MESSAGE_BYTES:
+        return [message]
+    half = len(rows) // 2
+    return [*_messages(rows[:half]), *_messages(rows[half:])]
