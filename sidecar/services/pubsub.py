@@ -1,19 +1,25 @@
-"""PubSubService: Publish and the Subscribe stream over the configured pub/sub integrations.
+"""PubSubService: Publish and the Subscribe stream over the configured pub/sub integrations,
+plus acknowledgements and dead letters of reliable topics.
 
-Open subscriptions are tracked so that shutdown can end every stream with a clean OK status
-while unary calls are still finishing.
+A channel matching the target's `reliable_topics` goes to the backend's `ReliablePubSub`
+side (Redis Streams, at-least-once); any other channel to plain pub/sub (at-most-once). Open
+subscriptions are tracked so that shutdown can end every stream with a clean OK status
+while unary calls are still finishing; unacknowledged reliable messages then simply stay
+pending in Redis for redelivery.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 from google.protobuf import timestamp_pb2
 
-from generated.integration.v1 import pubsub_pb2, pubsub_pb2_grpc
-from sidecar.backends.pubsub import Message, Subscription
-from sidecar.runtime import Integrations
+from generated.integration.v1 import common_pb2, pubsub_pb2, pubsub_pb2_grpc
+from sidecar.backends.pubsub import Message, ReliableSubscription, Subscription
+from sidecar.runtime import Integration, Integrations
+from sidecar.services import _reliable as reliable
 from sidecar.services._common import Context, call_through, invalid, require_name, resolve
 
 __all__ = ["PubSubServicer"]
@@ -21,6 +27,9 @@ __all__ = ["PubSubServicer"]
 _MAX_NAME = 1024
 _MAX_SUBSCRIPTIONS_PER_CALL = 100
 _MAX_METADATA_ENTRIES = 64
+_DEFAULT_PAGE = 100
+_MAX_PAGE = 1000
+_MAX_REPLAY = 1000
 
 
 class PubSubServicer(pubsub_pb2_grpc.PubSubServiceServicer):
@@ -28,7 +37,7 @@ class PubSubServicer(pubsub_pb2_grpc.PubSubServiceServicer):
 
     def __init__(self, integrations: Integrations) -> None:
         self._integrations = integrations
-        self._open: set[Subscription] = set()
+        self._open: set[Subscription | ReliableSubscription] = set()
 
     async def Publish(
         self, request: pubsub_pb2.PublishRequest, context: Context
@@ -45,6 +54,15 @@ class PubSubServicer(pubsub_pb2_grpc.PubSubServiceServicer):
         if len(request.metadata) > _MAX_METADATA_ENTRIES:
             raise invalid("metadata", f"at most {_MAX_METADATA_ENTRIES} entries")
         payload, metadata = request.payload, dict(request.metadata)
+        if reliable.is_reliable(broker, channel, "channel"):
+            backend = reliable.reliable_backend(broker)
+            message_id = await call_through(
+                broker,
+                context,
+                lambda: backend.publish_reliable(channel, payload, metadata),
+                idempotent=False,
+            )
+            return pubsub_pb2.PublishResponse(message_id=message_id)
         receivers = await call_through(
             broker,
             context,
@@ -59,8 +77,17 @@ class PubSubServicer(pubsub_pb2_grpc.PubSubServiceServicer):
         broker = resolve(self._integrations, "pubsub", request.target)
         channels = _names(request.channels, "channels")
         patterns = _names(request.patterns, "patterns")
+        if request.group:
+            async for response in self._consume(broker, request, channels, context):
+                yield response
+            return
         if not channels and not patterns:
             raise invalid("channels", "name at least one channel or pattern")
+        if request.consumer or request.max_in_flight:
+            raise invalid("group", "consumer and max_in_flight apply to a consumer group")
+        for i, channel in enumerate(channels):
+            if reliable.is_reliable(broker, channel, f"channels[{i}]"):
+                raise invalid("group", f"reliable topic {channel!r} is consumed through a group")
         buffer_size: int = broker.settings.subscriber_buffer
         subscription: Subscription = await call_through(
             broker,
@@ -83,6 +110,103 @@ class PubSubServicer(pubsub_pb2_grpc.PubSubServiceServicer):
             self._open.discard(subscription)
             # Shielded so a cancelled stream still frees its subscription before unwinding.
             await asyncio.shield(subscription.close())
+
+    async def _consume(
+        self,
+        broker: Integration[Any],
+        request: pubsub_pb2.SubscribeRequest,
+        topics: list[str],
+        context: Context,
+    ) -> AsyncIterator[pubsub_pb2.SubscribeResponse]:
+        """Subscribe with a group: consume reliable topics, at most max_in_flight unacked."""
+        group = reliable.group(request.group)
+        consumer = reliable.group(request.consumer, "consumer") if request.consumer else None
+        max_in_flight = reliable.in_flight(request.max_in_flight)
+        if request.patterns:
+            raise invalid("patterns", "a consumer group reads named reliable topics, not patterns")
+        if not topics:
+            raise invalid("channels", "name at least one reliable topic")
+        for i, topic in enumerate(topics):
+            if not reliable.is_reliable(broker, topic, f"channels[{i}]"):
+                raise reliable.not_reliable(broker, topic, f"channels[{i}]")
+        backend = reliable.reliable_backend(broker)
+        subscription: ReliableSubscription = await call_through(
+            broker,
+            context,
+            lambda: backend.consume(topics, group, consumer, max_in_flight=max_in_flight),
+        )
+        self._open.add(subscription)
+        try:
+            yield pubsub_pb2.SubscribeResponse(
+                started=pubsub_pb2.SubscriptionStarted(
+                    channels=topics, group=group, consumer=subscription.consumer
+                )
+            )
+            async for message in subscription:
+                yield pubsub_pb2.SubscribeResponse(message=reliable.message(message))
+        finally:
+            self._open.discard(subscription)
+            await asyncio.shield(subscription.close())
+
+    async def Acknowledge(
+        self, request: pubsub_pb2.AcknowledgeRequest, context: Context
+    ) -> pubsub_pb2.AcknowledgeResponse:
+        broker = resolve(self._integrations, "pubsub", request.target)
+        topic = reliable.require_reliable(broker, request.topic, "topic")
+        group = reliable.group(request.group)
+        ids = reliable.ids(request.message_ids, "message_ids")
+        backend = reliable.reliable_backend(broker)
+        acknowledged = await call_through(
+            broker, context, lambda: backend.acknowledge(topic, group, ids)
+        )
+        return pubsub_pb2.AcknowledgeResponse(acknowledged=acknowledged)
+
+    async def ReadDeadLetters(
+        self, request: pubsub_pb2.ReadDeadLettersRequest, context: Context
+    ) -> pubsub_pb2.ReadDeadLettersResponse:
+        broker = resolve(self._integrations, "pubsub", request.target)
+        topic = reliable.require_reliable(broker, request.topic, "topic")
+        if request.page.page_size < 0:
+            raise invalid("page.page_size", "must not be negative")
+        size = min(request.page.page_size or _DEFAULT_PAGE, _MAX_PAGE)
+        after = reliable.page_token(request.page.page_token)
+        backend = reliable.reliable_backend(broker)
+        # One more than the page, to know whether another page follows.
+        letters = await call_through(
+            broker, context, lambda: backend.read_dead_letters(topic, after=after, count=size + 1)
+        )
+        page = letters[:size]
+        token = page[-1].dead_letter_id if len(letters) > size else ""
+        return pubsub_pb2.ReadDeadLettersResponse(
+            dead_letters=[reliable.dead_letter(letter) for letter in page],
+            page=common_pb2.PageResponse(next_page_token=token),
+        )
+
+    async def ReplayDeadLetters(
+        self, request: pubsub_pb2.ReplayDeadLettersRequest, context: Context
+    ) -> pubsub_pb2.ReplayDeadLettersResponse:
+        broker = resolve(self._integrations, "pubsub", request.target)
+        topic = reliable.require_reliable(broker, request.topic, "topic")
+        if request.replay_all and request.dead_letter_ids:
+            raise invalid("replay_all", "name dead_letter_ids or set replay_all, not both")
+        named = None
+        if not request.replay_all:
+            named = reliable.ids(request.dead_letter_ids, "dead_letter_ids")
+        backend = reliable.reliable_backend(broker)
+        outcome = await call_through(
+            broker,
+            context,
+            lambda: backend.replay_dead_letters(topic, named, limit=_MAX_REPLAY),
+            idempotent=False,
+        )
+        return pubsub_pb2.ReplayDeadLettersResponse(
+            replayed=[
+                pubsub_pb2.ReplayedMessage(dead_letter_id=r.dead_letter_id, message_id=r.message_id)
+                for r in outcome.replayed
+            ],
+            not_found=outcome.not_found,
+            remaining=outcome.remaining,
+        )
 
     async def end_streams(self) -> None:
         """End every open Subscribe stream cleanly (used at shutdown)."""

@@ -8,6 +8,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from generated.integration.v1 import common_pb2 as _common_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -75,16 +76,22 @@ class PublishResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     RECEIVERS_FIELD_NUMBER: _builtins.int
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
     receivers: _builtins.int
-    """Number of subscriptions that received the message."""
+    """Number of subscriptions that received the message (plain channels; 0 on a reliable
+    topic, whose consumers read it later).
+    """
+    message_id: _builtins.str
+    """Reliable topics: the message's id in the topic's log (a Redis stream id, "<ms>-<seq>")."""
     def __init__(
         self,
         *,
         receivers: _builtins.int = ...,
+        message_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["receivers", b"receivers"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["message_id", b"message_id", "receivers", b"receivers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -97,14 +104,32 @@ class SubscribeRequest(_message.Message):
     TARGET_FIELD_NUMBER: _builtins.int
     CHANNELS_FIELD_NUMBER: _builtins.int
     PATTERNS_FIELD_NUMBER: _builtins.int
+    GROUP_FIELD_NUMBER: _builtins.int
+    CONSUMER_FIELD_NUMBER: _builtins.int
+    MAX_IN_FLIGHT_FIELD_NUMBER: _builtins.int
     target: _builtins.str
+    group: _builtins.str
+    """Consumer group: required for reliable topics, empty for plain channels. The group's
+    consumers (for example the replicas of one app) share its messages; each group
+    receives every message. A new group starts from the oldest message the topic keeps.
+    """
+    consumer: _builtins.str
+    """This consumer's name within the group. A consumer that reconnects under the same name
+    first gets back the messages it had not acknowledged. Empty: a generated name
+    (returned in SubscriptionStarted.consumer), whose messages go to other consumers after
+    the visibility timeout.
+    """
+    max_in_flight: _builtins.int
+    """Most delivered and unacknowledged messages this subscription holds; delivery pauses
+    until acknowledgements make room. 0 means 100; at most 10000.
+    """
     @_builtins.property
     def channels(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Exact channel names."""
+        """Exact channel names. With `group`: the reliable topics to consume."""
 
     @_builtins.property
     def patterns(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Glob patterns (Redis syntax: *, ?, [abc], [^a], [a-z], \\ escapes)."""
+        """Glob patterns (Redis syntax: *, ?, [abc], [^a], [a-z], \\ escapes). Not with `group`."""
 
     def __init__(
         self,
@@ -112,10 +137,13 @@ class SubscribeRequest(_message.Message):
         target: _builtins.str = ...,
         channels: _abc.Iterable[_builtins.str] | None = ...,
         patterns: _abc.Iterable[_builtins.str] | None = ...,
+        group: _builtins.str = ...,
+        consumer: _builtins.str = ...,
+        max_in_flight: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["channels", b"channels", "patterns", b"patterns", "target", b"target"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channels", b"channels", "consumer", b"consumer", "group", b"group", "max_in_flight", b"max_in_flight", "patterns", b"patterns", "target", b"target"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -152,10 +180,16 @@ class PubSubMessage(_message.Message):
     METADATA_FIELD_NUMBER: _builtins.int
     PATTERN_FIELD_NUMBER: _builtins.int
     PUBLISH_TIME_FIELD_NUMBER: _builtins.int
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    DELIVERY_COUNT_FIELD_NUMBER: _builtins.int
     channel: _builtins.str
     payload: _builtins.bytes
     pattern: _builtins.str
     """The pattern that matched, when delivered through a pattern subscription."""
+    message_id: _builtins.str
+    """Reliable topics: the id to acknowledge. Empty on plain channels."""
+    delivery_count: _builtins.int
+    """Reliable topics: deliveries of this message so far, this one included (1 = first)."""
     @_builtins.property
     def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     @_builtins.property
@@ -168,10 +202,12 @@ class PubSubMessage(_message.Message):
         metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         pattern: _builtins.str = ...,
         publish_time: _timestamp_pb2.Timestamp | None = ...,
+        message_id: _builtins.str = ...,
+        delivery_count: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["publish_time", b"publish_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "metadata", b"metadata", "pattern", b"pattern", "payload", b"payload", "publish_time", b"publish_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "delivery_count", b"delivery_count", "message_id", b"message_id", "metadata", b"metadata", "pattern", b"pattern", "payload", b"payload", "publish_time", b"publish_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -185,6 +221,12 @@ class SubscriptionStarted(_message.Message):
 
     CHANNELS_FIELD_NUMBER: _builtins.int
     PATTERNS_FIELD_NUMBER: _builtins.int
+    GROUP_FIELD_NUMBER: _builtins.int
+    CONSUMER_FIELD_NUMBER: _builtins.int
+    group: _builtins.str
+    """Reliable topics: the consumer group joined."""
+    consumer: _builtins.str
+    """Reliable topics: the consumer name (the requested one, or the generated one)."""
     @_builtins.property
     def channels(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -194,10 +236,12 @@ class SubscriptionStarted(_message.Message):
         *,
         channels: _abc.Iterable[_builtins.str] | None = ...,
         patterns: _abc.Iterable[_builtins.str] | None = ...,
+        group: _builtins.str = ...,
+        consumer: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["channels", b"channels", "patterns", b"patterns"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channels", b"channels", "consumer", b"consumer", "group", b"group", "patterns", b"patterns"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -207,6 +251,7 @@ Global___SubscriptionStarted: _TypeAlias = SubscriptionStarted  # noqa: Y015
 class MessagesDropped(_message.Message):
     """MessagesDropped reports messages this subscriber lost because it read too slowly and
     its buffer (server.pubsub subscriber_buffer) overflowed; the oldest are dropped first.
+    Never sent on reliable topics.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -255,3 +300,271 @@ class SubscribeResponse(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
 
 Global___SubscribeResponse: _TypeAlias = SubscribeResponse  # noqa: Y015
+
+@_typing.final
+class AcknowledgeRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TARGET_FIELD_NUMBER: _builtins.int
+    TOPIC_FIELD_NUMBER: _builtins.int
+    GROUP_FIELD_NUMBER: _builtins.int
+    MESSAGE_IDS_FIELD_NUMBER: _builtins.int
+    target: _builtins.str
+    topic: _builtins.str
+    """The reliable topic the messages came from (PubSubMessage.channel)."""
+    group: _builtins.str
+    """The consumer group that processed them."""
+    @_builtins.property
+    def message_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """PubSubMessage.message_id of each message; 1 to 1000."""
+
+    def __init__(
+        self,
+        *,
+        target: _builtins.str = ...,
+        topic: _builtins.str = ...,
+        group: _builtins.str = ...,
+        message_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["group", b"group", "message_ids", b"message_ids", "target", b"target", "topic", b"topic"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AcknowledgeRequest: _TypeAlias = AcknowledgeRequest  # noqa: Y015
+
+@_typing.final
+class AcknowledgeResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACKNOWLEDGED_FIELD_NUMBER: _builtins.int
+    acknowledged: _builtins.int
+    """Messages that were pending and are now acknowledged. Ids already acknowledged, moved to
+    the dead letters, or unknown to the group are not counted (no error: acks are idempotent).
+    """
+    def __init__(
+        self,
+        *,
+        acknowledged: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acknowledged", b"acknowledged"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AcknowledgeResponse: _TypeAlias = AcknowledgeResponse  # noqa: Y015
+
+@_typing.final
+class DeadLetter(_message.Message):
+    """DeadLetter is a message that reached the topic's max_deliveries without being acknowledged."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class MetadataEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    DEAD_LETTER_ID_FIELD_NUMBER: _builtins.int
+    TOPIC_FIELD_NUMBER: _builtins.int
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    PAYLOAD_FIELD_NUMBER: _builtins.int
+    METADATA_FIELD_NUMBER: _builtins.int
+    PUBLISH_TIME_FIELD_NUMBER: _builtins.int
+    DELIVERY_COUNT_FIELD_NUMBER: _builtins.int
+    GROUP_FIELD_NUMBER: _builtins.int
+    CONSUMER_FIELD_NUMBER: _builtins.int
+    DEAD_LETTER_TIME_FIELD_NUMBER: _builtins.int
+    dead_letter_id: _builtins.str
+    """Its id among the dead letters, to name it in ReplayDeadLetters."""
+    topic: _builtins.str
+    message_id: _builtins.str
+    """Its original message_id on the topic."""
+    payload: _builtins.bytes
+    delivery_count: _builtins.int
+    """Deliveries it had."""
+    group: _builtins.str
+    """The consumer group that gave up on it, and the consumer that held it last."""
+    consumer: _builtins.str
+    @_builtins.property
+    def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    @_builtins.property
+    def publish_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def dead_letter_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        dead_letter_id: _builtins.str = ...,
+        topic: _builtins.str = ...,
+        message_id: _builtins.str = ...,
+        payload: _builtins.bytes = ...,
+        metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        publish_time: _timestamp_pb2.Timestamp | None = ...,
+        delivery_count: _builtins.int = ...,
+        group: _builtins.str = ...,
+        consumer: _builtins.str = ...,
+        dead_letter_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["dead_letter_time", b"dead_letter_time", "publish_time", b"publish_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consumer", b"consumer", "dead_letter_id", b"dead_letter_id", "dead_letter_time", b"dead_letter_time", "delivery_count", b"delivery_count", "group", b"group", "message_id", b"message_id", "metadata", b"metadata", "payload", b"payload", "publish_time", b"publish_time", "topic", b"topic"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeadLetter: _TypeAlias = DeadLetter  # noqa: Y015
+
+@_typing.final
+class ReadDeadLettersRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TARGET_FIELD_NUMBER: _builtins.int
+    TOPIC_FIELD_NUMBER: _builtins.int
+    PAGE_FIELD_NUMBER: _builtins.int
+    target: _builtins.str
+    topic: _builtins.str
+    """A reliable topic."""
+    @_builtins.property
+    def page(self) -> _common_pb2.PageRequest: ...
+    def __init__(
+        self,
+        *,
+        target: _builtins.str = ...,
+        topic: _builtins.str = ...,
+        page: _common_pb2.PageRequest | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["page", b"page"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page", b"page", "target", b"target", "topic", b"topic"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReadDeadLettersRequest: _TypeAlias = ReadDeadLettersRequest  # noqa: Y015
+
+@_typing.final
+class ReadDeadLettersResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEAD_LETTERS_FIELD_NUMBER: _builtins.int
+    PAGE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def dead_letters(self) -> _containers.RepeatedCompositeFieldContainer[Global___DeadLetter]: ...
+    @_builtins.property
+    def page(self) -> _common_pb2.PageResponse: ...
+    def __init__(
+        self,
+        *,
+        dead_letters: _abc.Iterable[Global___DeadLetter] | None = ...,
+        page: _common_pb2.PageResponse | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["page", b"page"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dead_letters", b"dead_letters", "page", b"page"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReadDeadLettersResponse: _TypeAlias = ReadDeadLettersResponse  # noqa: Y015
+
+@_typing.final
+class ReplayDeadLettersRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TARGET_FIELD_NUMBER: _builtins.int
+    TOPIC_FIELD_NUMBER: _builtins.int
+    DEAD_LETTER_IDS_FIELD_NUMBER: _builtins.int
+    REPLAY_ALL_FIELD_NUMBER: _builtins.int
+    target: _builtins.str
+    topic: _builtins.str
+    """A reliable topic."""
+    replay_all: _builtins.bool
+    """Replay the oldest dead letters instead of named ones: up to 1000 per call (see remaining)."""
+    @_builtins.property
+    def dead_letter_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """DeadLetter.dead_letter_id of each one to replay; 1 to 1000. Leave empty with replay_all."""
+
+    def __init__(
+        self,
+        *,
+        target: _builtins.str = ...,
+        topic: _builtins.str = ...,
+        dead_letter_ids: _abc.Iterable[_builtins.str] | None = ...,
+        replay_all: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dead_letter_ids", b"dead_letter_ids", "replay_all", b"replay_all", "target", b"target", "topic", b"topic"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReplayDeadLettersRequest: _TypeAlias = ReplayDeadLettersRequest  # noqa: Y015
+
+@_typing.final
+class ReplayedMessage(_message.Message):
+    """ReplayedMessage pairs a replayed dead letter with its new message id on the topic."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEAD_LETTER_ID_FIELD_NUMBER: _builtins.int
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    dead_letter_id: _builtins.str
+    message_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        dead_letter_id: _builtins.str = ...,
+        message_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dead_letter_id", b"dead_letter_id", "message_id", b"message_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReplayedMessage: _TypeAlias = ReplayedMessage  # noqa: Y015
+
+@_typing.final
+class ReplayDeadLettersResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REPLAYED_FIELD_NUMBER: _builtins.int
+    NOT_FOUND_FIELD_NUMBER: _builtins.int
+    REMAINING_FIELD_NUMBER: _builtins.int
+    remaining: _builtins.int
+    """Dead letters of the topic left after this call."""
+    @_builtins.property
+    def replayed(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReplayedMessage]: ...
+    @_builtins.property
+    def not_found(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Named dead_letter_ids that were not among the dead letters (already replayed or trimmed)."""
+
+    def __init__(
+        self,
+        *,
+        replayed: _abc.Iterable[Global___ReplayedMessage] | None = ...,
+        not_found: _abc.Iterable[_builtins.str] | None = ...,
+        remaining: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["not_found", b"not_found", "remaining", b"remaining", "replayed", b"replayed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReplayDeadLettersResponse: _TypeAlias = ReplayDeadLettersResponse  # noqa: Y015

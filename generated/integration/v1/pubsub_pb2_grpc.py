@@ -26,8 +26,15 @@ if _version_not_supported:
 
 
 class PubSubServiceStub:
-    """PubSubService publishes messages to channels and streams them to subscribers
-    (at-most-once: a subscriber receives what is published while it is subscribed).
+    """PubSubService publishes messages to channels and streams them to subscribers.
+
+    Plain channels are at-most-once: a subscriber receives what is published while it is
+    subscribed. Reliable topics (the target's `reliable_topics` globs, on backend redis) are
+    at-least-once: Publish appends to a log, subscribers join a consumer group (`group`) whose
+    consumers share the messages, each delivered message carries a `message_id` to pass to
+    Acknowledge, and a message not acknowledged within the visibility timeout is delivered
+    again (possibly to another consumer) until, after `max_deliveries`, it moves to the topic's
+    dead letters (ReadDeadLetters, ReplayDeadLetters).
     """
 
     def __init__(self, channel):
@@ -46,15 +53,38 @@ class PubSubServiceStub:
                 request_serializer=integration_dot_v1_dot_pubsub__pb2.SubscribeRequest.SerializeToString,
                 response_deserializer=integration_dot_v1_dot_pubsub__pb2.SubscribeResponse.FromString,
                 _registered_method=True)
+        self.Acknowledge = channel.unary_unary(
+                '/integration.v1.PubSubService/Acknowledge',
+                request_serializer=integration_dot_v1_dot_pubsub__pb2.AcknowledgeRequest.SerializeToString,
+                response_deserializer=integration_dot_v1_dot_pubsub__pb2.AcknowledgeResponse.FromString,
+                _registered_method=True)
+        self.ReadDeadLetters = channel.unary_unary(
+                '/integration.v1.PubSubService/ReadDeadLetters',
+                request_serializer=integration_dot_v1_dot_pubsub__pb2.ReadDeadLettersRequest.SerializeToString,
+                response_deserializer=integration_dot_v1_dot_pubsub__pb2.ReadDeadLettersResponse.FromString,
+                _registered_method=True)
+        self.ReplayDeadLetters = channel.unary_unary(
+                '/integration.v1.PubSubService/ReplayDeadLetters',
+                request_serializer=integration_dot_v1_dot_pubsub__pb2.ReplayDeadLettersRequest.SerializeToString,
+                response_deserializer=integration_dot_v1_dot_pubsub__pb2.ReplayDeadLettersResponse.FromString,
+                _registered_method=True)
 
 
 class PubSubServiceServicer:
-    """PubSubService publishes messages to channels and streams them to subscribers
-    (at-most-once: a subscriber receives what is published while it is subscribed).
+    """PubSubService publishes messages to channels and streams them to subscribers.
+
+    Plain channels are at-most-once: a subscriber receives what is published while it is
+    subscribed. Reliable topics (the target's `reliable_topics` globs, on backend redis) are
+    at-least-once: Publish appends to a log, subscribers join a consumer group (`group`) whose
+    consumers share the messages, each delivered message carries a `message_id` to pass to
+    Acknowledge, and a message not acknowledged within the visibility timeout is delivered
+    again (possibly to another consumer) until, after `max_deliveries`, it moves to the topic's
+    dead letters (ReadDeadLetters, ReplayDeadLetters).
     """
 
     def Publish(self, request, context):
-        """Publish sends a message to a channel and says how many subscribers received it.
+        """Publish sends a message to a channel and says how many subscribers received it; on a
+        reliable topic it appends the message and returns its message_id.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -62,7 +92,31 @@ class PubSubServiceServicer:
 
     def Subscribe(self, request, context):
         """Subscribe streams messages from channels and glob patterns until the call is cancelled.
-        The first event is SubscriptionStarted: anything published after it is delivered.
+        The first event is SubscriptionStarted: anything published after it is delivered. With
+        `group` set it consumes reliable topics instead (see SubscribeRequest.group).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Acknowledge(self, request, context):
+        """Acknowledge confirms that a group processed messages of a reliable topic, so they are
+        not delivered again. Idempotent; it may come from any connection.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReadDeadLetters(self, request, context):
+        """ReadDeadLetters lists the dead letters of a reliable topic, oldest first, page by page.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReplayDeadLetters(self, request, context):
+        """ReplayDeadLetters publishes dead letters again as new messages of their topic (every
+        group receives them) and removes them from the dead letters.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -81,6 +135,21 @@ def add_PubSubServiceServicer_to_server(servicer, server):
                     request_deserializer=integration_dot_v1_dot_pubsub__pb2.SubscribeRequest.FromString,
                     response_serializer=integration_dot_v1_dot_pubsub__pb2.SubscribeResponse.SerializeToString,
             ),
+            'Acknowledge': grpc.unary_unary_rpc_method_handler(
+                    servicer.Acknowledge,
+                    request_deserializer=integration_dot_v1_dot_pubsub__pb2.AcknowledgeRequest.FromString,
+                    response_serializer=integration_dot_v1_dot_pubsub__pb2.AcknowledgeResponse.SerializeToString,
+            ),
+            'ReadDeadLetters': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReadDeadLetters,
+                    request_deserializer=integration_dot_v1_dot_pubsub__pb2.ReadDeadLettersRequest.FromString,
+                    response_serializer=integration_dot_v1_dot_pubsub__pb2.ReadDeadLettersResponse.SerializeToString,
+            ),
+            'ReplayDeadLetters': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReplayDeadLetters,
+                    request_deserializer=integration_dot_v1_dot_pubsub__pb2.ReplayDeadLettersRequest.FromString,
+                    response_serializer=integration_dot_v1_dot_pubsub__pb2.ReplayDeadLettersResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'integration.v1.PubSubService', rpc_method_handlers)
@@ -90,8 +159,15 @@ def add_PubSubServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class PubSubService:
-    """PubSubService publishes messages to channels and streams them to subscribers
-    (at-most-once: a subscriber receives what is published while it is subscribed).
+    """PubSubService publishes messages to channels and streams them to subscribers.
+
+    Plain channels are at-most-once: a subscriber receives what is published while it is
+    subscribed. Reliable topics (the target's `reliable_topics` globs, on backend redis) are
+    at-least-once: Publish appends to a log, subscribers join a consumer group (`group`) whose
+    consumers share the messages, each delivered message carries a `message_id` to pass to
+    Acknowledge, and a message not acknowledged within the visibility timeout is delivered
+    again (possibly to another consumer) until, after `max_deliveries`, it moves to the topic's
+    dead letters (ReadDeadLetters, ReplayDeadLetters).
     """
 
     @staticmethod
@@ -138,6 +214,87 @@ class PubSubService:
             '/integration.v1.PubSubService/Subscribe',
             integration_dot_v1_dot_pubsub__pb2.SubscribeRequest.SerializeToString,
             integration_dot_v1_dot_pubsub__pb2.SubscribeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Acknowledge(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/integration.v1.PubSubService/Acknowledge',
+            integration_dot_v1_dot_pubsub__pb2.AcknowledgeRequest.SerializeToString,
+            integration_dot_v1_dot_pubsub__pb2.AcknowledgeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReadDeadLetters(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/integration.v1.PubSubService/ReadDeadLetters',
+            integration_dot_v1_dot_pubsub__pb2.ReadDeadLettersRequest.SerializeToString,
+            integration_dot_v1_dot_pubsub__pb2.ReadDeadLettersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReplayDeadLetters(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/integration.v1.PubSubService/ReplayDeadLetters',
+            integration_dot_v1_dot_pubsub__pb2.ReplayDeadLettersRequest.SerializeToString,
+            integration_dot_v1_dot_pubsub__pb2.ReplayDeadLettersResponse.FromString,
             options,
             channel_credentials,
             insecure,

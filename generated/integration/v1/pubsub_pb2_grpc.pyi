@@ -27,8 +27,15 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class PubSubServiceStub:
-    """PubSubService publishes messages to channels and streams them to subscribers
-    (at-most-once: a subscriber receives what is published while it is subscribed).
+    """PubSubService publishes messages to channels and streams them to subscribers.
+
+    Plain channels are at-most-once: a subscriber receives what is published while it is
+    subscribed. Reliable topics (the target's `reliable_topics` globs, on backend redis) are
+    at-least-once: Publish appends to a log, subscribers join a consumer group (`group`) whose
+    consumers share the messages, each delivered message carries a `message_id` to pass to
+    Acknowledge, and a message not acknowledged within the visibility timeout is delivered
+    again (possibly to another consumer) until, after `max_deliveries`, it moves to the topic's
+    dead letters (ReadDeadLetters, ReplayDeadLetters).
     """
 
     @_typing.overload
@@ -36,29 +43,69 @@ class PubSubServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> PubSubServiceAsyncStub: ...
     Publish: _grpc.UnaryUnaryMultiCallable[_pubsub_pb2.PublishRequest, _pubsub_pb2.PublishResponse]
-    """Publish sends a message to a channel and says how many subscribers received it."""
+    """Publish sends a message to a channel and says how many subscribers received it; on a
+    reliable topic it appends the message and returns its message_id.
+    """
     Subscribe: _grpc.UnaryStreamMultiCallable[_pubsub_pb2.SubscribeRequest, _pubsub_pb2.SubscribeResponse]
     """Subscribe streams messages from channels and glob patterns until the call is cancelled.
-    The first event is SubscriptionStarted: anything published after it is delivered.
+    The first event is SubscriptionStarted: anything published after it is delivered. With
+    `group` set it consumes reliable topics instead (see SubscribeRequest.group).
+    """
+    Acknowledge: _grpc.UnaryUnaryMultiCallable[_pubsub_pb2.AcknowledgeRequest, _pubsub_pb2.AcknowledgeResponse]
+    """Acknowledge confirms that a group processed messages of a reliable topic, so they are
+    not delivered again. Idempotent; it may come from any connection.
+    """
+    ReadDeadLetters: _grpc.UnaryUnaryMultiCallable[_pubsub_pb2.ReadDeadLettersRequest, _pubsub_pb2.ReadDeadLettersResponse]
+    """ReadDeadLetters lists the dead letters of a reliable topic, oldest first, page by page."""
+    ReplayDeadLetters: _grpc.UnaryUnaryMultiCallable[_pubsub_pb2.ReplayDeadLettersRequest, _pubsub_pb2.ReplayDeadLettersResponse]
+    """ReplayDeadLetters publishes dead letters again as new messages of their topic (every
+    group receives them) and removes them from the dead letters.
     """
 
 @_typing.type_check_only
 class PubSubServiceAsyncStub(PubSubServiceStub):
-    """PubSubService publishes messages to channels and streams them to subscribers
-    (at-most-once: a subscriber receives what is published while it is subscribed).
+    """PubSubService publishes messages to channels and streams them to subscribers.
+
+    Plain channels are at-most-once: a subscriber receives what is published while it is
+    subscribed. Reliable topics (the target's `reliable_topics` globs, on backend redis) are
+    at-least-once: Publish appends to a log, subscribers join a consumer group (`group`) whose
+    consumers share the messages, each delivered message carries a `message_id` to pass to
+    Acknowledge, and a message not acknowledged within the visibility timeout is delivered
+    again (possibly to another consumer) until, after `max_deliveries`, it moves to the topic's
+    dead letters (ReadDeadLetters, ReplayDeadLetters).
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     Publish: _aio.UnaryUnaryMultiCallable[_pubsub_pb2.PublishRequest, _pubsub_pb2.PublishResponse]  # type: ignore[assignment]
-    """Publish sends a message to a channel and says how many subscribers received it."""
+    """Publish sends a message to a channel and says how many subscribers received it; on a
+    reliable topic it appends the message and returns its message_id.
+    """
     Subscribe: _aio.UnaryStreamMultiCallable[_pubsub_pb2.SubscribeRequest, _pubsub_pb2.SubscribeResponse]  # type: ignore[assignment]
     """Subscribe streams messages from channels and glob patterns until the call is cancelled.
-    The first event is SubscriptionStarted: anything published after it is delivered.
+    The first event is SubscriptionStarted: anything published after it is delivered. With
+    `group` set it consumes reliable topics instead (see SubscribeRequest.group).
+    """
+    Acknowledge: _aio.UnaryUnaryMultiCallable[_pubsub_pb2.AcknowledgeRequest, _pubsub_pb2.AcknowledgeResponse]  # type: ignore[assignment]
+    """Acknowledge confirms that a group processed messages of a reliable topic, so they are
+    not delivered again. Idempotent; it may come from any connection.
+    """
+    ReadDeadLetters: _aio.UnaryUnaryMultiCallable[_pubsub_pb2.ReadDeadLettersRequest, _pubsub_pb2.ReadDeadLettersResponse]  # type: ignore[assignment]
+    """ReadDeadLetters lists the dead letters of a reliable topic, oldest first, page by page."""
+    ReplayDeadLetters: _aio.UnaryUnaryMultiCallable[_pubsub_pb2.ReplayDeadLettersRequest, _pubsub_pb2.ReplayDeadLettersResponse]  # type: ignore[assignment]
+    """ReplayDeadLetters publishes dead letters again as new messages of their topic (every
+    group receives them) and removes them from the dead letters.
     """
 
 class PubSubServiceServicer(metaclass=_abc_1.ABCMeta):
-    """PubSubService publishes messages to channels and streams them to subscribers
-    (at-most-once: a subscriber receives what is published while it is subscribed).
+    """PubSubService publishes messages to channels and streams them to subscribers.
+
+    Plain channels are at-most-once: a subscriber receives what is published while it is
+    subscribed. Reliable topics (the target's `reliable_topics` globs, on backend redis) are
+    at-least-once: Publish appends to a log, subscribers join a consumer group (`group`) whose
+    consumers share the messages, each delivered message carries a `message_id` to pass to
+    Acknowledge, and a message not acknowledged within the visibility timeout is delivered
+    again (possibly to another consumer) until, after `max_deliveries`, it moves to the topic's
+    dead letters (ReadDeadLetters, ReplayDeadLetters).
     """
 
     @_abc_1.abstractmethod
@@ -67,7 +114,9 @@ class PubSubServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _pubsub_pb2.PublishRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_pubsub_pb2.PublishResponse, _abc.Awaitable[_pubsub_pb2.PublishResponse]]:
-        """Publish sends a message to a channel and says how many subscribers received it."""
+        """Publish sends a message to a channel and says how many subscribers received it; on a
+        reliable topic it appends the message and returns its message_id.
+        """
 
     @_abc_1.abstractmethod
     def Subscribe(
@@ -76,7 +125,36 @@ class PubSubServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_pubsub_pb2.SubscribeResponse], _abc.AsyncIterator[_pubsub_pb2.SubscribeResponse]]:
         """Subscribe streams messages from channels and glob patterns until the call is cancelled.
-        The first event is SubscriptionStarted: anything published after it is delivered.
+        The first event is SubscriptionStarted: anything published after it is delivered. With
+        `group` set it consumes reliable topics instead (see SubscribeRequest.group).
+        """
+
+    @_abc_1.abstractmethod
+    def Acknowledge(
+        self,
+        request: _pubsub_pb2.AcknowledgeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_pubsub_pb2.AcknowledgeResponse, _abc.Awaitable[_pubsub_pb2.AcknowledgeResponse]]:
+        """Acknowledge confirms that a group processed messages of a reliable topic, so they are
+        not delivered again. Idempotent; it may come from any connection.
+        """
+
+    @_abc_1.abstractmethod
+    def ReadDeadLetters(
+        self,
+        request: _pubsub_pb2.ReadDeadLettersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_pubsub_pb2.ReadDeadLettersResponse, _abc.Awaitable[_pubsub_pb2.ReadDeadLettersResponse]]:
+        """ReadDeadLetters lists the dead letters of a reliable topic, oldest first, page by page."""
+
+    @_abc_1.abstractmethod
+    def ReplayDeadLetters(
+        self,
+        request: _pubsub_pb2.ReplayDeadLettersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_pubsub_pb2.ReplayDeadLettersResponse, _abc.Awaitable[_pubsub_pb2.ReplayDeadLettersResponse]]:
+        """ReplayDeadLetters publishes dead letters again as new messages of their topic (every
+        group receives them) and removes them from the dead letters.
         """
 
 def add_PubSubServiceServicer_to_server(servicer: PubSubServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,4 +1,9 @@
-"""The pub/sub capability: the `PubSubBackend` protocol, its domain types, and its backends."""
+"""The pub/sub capability: the `PubSubBackend` protocol, its domain types, and its backends.
+
+Reliable topics (at-least-once, consumer groups, dead letters) are the optional
+`ReliablePubSub` protocol of `reliable.py`; `redis_streams.py` implements it and is imported
+only where Redis is configured.
+"""
 
 from sidecar.backends.pubsub.base import (
     Dropped,
@@ -11,13 +16,27 @@ from sidecar.backends.pubsub.base import (
     glob_match,
 )
 from sidecar.backends.pubsub.memory import MemoryBroker
+from sidecar.backends.pubsub.reliable import (
+    DeadLetter,
+    ReliableMessage,
+    ReliablePubSub,
+    ReliableSubscription,
+    Replayed,
+    ReplayOutcome,
+)
 
 __all__ = [
+    "DeadLetter",
     "Dropped",
     "GlobPattern",
     "MemoryBroker",
     "Message",
     "PubSubBackend",
+    "ReliableMessage",
+    "ReliablePubSub",
+    "ReliableSubscription",
+    "ReplayOutcome",
+    "Replayed",
     "Subscription",
     "SubscriptionEvent",
     "compile_glob",

@@ -4,7 +4,9 @@ The model is Redis pub/sub: fire-and-forget messages on named channels, subscrib
 channel or by glob pattern, no persistence (a message reaches only the subscriptions that exist
 when it is published). Unlike raw Redis, a slow subscriber never makes memory grow: each
 subscription has a bounded buffer, and overflow drops the oldest buffered messages and reports
-how many as a `Dropped` event.
+how many as a `Dropped` event. (At-least-once delivery, with consumer groups and dead
+letters, is the optional `ReliablePubSub` protocol of `reliable.py`, kept apart so that a plain
+backend needs none of it.)
 
 Delivery rule (Redis's): a subscription receives one `Message` per matching entry it holds. A
 subscription to channel `news` and to pattern `n*` receives a message on `news` twice, once

@@ -1,101 +1,29 @@
 """`MemoryBroker`: the pub/sub capability inside one process, with Redis semantics.
 
 `publish` fans a message out synchronously into the bounded buffer of every matching
-subscription (a deque plus an `asyncio.Event` to wake the reader), so per-subscriber order is
-publishing order and a slow reader costs at most `buffer_size` messages of memory. A full
+subscription (`BufferedSubscription`, shared with the other brokers), so per-subscriber order
+is publishing order and a slow reader costs at most `buffer_size` messages of memory. A full
 buffer drops its oldest message and counts it; the reader then gets `Dropped(count)` before
 the newer messages.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections import deque
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
 
 from sidecar.backends.pubsub.base import (
-    Dropped,
     GlobPattern,
     Message,
     PubSubBackend,
     Subscription,
-    SubscriptionEvent,
     compile_glob,
 )
+from sidecar.backends.pubsub.buffered import BufferedSubscription
 from sidecar.errors import Unavailable
 
 __all__ = ["MemoryBroker"]
-
-
-class _MemorySubscription(Subscription):
-    def __init__(
-        self,
-        channels: tuple[str, ...],
-        patterns: tuple[GlobPattern, ...],
-        buffer_size: int,
-        on_close: Callable[[_MemorySubscription], None],
-    ) -> None:
-        self.channels = channels
-        self.patterns = patterns
-        self._buffer_size = buffer_size
-        self._on_close = on_close
-        self._buffer: deque[Message] = deque()
-        self._unreported_drops = 0
-        self._dropped_total = 0
-        self._wakeup = asyncio.Event()
-        self._closed = False
-
-    @property
-    def dropped_total(self) -> int:
-        return self._dropped_total
-
-    def buffered(self) -> int:
-        """Messages waiting to be read (for tests: it never exceeds the buffer size)."""
-        return len(self._buffer)
-
-    def __aiter__(self) -> AsyncIterator[SubscriptionEvent]:
-        return self._events()
-
-    async def _events(self) -> AsyncIterator[SubscriptionEvent]:
-        try:
-            while True:
-                if self._unreported_drops:
-                    count, self._unreported_drops = self._unreported_drops, 0
-                    yield Dropped(count)
-                elif self._buffer:
-                    yield self._buffer.popleft()
-                elif self._closed:
-                    return
-                else:
-                    self._wakeup.clear()
-                    await self._wakeup.wait()
-        finally:
-            # Runs on cancellation of the reading task (CancelledError propagates on after
-            # it), on aclose() of this iterator, and when it ends: the subscription never
-            # outlives its reader.
-            self._close_now()
-
-    async def close(self) -> None:
-        self._close_now()
-
-    def deliver(self, message: Message) -> None:
-        if len(self._buffer) >= self._buffer_size:
-            self._buffer.popleft()
-            self._unreported_drops += 1
-            self._dropped_total += 1
-        self._buffer.append(message)
-        self._wakeup.set()
-
-    def _close_now(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        self._buffer.clear()
-        self._unreported_drops = 0
-        self._on_close(self)
-        self._wakeup.set()
 
 
 class MemoryBroker(PubSubBackend):
@@ -115,9 +43,9 @@ class MemoryBroker(PubSubBackend):
     def __init__(self, *, clock_wall: Callable[[], float] = time.time) -> None:
         self._clock_wall = clock_wall
         # Dicts used as ordered sets, so delivery order across subscriptions is deterministic.
-        self._subscriptions: dict[_MemorySubscription, None] = {}
-        self._by_channel: dict[str, dict[_MemorySubscription, None]] = {}
-        self._by_pattern: dict[str, tuple[GlobPattern, dict[_MemorySubscription, None]]] = {}
+        self._subscriptions: dict[BufferedSubscription, None] = {}
+        self._by_channel: dict[str, dict[BufferedSubscription, None]] = {}
+        self._by_pattern: dict[str, tuple[GlobPattern, dict[BufferedSubscription, None]]] = {}
         self._closed = False
 
     async def publish(
@@ -128,7 +56,7 @@ class MemoryBroker(PubSubBackend):
         shared_metadata = MappingProxyType(dict(metadata or {}))
         payload = bytes(payload)
         published_at = self._clock_wall()
-        matched: dict[_MemorySubscription, list[str | None]] = {
+        matched: dict[BufferedSubscription, list[str | None]] = {
             subscription: [None] for subscription in self._by_channel.get(channel, {})
         }
         for pattern, (glob, subscriptions) in self._by_pattern.items():
@@ -154,7 +82,7 @@ class MemoryBroker(PubSubBackend):
         unique_patterns = tuple(dict.fromkeys(patterns))
         if not unique_channels and not unique_patterns:
             raise ValueError("subscribe needs at least one channel or pattern")
-        subscription = _MemorySubscription(
+        subscription = BufferedSubscription(
             unique_channels,
             tuple(compile_glob(pattern) for pattern in unique_patterns),
             buffer_size,
@@ -182,7 +110,7 @@ class MemoryBroker(PubSubBackend):
         if self._closed:
             raise Unavailable("the in-memory broker is closed", reason="BACKEND_CLOSED")
 
-    def _unregister(self, subscription: _MemorySubscription) -> None:
+    def _unregister(self, subscription: BufferedSubscription) -> None:
         self._subscriptions.pop(subscription, None)
         for channel in subscription.channels:
             subscribers = self._by_channel.get(channel)

@@ -1,0 +1,273 @@
+"""`SubscriberLink`: the one Redis connection a `RedisBroker` receives every message on.
+
+It owns the connection's whole life: connecting (with its own CLIENT SETNAME), sending
+(P)(UN)SUBSCRIBE and PING in order through one writer task, reading replies in one reader
+task, and on any loss reconnecting with exponential backoff and jitter, then resubscribing
+whatever the broker still wants. It knows nothing of subscriptions: messages go to the
+broker's `on_message` callback.
+
+Acknowledgements are tracked per channel or pattern. A SUBSCRIBE sent for a name is
+"unacked" until Redis confirms it; `waiter(key)` is a future resolved once every SUBSCRIBE
+sent for that name is confirmed, so a caller whose SUBSCRIBE follows an UNSUBSCRIBE of the
+same name waits for its own confirmation, not the earlier one. On connection loss every
+waiter fails with `Unavailable`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from redis.asyncio import Redis
+
+from sidecar.backends._redis import map_redis_error
+from sidecar.errors import SidecarError, Unavailable
+
+__all__ = ["Key", "SubscriberLink"]
+
+_log = logging.getLogger("sidecar.backends.redis")
+
+Key = tuple[bool, str]
+"""(is_pattern, name as the broker's users see it, without the key prefix)."""
+
+_SUBSCRIBE = {False: "SUBSCRIBE", True: "PSUBSCRIBE"}
+_UNSUBSCRIBE = {False: "UNSUBSCRIBE", True: "PUNSUBSCRIBE"}
+_SUBSCRIBED = {b"subscribe": False, b"psubscribe": True}
+_UNSUBSCRIBED = {b"unsubscribe": False, b"punsubscribe": True}
+
+
+class SubscriberLink:
+    """The subscriber connection of one broker.
+
+    Args:
+        client: the broker's client; the connection is made with its pool's settings.
+        name: the service name, for errors and logs.
+        connection_name: CLIENT SETNAME of the connection.
+        prefixes: (channel prefix, glob-escaped pattern prefix) added on the wire.
+        wanted: what to resubscribe after a reconnection, in order.
+        on_message: called with (key, channel without prefix, data) for every message.
+        keepalive: seconds of silence before a PING; 3 silent periods mean a dead link.
+        delays: (first, most) seconds between reconnection attempts.
+    """
+
+    def __init__(
+        self,
+        client: Redis,
+        *,
+        name: str,
+        connection_name: str,
+        prefixes: tuple[str, str],
+        wanted: Callable[[], Iterable[Key]],
+        on_message: Callable[[Key, str, bytes], None],
+        keepalive: float,
+        delays: tuple[float, float],
+    ) -> None:
+        self._client = client
+        self._name = name
+        self.connection_name = connection_name
+        self._prefixes = prefixes
+        self._strip = tuple(len(prefix.encode()) for prefix in prefixes)
+        self._wanted = wanted
+        self._on_message = on_message
+        self._keepalive = keepalive
+        self._delays = delays
+        self.up = False
+        """Connected, and everything wanted has been (re)requested on the connection."""
+        self.failure: BaseException | None = None
+        """Why the last connection ended or could not be made; None once connected."""
+        self.confirmed: set[Key] = set()
+        """Names Redis has confirmed on the current connection (and not unsubscribed)."""
+        self._task: asyncio.Task[None] | None = None
+        self._outbox: list[tuple[str, Any]] = []
+        self._outbox_ready = asyncio.Event()
+        self._unacked: dict[Key, int] = {}
+        self._waiting: dict[Key, asyncio.Future[None]] = {}
+        self._pings: deque[asyncio.Future[None] | None] = deque()
+
+    def start(self) -> None:
+        """Connect in the background (once); later calls do nothing."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._supervise(), name=self.connection_name)
+
+    async def close(self) -> None:
+        """Disconnect for good; whoever waits gets `Unavailable(BACKEND_CLOSED)`."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self._lost(Unavailable("the Redis broker is closed", reason="BACKEND_CLOSED"))
+
+    def subscribe(self, key: Key) -> None:
+        """Send SUBSCRIBE (or PSUBSCRIBE) for `key` if connected; else the reconnection will."""
+        if self.up:
+            self._unacked[key] = self._unacked.get(key, 0) + 1
+            self._send(_SUBSCRIBE[key[0]], self._wire(key))
+
+    def unsubscribe(self, key: Key) -> None:
+        """Send UNSUBSCRIBE for `key` if connected (a new connection starts without it)."""
+        if self.up:
+            self._send(_UNSUBSCRIBE[key[0]], self._wire(key))
+
+    def pending(self, key: Key) -> bool:
+        """Whether `key` is not yet confirmed on a live connection."""
+        return not self.up or key in self._unacked
+
+    def waiter(self, key: Key) -> asyncio.Future[None]:
+        """A future resolved once `key` is confirmed; failed if the connection is lost."""
+        future = self._waiting.get(key)
+        if future is None:
+            future = self._waiting[key] = asyncio.get_running_loop().create_future()
+        return future
+
+    async def sync(self) -> None:
+        """One PING round trip: every message Redis queued before it is then delivered."""
+        if not self.up:
+            return
+        pong: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._send("PING", pong)
+        await pong
+
+    def _wire(self, key: Key) -> str:
+        return self._prefixes[key[0]] + key[1]
+
+    def _local(self, is_pattern: bool, wire: bytes) -> str:
+        return wire[self._strip[is_pattern] :].decode("utf-8", "replace")
+
+    def _send(self, command: str, argument: Any) -> None:
+        self._outbox.append((command, argument))
+        self._outbox_ready.set()
+
+    # -- the connection's life -----------------------------------------------------------------
+
+    async def _supervise(self) -> None:
+        delay = self._delays[0]
+        while True:
+            pool = self._client.connection_pool
+            kwargs = {**pool.connection_kwargs, "client_name": self.connection_name}
+            conn: Any = pool.connection_class(**{**kwargs, "socket_timeout": None})
+            failure: BaseException
+            try:
+                await conn.connect()
+                self.up, self.failure, delay = True, None, self._delays[0]
+                for key in self._wanted():
+                    self.subscribe(key)
+                await self._serve(conn)
+                failure = ConnectionError("the subscriber connection ended")
+            except Exception as exc:
+                failure = exc
+            finally:
+                self.up = False
+                with contextlib.suppress(Exception):
+                    await conn.disconnect(nowait=True)
+            self._lost(failure)
+            _log.warning(
+                "redis subscriber connection lost; reconnecting",
+                extra={"integration": self._name, "error": repr(failure), "retry_in": delay},
+            )
+            await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+            delay = min(delay * 2, self._delays[1])
+
+    def _lost(self, failure: BaseException) -> None:
+        """Forget the connection's state and fail whoever waits on it."""
+        self.failure = failure
+        error: SidecarError = map_redis_error(failure, self._name) or Unavailable(
+            str(failure), reason="UPSTREAM_UNAVAILABLE", metadata={"target": self._name}
+        )
+        pongs = [
+            *self._pings,
+            *(argument for command, argument in self._outbox if command == "PING"),
+        ]
+        for future in [*self._waiting.values(), *pongs]:
+            if future is not None and not future.done():
+                future.set_exception(error)
+                future.exception()  # marked retrieved: its waiter may be gone
+        self._waiting.clear()
+        self._pings.clear()
+        self._unacked.clear()
+        self.confirmed.clear()
+        self._outbox.clear()
+
+    async def _serve(self, conn: Any) -> None:
+        reader = asyncio.create_task(self._read(conn))
+        writer = asyncio.create_task(self._write(conn))
+        try:
+            done, _ = await asyncio.wait((reader, writer), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            reader.cancel()
+            writer.cancel()
+            await asyncio.gather(reader, writer, return_exceptions=True)
+        for task in done:
+            if (error := task.exception()) is not None:
+                raise error
+
+    async def _write(self, conn: Any) -> None:
+        while True:
+            if not self._outbox:
+                self._outbox_ready.clear()
+                try:  # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancel
+                    async with asyncio.timeout(self._keepalive):
+                        await self._outbox_ready.wait()
+                except TimeoutError:
+                    self._send("PING", None)
+            batch, self._outbox = self._outbox, []
+            # Pongs are matched to PINGs in sending order, and only this task sends.
+            self._pings.extend(argument for command, argument in batch if command == "PING")
+            for command, arguments in _grouped(batch):
+                await conn.send_command(command, *arguments, check_health=False)
+
+    async def _read(self, conn: Any) -> None:
+        while True:
+            reply = await conn.read_response(timeout=self._keepalive * 3)
+            if not isinstance(reply, list):
+                if reply == b"PONG":  # a PING while subscribed to nothing
+                    self._pong()
+                continue
+            kind = reply[0]
+            if kind == b"message":
+                key = (False, self._local(False, reply[1]))
+                self._on_message(key, key[1], reply[2])
+            elif kind == b"pmessage":
+                key = (True, self._local(True, reply[1]))
+                self._on_message(key, self._local(False, reply[2]), reply[3])
+            elif kind in _SUBSCRIBED:
+                self._acked((_SUBSCRIBED[kind], self._local(_SUBSCRIBED[kind], reply[1])))
+            elif kind in _UNSUBSCRIBED and reply[1] is not None:
+                is_pattern = _UNSUBSCRIBED[kind]
+                self.confirmed.discard((is_pattern, self._local(is_pattern, reply[1])))
+            elif kind == b"pong":
+                self._pong()
+
+    def _acked(self, key: Key) -> None:
+        self.confirmed.add(key)
+        left = self._unacked.get(key, 0) - 1
+        if left > 0:
+            self._unacked[key] = left
+            return
+        self._unacked.pop(key, None)
+        future = self._waiting.pop(key, None)
+        if future is not None and not future.done():
+            future.set_result(None)
+
+    def _pong(self) -> None:
+        if self._pings:
+            pong = self._pings.popleft()
+            if pong is not None and not pong.done():
+                pong.set_result(None)
+
+
+def _grouped(batch: list[tuple[str, Any]]) -> list[tuple[str, list[Any]]]:
+    """Consecutive (P)(UN)SUBSCRIBEs of one kind merged into one command; PINGs alone."""
+    commands: list[tuple[str, list[Any]]] = []
+    for command, argument in batch:
+        if command == "PING":
+            commands.append((command, []))
+        elif commands and commands[-1][0] == command:
+            commands[-1][1].append(argument)
+        else:
+            commands.append((command, [argument]))
+    return commands

@@ -1,0 +1,113 @@
+"""`BufferedSubscription`: the one `Subscription` implementation every broker shares.
+
+A broker decides *which* subscriptions a message reaches; this class decides what happens
+then, identically for every backend: the message joins a bounded buffer (a deque plus an
+`asyncio.Event` waking the reader), a full buffer drops its oldest message and counts it, and
+the reader gets `Dropped(count)` before the newer messages. So a slow reader costs at most
+`buffer_size` messages of memory, whatever the backend.
+
+A broker registers the subscription in its own tables and passes `on_close`, which must
+unregister it synchronously: `on_close` runs from the iterator's `finally`, where awaiting
+is not safe during cancellation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+
+from sidecar.backends.pubsub.base import (
+    Dropped,
+    GlobPattern,
+    Message,
+    Subscription,
+    SubscriptionEvent,
+)
+
+__all__ = ["BufferedSubscription"]
+
+
+class BufferedSubscription(Subscription):
+    """A subscription with a bounded buffer; see the module docstring.
+
+    Args:
+        channels: the exact channels subscribed, without repeats.
+        patterns: the compiled glob patterns subscribed, without repeats.
+        buffer_size: messages held before the oldest is dropped (>= 1).
+        on_close: called once, synchronously, when the subscription closes.
+    """
+
+    def __init__(
+        self,
+        channels: tuple[str, ...],
+        patterns: tuple[GlobPattern, ...],
+        buffer_size: int,
+        on_close: Callable[[BufferedSubscription], None],
+    ) -> None:
+        self.channels = channels
+        self.patterns = patterns
+        self._buffer_size = buffer_size
+        self._on_close = on_close
+        self._buffer: deque[Message] = deque()
+        self._unreported_drops = 0
+        self._dropped_total = 0
+        self._wakeup = asyncio.Event()
+        self._closed = False
+
+    @property
+    def dropped_total(self) -> int:
+        return self._dropped_total
+
+    @property
+    def closed(self) -> bool:
+        """Whether the subscription was closed (it then receives nothing more)."""
+        return self._closed
+
+    def buffered(self) -> int:
+        """Messages waiting to be read (for tests: it never exceeds the buffer size)."""
+        return len(self._buffer)
+
+    def __aiter__(self) -> AsyncIterator[SubscriptionEvent]:
+        return self._events()
+
+    async def _events(self) -> AsyncIterator[SubscriptionEvent]:
+        try:
+            while True:
+                if self._unreported_drops:
+                    count, self._unreported_drops = self._unreported_drops, 0
+                    yield Dropped(count)
+                elif self._buffer:
+                    yield self._buffer.popleft()
+                elif self._closed:
+                    return
+                else:
+                    self._wakeup.clear()
+                    await self._wakeup.wait()
+        finally:
+            # Runs on cancellation of the reading task (CancelledError propagates on after
+            # it), on aclose() of this iterator, and when it ends: the subscription never
+            # outlives its reader.
+            self.close_now()
+
+    async def close(self) -> None:
+        self.close_now()
+
+    def deliver(self, message: Message) -> None:
+        """Buffer `message` for the reader, dropping the oldest one if the buffer is full."""
+        if len(self._buffer) >= self._buffer_size:
+            self._buffer.popleft()
+            self._unreported_drops += 1
+            self._dropped_total += 1
+        self._buffer.append(message)
+        self._wakeup.set()
+
+    def close_now(self) -> None:
+        """Close synchronously: unregister, discard the buffer, end the iteration."""
+        if self._closed:
+            return
+        self._closed = True
+        self._buffer.clear()
+        self._unreported_drops = 0
+        self._on_close(self)
+        self._wakeup.set()

@@ -1,0 +1,232 @@
+"""`RedisBroker`: the pub/sub capability on Redis pub/sub (at-most-once), multiplexed.
+
+A sidecar holds ONE subscriber connection per broker however many gRPC subscribers it
+serves (`SubscriberLink`): every message arrives once on it and is fanned out to the local
+subscriptions (`BufferedSubscription`: bounded buffers, `Dropped` events). SUBSCRIBE and
+PSUBSCRIBE are reference-counted: the first local subscriber of a channel or pattern sends
+SUBSCRIBE, the last one to leave sends UNSUBSCRIBE. `subscribe` returns once Redis has
+confirmed every channel and pattern, so every message published after that reaches it.
+
+If the connection drops (Redis restarted, network cut, or silent for 3 keepalive periods)
+the link reconnects with exponential backoff and jitter and resubscribes everything; open
+subscriptions stay open and miss only what was published meanwhile (at-most-once). While
+it is down, new `subscribe` calls fail at once with `Unavailable`.
+
+`publish` counts receivers as the contract does: one per subscription per matching channel
+or pattern. Redis counts this sidecar's shared connection once per channel and pattern it
+holds, so the broker replaces that share of Redis's reply with its exact local deliveries.
+Other sidecars, and plain Redis clients, still count once per channel or pattern they hold,
+not once per gRPC subscriber; while a subscribe or unsubscribe is under way the count may be
+off by one.
+
+Messages travel in an envelope carrying metadata and publish time (see `_envelope`); raw
+messages from other publishers are delivered as they are. `key_prefix` is prepended to every
+channel and (glob-escaped) pattern on the wire.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any
+
+from redis.asyncio import Redis
+
+from sidecar.backends._redis import glob_escape, redis_errors
+from sidecar.backends._redis_mux import Multiplexer
+from sidecar.backends.pubsub import _envelope
+from sidecar.backends.pubsub._redis_link import Key, SubscriberLink
+from sidecar.backends.pubsub.base import Message, PubSubBackend, Subscription, compile_glob
+from sidecar.backends.pubsub.buffered import BufferedSubscription
+from sidecar.errors import Unavailable
+
+__all__ = ["RedisBroker"]
+
+
+class RedisBroker(PubSubBackend):
+    """A `PubSubBackend` on Redis pub/sub with one shared subscriber connection.
+
+    Args:
+        client: the service's client: PUBLISH and PING use its pool, and the subscriber
+            connection is made with its settings. The broker owns it and closes it.
+        name: the service name, reported as `target` in errors.
+        key_prefix: prepended to every channel and pattern.
+        connection_name: CLIENT SETNAME of the subscriber connection; default
+            `sidecar-sub:<name>:<random>`, unique per broker.
+        clock_wall: wall-clock seconds, for `published_at`.
+        keepalive: seconds of silence before the subscriber connection is PINGed.
+        reconnect_delays: (first, most) seconds of backoff between reconnection attempts.
+
+    Usage:
+
+        broker = RedisBroker(create_client(settings), name="pubsub", key_prefix="app1:")
+        subscription = await broker.subscribe(["orders"], ["news.*"], buffer_size=256)
+    """
+
+    def __init__(
+        self,
+        client: Redis,
+        *,
+        name: str,
+        key_prefix: str = "",
+        connection_name: str | None = None,
+        clock_wall: Callable[[], float] = time.time,
+        keepalive: float = 10.0,
+        reconnect_delays: tuple[float, float] = (0.05, 2.0),
+    ) -> None:
+        self._client = client
+        # PUBLISH and PING share one pipelined connection, like the cache's single commands.
+        self._mux = Multiplexer(client)
+        self._execute: Callable[..., Awaitable[Any]] = self._mux.call
+        self._errors = redis_errors(name)
+        self._name = name
+        self._prefix = key_prefix
+        self._clock_wall = clock_wall
+        # Local subscriptions, and by what they listen to (dicts as ordered sets).
+        self._subscriptions: dict[BufferedSubscription, None] = {}
+        self._listeners: dict[Key, dict[BufferedSubscription, None]] = {}
+        self._link = SubscriberLink(
+            client,
+            name=name,
+            connection_name=connection_name or f"sidecar-sub:{name}:{uuid.uuid4().hex[:8]}",
+            prefixes=(key_prefix, glob_escape(key_prefix)),
+            wanted=lambda: list(self._listeners),
+            on_message=self._dispatch,
+            keepalive=keepalive,
+            delays=reconnect_delays,
+        )
+        self._closed = False
+
+    @property
+    def client(self) -> Redis:
+        """The command client (shared with global rate limiters naming this service)."""
+        return self._client
+
+    @property
+    def connection_name(self) -> str:
+        """CLIENT SETNAME of the subscriber connection, to find it in `CLIENT LIST`."""
+        return self._link.connection_name
+
+    async def publish(
+        self, channel: str, payload: bytes, metadata: Mapping[str, str] | None = None
+    ) -> int:
+        self._check_open()
+        data = _envelope.encode(payload, metadata, self._clock_wall())
+        with self._errors:
+            reached = int(await self._execute("PUBLISH", self._prefix + channel, data))
+        own = local = 0
+        for key in self._link.confirmed:
+            is_pattern, name = key
+            if compile_glob(name).matches(channel) if is_pattern else name == channel:
+                own += 1
+                local += len(self._listeners.get(key, ()))
+        return max(reached - own, 0) + local
+
+    async def subscribe(
+        self, channels: Sequence[str], patterns: Sequence[str], *, buffer_size: int
+    ) -> Subscription:
+        self._check_open()
+        if buffer_size < 1:
+            raise ValueError(f"buffer_size must be >= 1, got {buffer_size}")
+        unique_channels = tuple(dict.fromkeys(channels))
+        unique_patterns = tuple(dict.fromkeys(patterns))
+        if not unique_channels and not unique_patterns:
+            raise ValueError("subscribe needs at least one channel or pattern")
+        link = self._link
+        if not link.up and link.failure is not None:
+            raise Unavailable(
+                "the subscriber connection to Redis is down; it is reconnecting",
+                reason="UPSTREAM_UNAVAILABLE",
+                metadata={"target": self._name},
+            )
+        link.start()
+        subscription = BufferedSubscription(
+            unique_channels,
+            tuple(compile_glob(pattern) for pattern in unique_patterns),
+            buffer_size,
+            self._unregister,
+        )
+        self._subscriptions[subscription] = None
+        waits: set[asyncio.Future[None]] = set()
+        for key in [(False, c) for c in unique_channels] + [(True, p) for p in unique_patterns]:
+            listeners = self._listeners.get(key)
+            if listeners is None:
+                listeners = self._listeners[key] = {}
+                link.subscribe(key)
+            listeners[subscription] = None
+            if link.pending(key):
+                waits.add(link.waiter(key))
+        if waits:
+            try:
+                await asyncio.wait(waits)
+                for future in waits:
+                    if (error := future.exception()) is not None:
+                        raise error
+            except BaseException:
+                subscription.close_now()
+                raise
+        return subscription
+
+    async def ping(self) -> None:
+        self._check_open()
+        with self._errors:
+            await self._execute("PING")
+
+    async def sync(self) -> None:
+        """Wait until every message Redis has already sent this broker is in the buffers.
+
+        One PING round trip on the subscriber connection, which Redis answers after
+        everything it queued there before; for tests and orderly hand-offs. Returns at once
+        when not connected.
+        """
+        self._check_open()
+        await self._link.sync()
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for subscription in list(self._subscriptions):
+            subscription.close_now()
+        await self._link.close()
+        await self._mux.aclose()
+        await self._client.aclose()
+
+    def subscriber_count(self) -> int:
+        return len(self._subscriptions)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise Unavailable(
+                "the Redis broker is closed",
+                reason="BACKEND_CLOSED",
+                metadata={"target": self._name},
+            )
+
+    def _unregister(self, subscription: BufferedSubscription) -> None:
+        self._subscriptions.pop(subscription, None)
+        keys = [(False, c) for c in subscription.channels]
+        keys += [(True, glob.pattern) for glob in subscription.patterns]
+        for key in keys:
+            listeners = self._listeners.get(key)
+            if listeners is None:
+                continue
+            listeners.pop(subscription, None)
+            if not listeners:
+                del self._listeners[key]
+                if not self._closed:
+                    self._link.unsubscribe(key)
+
+    def _dispatch(self, key: Key, channel: str, data: bytes) -> None:
+        """Fan one message from Redis out to the local subscriptions of `key`."""
+        listeners = self._listeners.get(key)
+        if not listeners:
+            return
+        payload, metadata, published_at = _envelope.decode(data, self._clock_wall())
+        pattern = key[1] if key[0] else None
+        # One immutable Message shared by every local delivery.
+        message = Message(channel, payload, metadata, pattern, published_at)
+        for subscription in listeners:
+            subscription.deliver(message)
