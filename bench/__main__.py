@@ -4,6 +4,18 @@ Every figure is a median of interleaved repeats; the floor (a no-op grpc.aio ser
 the same client) runs in the same invocation, because this machine drifts between runs.
 Server CPU per call comes from /proc/<pid>/stat (utime + stime).
 
+The Redis cases run Cache.Get/Set through the sidecar against a `backend: redis` cache, and
+the same GET/SET with redis-py used directly (what an app without the sidecar would do):
+"vs floor" compares with the no-op gRPC server, "vs redis-py" with the direct client. The
+Redis is the one on 127.0.0.1:6379, or a redis-server started for the run.
+
+The SQL case runs a one-row SqlService.Query through the sidecar against PostgreSQL, and the
+same query on an asyncpg pool used directly ("vs direct"). It runs when PostgreSQL answers
+at BENCH_PG_DSN (default postgresql://postgres@127.0.0.1:5432/postgres).
+
+The AI section (`bench/ai.py`, also `python -m bench.ai` alone) streams completions through
+the sidecar and with the openai SDK directly from the same local SSE server.
+
 Usage: make bench  (BENCH_SECONDS, BENCH_REPEATS to change the run length)
 """
 
@@ -24,10 +36,29 @@ SECONDS = float(os.environ.get("BENCH_SECONDS", "3"))
 REPEATS = int(os.environ.get("BENCH_REPEATS", "3"))
 CALLERS = (1, 16, 64)
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+PG_DSN = os.environ.get("BENCH_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 SIDECAR_CONFIG = """
 server:
   access_log: false
+services:
+  cache: {{type: cache}}
+  pubsub: {{type: pubsub}}
+  redis: {{type: cache, backend: redis, host: {host}, port: {port}, key_prefix: "sidecar-bench:"}}
+  sql-bench: {{type: sql, backend: postgres, dsn: "{pg_dsn}"}}
 """
+LABELS = {
+    "noop": "grpc.aio no-op (floor)",
+    "cache_get": "sidecar cache.get (memory)",
+    "cache_set": "sidecar cache.set (memory)",
+    "redis_get": "sidecar cache.get (redis)",
+    "redis_set": "sidecar cache.set (redis)",
+    "redispy_get": "redis-py GET direct",
+    "redispy_set": "redis-py SET direct",
+    "sql_query": "sidecar sql.query (postgres)",
+    "asyncpg_query": "asyncpg query direct",
+}
+# Each sidecar case and the client used directly that it is compared with.
+DIRECT = {"redis_get": "redispy_get", "redis_set": "redispy_set", "sql_query": "asyncpg_query"}
 
 
 def free_port() -> int:
@@ -48,8 +79,12 @@ class Server:
     address: str
 
 
-def start(name: str, command: list[str], address: str) -> Server:
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def start(
+    name: str, command: list[str], address: str, process: subprocess.Popen[bytes] | None = None
+) -> Server:
+    """Start `command` (unless `process` is already running) and wait until it listens."""
+    if process is None:
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     host, port = address.rsplit(":", 1)
     deadline = time.monotonic() + 30
     while True:
@@ -63,14 +98,15 @@ def start(name: str, command: list[str], address: str) -> Server:
     return Server(name, process, address)
 
 
-def measure(server: Server, workload: str, callers: int) -> dict[str, float]:
-    before = cpu_seconds(server.process.pid)
+def measure(server: Server | None, address: str, workload: str, callers: int) -> dict[str, float]:
+    """One run of `workload`; server CPU per call when a server process serves it."""
+    before = cpu_seconds(server.process.pid) if server else 0.0
     out = subprocess.run(
         [
             sys.executable,
             "-m",
             "bench.load",
-            server.address,
+            address,
             workload,
             str(callers),
             str(SECONDS),
@@ -81,15 +117,47 @@ def measure(server: Server, workload: str, callers: int) -> dict[str, float]:
         text=True,
     ).stdout
     result: dict[str, float] = json.loads(out)
-    used = cpu_seconds(server.process.pid) - before
-    result["server_cpu_us"] = used / max(result["calls"], 1) * 1e6
+    if server is not None:
+        used = cpu_seconds(server.process.pid) - before
+        result["server_cpu_us"] = used / max(result["calls"], 1) * 1e6
     return result
 
 
+def redis_address() -> tuple[str, int, subprocess.Popen[bytes] | None]:
+    """The Redis on 127.0.0.1:6379 if it answers, else a redis-server started here."""
+    try:
+        with socket.create_connection(("127.0.0.1", 6379), timeout=0.5) as sock:
+            sock.sendall(b"PING\r\n")
+            if sock.recv(16).startswith(b"+PONG"):
+                return "127.0.0.1", 6379, None
+    except OSError:
+        pass
+    port = free_port()
+    process = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+    )
+    start("redis", [], f"127.0.0.1:{port}", process)
+    return "127.0.0.1", port, process
+
+
+def postgres_answers(dsn: str) -> bool:
+    """Whether something listens at the DSN's host and port."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(dsn)
+    try:
+        socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 5432), 0.5).close()
+    except OSError:
+        return False
+    return True
+
+
 def main() -> int:
+    host, port, own_redis = redis_address()
     with tempfile.TemporaryDirectory() as tmp:
         config = Path(tmp) / "sidecar.yaml"
-        config.write_text(SIDECAR_CONFIG)
+        config.write_text(SIDECAR_CONFIG.format(host=host, port=port, pg_dsn=PG_DSN))
         noop_address = f"127.0.0.1:{free_port()}"
         sidecar_address = f"127.0.0.1:{free_port()}"
         noop = start(
@@ -109,38 +177,54 @@ def main() -> int:
             ],
             sidecar_address,
         )
+        redis_direct = f"{host}:{port}"
+        cases: list[tuple[Server | None, str, str]] = [
+            (noop, noop_address, "noop"),
+            (sidecar, sidecar_address, "cache_get"),
+            (sidecar, sidecar_address, "cache_set"),
+            (sidecar, sidecar_address, "redis_get"),
+            (None, redis_direct, "redispy_get"),
+            (sidecar, sidecar_address, "redis_set"),
+            (None, redis_direct, "redispy_set"),
+        ]
+        if postgres_answers(PG_DSN):
+            cases += [(sidecar, sidecar_address, "sql_query"), (None, PG_DSN, "asyncpg_query")]
         try:
             print(f"# unary round trips, {SECONDS:.0f}s x {REPEATS} interleaved repeats, medians")
             print(
                 f"{'case':<28}{'callers':>8}{'ops/s':>10}{'p50 us':>9}{'p99 us':>9}"
-                f"{'srv cpu us':>12}{'vs floor':>10}"
+                f"{'srv cpu us':>12}{'vs floor':>10}{'vs direct':>13}"
             )
-            cases = [(noop, "noop"), (sidecar, "cache_get"), (sidecar, "cache_set")]
             for callers in CALLERS:
-                runs: dict[str, list[dict[str, float]]] = {w: [] for _, w in cases}
+                runs: dict[str, list[dict[str, float]]] = {w: [] for _, _, w in cases}
                 for _ in range(REPEATS):
-                    for server, workload in cases:
-                        runs[workload].append(measure(server, workload, callers))
-                floor = statistics.median(r["ops"] for r in runs["noop"])
-                for _, workload in cases:
-                    ops = statistics.median(r["ops"] for r in runs[workload])
+                    for server, address, workload in cases:
+                        runs[workload].append(measure(server, address, workload, callers))
+                ops = {w: statistics.median(r["ops"] for r in runs[w]) for w in runs}
+                for server, _, workload in cases:
                     p50 = statistics.median(r["p50_us"] for r in runs[workload])
                     p99 = statistics.median(r["p99_us"] for r in runs[workload])
-                    cpu = statistics.median(r["server_cpu_us"] for r in runs[workload])
-                    label = (
-                        "grpc.aio no-op (floor)"
-                        if workload == "noop"
-                        else (f"sidecar {workload.replace('_', '.')} (memory)")
+                    cpu = (
+                        f"{statistics.median(r['server_cpu_us'] for r in runs[workload]):.0f}"
+                        if server
+                        else "-"
                     )
+                    direct = DIRECT.get(workload)
+                    versus = f"{ops[workload] / ops[direct]:.2f}" if direct else ""
                     print(
-                        f"{label:<28}{callers:>8}{ops:>10.0f}{p50:>9.0f}{p99:>9.0f}"
-                        f"{cpu:>12.0f}{ops / floor:>10.2f}"
+                        f"{LABELS[workload]:<28}{callers:>8}{ops[workload]:>10.0f}{p50:>9.0f}"
+                        f"{p99:>9.0f}{cpu:>12}{ops[workload] / ops['noop']:>10.2f}{versus:>13}"
                     )
         finally:
             for server in (noop, sidecar):
                 server.process.terminate()
                 server.process.wait(10)
-    return 0
+            if own_redis is not None:
+                own_redis.terminate()
+                own_redis.wait(10)
+    from bench import ai  # streamed AI completions: sidecar vs the openai SDK direct
+
+    return ai.main()
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
-"""Load generator, run as its own process: N concurrent callers on one channel for a fixed
-time; prints one JSON line with ops/s, p50 and p99 in microseconds."""
+"""Load generator, run as its own process: N concurrent callers on one channel (or one
+redis-py client, for the `redispy_*` workloads, or one asyncpg pool, for `asyncpg_query`) for
+a fixed time; prints one JSON line with ops/s, p50 and p99 in microseconds."""
 
 from __future__ import annotations
 
@@ -12,7 +13,10 @@ from typing import Any
 
 import grpc
 
-from generated.integration.v1 import cache_pb2, cache_pb2_grpc
+from generated.integration.v1 import cache_pb2, cache_pb2_grpc, common_pb2, sql_pb2, sql_pb2_grpc
+
+# The one-row query of the SQL workloads, through the sidecar and with asyncpg directly.
+SQL_QUERY = "SELECT $1::int8 AS id, 'bench'::text AS name"
 
 
 def _noop(channel: grpc.aio.Channel) -> Callable[[], Awaitable[Any]]:
@@ -33,28 +37,91 @@ def _cache_set(channel: grpc.aio.Channel) -> Callable[[], Awaitable[Any]]:
     return lambda: stub.Set(request)
 
 
-WORKLOADS = {"noop": _noop, "cache_get": _cache_get, "cache_set": _cache_set}
+def _redis_get(channel: grpc.aio.Channel) -> Callable[[], Awaitable[Any]]:
+    stub = cache_pb2_grpc.CacheServiceStub(channel)
+    request = cache_pb2.GetRequest(target="redis", key="bench:key")
+    return lambda: stub.Get(request)
+
+
+def _redis_set(channel: grpc.aio.Channel) -> Callable[[], Awaitable[Any]]:
+    stub = cache_pb2_grpc.CacheServiceStub(channel)
+    request = cache_pb2.SetRequest(target="redis", key="bench:key", value=b"v" * 64)
+    return lambda: stub.Set(request)
+
+
+def _sql_query(channel: grpc.aio.Channel) -> Callable[[], Awaitable[Any]]:
+    stub = sql_pb2_grpc.SqlServiceStub(channel)
+    request = sql_pb2.QueryRequest(
+        target="sql-bench", sql=SQL_QUERY, parameters=[common_pb2.Value(int_value=42)]
+    )
+    return lambda: stub.Query(request)
+
+
+WORKLOADS = {
+    "noop": _noop,
+    "cache_get": _cache_get,
+    "cache_set": _cache_set,
+    "redis_get": _redis_get,
+    "redis_set": _redis_set,
+    "sql_query": _sql_query,
+}
+
+
+def _redispy(address: str, workload: str) -> tuple[Any, Callable[[], Awaitable[Any]]]:
+    """redis-py used directly by the app, as the sidecar's Redis workloads compare to."""
+    import redis.asyncio as aioredis
+
+    host, port = address.rsplit(":", 1)
+    client = aioredis.Redis(host=host, port=int(port))
+    # The sidecar's redis service has key_prefix "sidecar-bench:": the same key.
+    if workload == "redispy_get":
+        return client, lambda: client.get("sidecar-bench:bench:key")
+    value = b"v" * 64
+    return client, lambda: client.set("sidecar-bench:bench:key", value)
+
+
+async def _asyncpg_query(dsn: str, callers: int, seconds: float, warmup: float) -> None:
+    """asyncpg used directly by the app (a pool as large as the sidecar's), as `sql_query`
+    compares to; `address` is then a postgresql:// DSN."""
+    import asyncpg
+
+    async with asyncpg.create_pool(dsn, min_size=2, max_size=10) as pool:
+        await drive(lambda: pool.fetch(SQL_QUERY, 42), callers, seconds, warmup)
 
 
 async def run(address: str, workload: str, callers: int, seconds: float, warmup: float) -> None:
+    if workload == "asyncpg_query":
+        await _asyncpg_query(address, callers, seconds, warmup)
+        return
+    if workload.startswith("redispy_"):
+        client, call = _redispy(address, workload)
+        async with client:
+            await drive(call, callers, seconds, warmup)
+        return
     async with grpc.aio.insecure_channel(address) as channel:
-        call = WORKLOADS[workload](channel)
-        latencies: list[float] = []
-        measuring = False
-        stop_at = time.perf_counter() + warmup + seconds
+        await drive(WORKLOADS[workload](channel), callers, seconds, warmup)
 
-        async def caller() -> None:
-            while (now := time.perf_counter()) < stop_at:
-                await call()
-                if measuring:
-                    latencies.append(time.perf_counter() - now)
 
-        tasks = [asyncio.create_task(caller()) for _ in range(callers)]
-        await asyncio.sleep(warmup)
-        measuring = True
-        started = time.perf_counter()
-        await asyncio.gather(*tasks)
-        elapsed = time.perf_counter() - started
+async def drive(
+    call: Callable[[], Awaitable[Any]], callers: int, seconds: float, warmup: float
+) -> None:
+    """Run `callers` concurrent loops of `call`; print ops/s, p50 and p99 as one JSON line."""
+    latencies: list[float] = []
+    measuring = False
+    stop_at = time.perf_counter() + warmup + seconds
+
+    async def caller() -> None:
+        while (now := time.perf_counter()) < stop_at:
+            await call()
+            if measuring:
+                latencies.append(time.perf_counter() - now)
+
+    tasks = [asyncio.create_task(caller()) for _ in range(callers)]
+    await asyncio.sleep(warmup)
+    measuring = True
+    started = time.perf_counter()
+    await asyncio.gather(*tasks)
+    elapsed = time.perf_counter() - started
     latencies.sort()
     count = len(latencies)
     print(

@@ -23,10 +23,14 @@ from opentelemetry.sdk.metrics.export import MetricReader
 from generated.integration.v1 import (
     admin_pb2,
     admin_pb2_grpc,
+    ai_pb2,
+    ai_pb2_grpc,
     cache_pb2,
     cache_pb2_grpc,
     pubsub_pb2,
     pubsub_pb2_grpc,
+    sql_pb2,
+    sql_pb2_grpc,
 )
 from sidecar.config import Config
 from sidecar.interceptors.auth import BearerAuthInterceptor
@@ -38,6 +42,8 @@ from sidecar.resilience import SYSTEM_CLOCK, Clock, TokenBucketOptions
 from sidecar.runtime import Integrations, build_integrations
 from sidecar.runtime.health import HealthMonitor
 from sidecar.services import AdminServicer, CacheServicer, PubSubServicer
+from sidecar.services.ai import AIServicer
+from sidecar.services.sql import SqlServicer
 
 __all__ = ["SERVICE_NAMES", "RunningServer", "serve", "start_server"]
 
@@ -74,6 +80,23 @@ def _add_pubsub(integrations: Integrations, server: grpc.aio.Server) -> PubSubSe
     return servicer
 
 
+def _add_sql(integrations: Integrations, server: grpc.aio.Server) -> SqlServicer:
+    servicer = SqlServicer(integrations)
+    sql_pb2_grpc.add_SqlServiceServicer_to_server(servicer, server)
+    return servicer
+
+
+def _add_ai(integrations: Integrations, server: grpc.aio.Server) -> AIServicer:
+    from sidecar.ai import AIConfigError
+
+    try:
+        servicer = AIServicer(integrations, clock=integrations.clock, meter=integrations.meter)
+    except AIConfigError as exc:  # an alias names a service that is not configured
+        raise ServerStartError(f"invalid AI configuration: {exc}") from exc
+    ai_pb2_grpc.add_AIServiceServicer_to_server(servicer, server)
+    return servicer
+
+
 def _add_admin(integrations: Integrations, server: grpc.aio.Server) -> AdminServicer:
     servicer = AdminServicer(integrations)
     admin_pb2_grpc.add_AdminServiceServicer_to_server(servicer, server)
@@ -84,6 +107,8 @@ def _add_admin(integrations: Integrations, server: grpc.aio.Server) -> AdminServ
 SERVICES: tuple[_Service, ...] = (
     _Service(_full_name(cache_pb2, "CacheService"), "cache", _add_cache),
     _Service(_full_name(pubsub_pb2, "PubSubService"), "pubsub", _add_pubsub),
+    _Service(_full_name(sql_pb2, "SqlService"), "sql", _add_sql),
+    _Service(_full_name(ai_pb2, "AIService"), "ai_model", _add_ai),
     _Service(_full_name(admin_pb2, "AdminService"), None, _add_admin),
 )
 SERVICE_NAMES = (*(service.name for service in SERVICES), HEALTH_SERVICE)
@@ -207,6 +232,8 @@ async def start_server(
         if meter_provider is not None
         else None
     )
+    if meter_provider is not None:
+        integrations.meter = meter_provider.get_meter("integration-sidecar")
     if metrics is not None:
         for integration in integrations:
             integration.pipeline.add_listener(metrics.record_resilience_event)

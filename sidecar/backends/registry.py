@@ -32,13 +32,138 @@ _FACTORIES: dict[tuple[str, str], Callable[[Any], Any]] = {
 }
 
 
+def _sql_postgres(settings: Any, policies: Any) -> Any:
+    from sidecar.backends.sql.postgres import PostgresBackend, PostgresOptions
+
+    pool, timeouts = _pool_and_timeouts(policies)
+    return PostgresBackend(
+        PostgresOptions(
+            dsn=settings.dsn.get_secret_value() if settings.dsn else None,
+            host=settings.host,
+            port=settings.port,
+            database=settings.database,
+            user=settings.username,
+            password=settings.password.get_secret_value() if settings.password else None,
+            read_only=settings.read_only,
+            min_size=pool.min_connections,
+            max_size=pool.max_connections,
+            acquire_timeout=pool.acquire_timeout,
+            idle_timeout=pool.idle_timeout,
+            connect_timeout=timeouts.connect,
+            request_timeout=timeouts.request,
+            statement_cache_size=settings.statement_cache_size,
+        )
+    )
+
+
+def _sql_sqlite(settings: Any, policies: Any) -> Any:
+    from sidecar.backends.sql.sqlite import SqliteBackend, SqliteOptions
+
+    pool, timeouts = _pool_and_timeouts(policies)
+    return SqliteBackend(
+        SqliteOptions(
+            path=settings.path,
+            read_only=settings.read_only,
+            acquire_timeout=pool.acquire_timeout,
+            request_timeout=timeouts.request,
+        )
+    )
+
+
+def _pool_and_timeouts(policies: Any) -> tuple[Any, Any]:
+    """The resolved `connection_pool` and `timeouts`, or their defaults without policies."""
+    if policies is not None:
+        return policies.connection_pool, policies.timeouts
+    from sidecar.config import ConnectionPoolConfig, TimeoutsConfig
+
+    return ConnectionPoolConfig(), TimeoutsConfig()
+
+
+def _ai_model(settings: Any, policies: Any) -> Any:
+    from sidecar.ai.build import model_service
+
+    return model_service(settings, policies)
+
+
+def _ai_alias(settings: Any, policies: Any) -> Any:
+    from sidecar.ai.build import alias_service
+
+    return alias_service(settings, policies)
+
+
+# Factories of backends that keep a connection pool also take the service's resolved
+# policies (`Config.policies_for(name)`): `connection_pool` sizes the pool, `timeouts` bound
+# connecting and each request.
+_POOLED_FACTORIES: dict[tuple[str, str], Callable[[Any, Any], Any]] = {
+    ("sql", "postgres"): _sql_postgres,
+    ("sql", "sqlite"): _sql_sqlite,
+    # AI: `backend` is the provider; timeouts, breaker and retry come from the policies.
+    ("ai_model", "openai"): _ai_model,
+    ("ai_model", "anthropic"): _ai_model,
+    ("ai_model", "huggingface"): _ai_model,
+    ("ai_model", "echo"): _ai_model,
+    ("ai_alias", "router"): _ai_alias,
+}
+
+
+def _redis_client(settings: Any, policies: Any, name: str) -> Any:
+    """One client (one pool) per service, sized and bounded by its resolved policies."""
+    from sidecar.backends._redis import create_client
+
+    pool, timeouts = _pool_and_timeouts(policies)
+    return create_client(
+        settings,
+        max_connections=pool.max_connections,
+        acquire_timeout=pool.acquire_timeout,
+        connect_timeout=timeouts.connect,
+        socket_timeout=timeouts.read,
+        client_name=f"sidecar:{name}",
+    )
+
+
+def _redis_cache(settings: Any, policies: Any, name: str) -> Any:
+    from sidecar.backends.cache.redis import RedisCache
+
+    client = _redis_client(settings, policies, name)
+    return RedisCache(client, name=name, key_prefix=settings.key_prefix)
+
+
+def _redis_broker(settings: Any, policies: Any, name: str) -> Any:
+    from sidecar.backends.pubsub.redis import RedisBroker
+    from sidecar.backends.pubsub.redis_streams import with_reliable_topics
+
+    client = _redis_client(settings, policies, name)
+    broker = RedisBroker(client, name=name, key_prefix=settings.key_prefix)
+    # The broker owns the shared client; reliable topics (if any) ride on it too.
+    return with_reliable_topics(broker, client, settings, name=name)
+
+
+# Redis-backed services also take their service name: errors report it as `target`, and
+# connections carry it in CLIENT SETNAME (`sidecar:<name>`, `sidecar-sub:<name>:...`).
+_NAMED_FACTORIES: dict[tuple[str, str], Callable[[Any, Any, str], Any]] = {
+    ("cache", "redis"): _redis_cache,
+    ("pubsub", "redis"): _redis_broker,
+}
+
+
 def registered_backends() -> list[tuple[str, str]]:
     """Every (type, backend) pair the sidecar can build."""
-    return sorted(_FACTORIES)
+    return sorted({*_FACTORIES, *_POOLED_FACTORIES, *_NAMED_FACTORIES})
 
 
-def create_backend(settings: Any) -> Any:
-    """Build the backend for one service's settings (which carry `type` and `backend`)."""
+def create_backend(settings: Any, policies: Any = None, name: str | None = None) -> Any:
+    """Build the backend for one service's settings (which carry `type` and `backend`).
+
+    `policies` are the service's resolved policies (`Config.policies_for(name)`); backends
+    that pool connections size their pool from them (defaults when None). `name` is the
+    service's name (default: its type).
+    """
+    named = _NAMED_FACTORIES.get((settings.type, settings.backend))
+    if named is not None:
+        return named(settings, policies, name or settings.type)
+    pooled = _POOLED_FACTORIES.get((settings.type, settings.backend))
+    if pooled is not None:
+        return pooled(settings, policies)
     factory = _FACTORIES.get((settings.type, settings.backend))
     if factory is None:
         raise FailedPrecondition(

@@ -111,6 +111,7 @@ class Config(ConfigModel):
                 resolved[name] = _resolve(self.integration, service, (name,), errors)
             except _Unresolved:
                 continue
+        errors += _redis_target_errors(self.services, resolved)
         if errors:
             raise ValidationError.from_exception_data(type(self).__name__, errors)
         self._policies = resolved
@@ -200,6 +201,40 @@ def _resolve(
     if failed:
         raise _Unresolved
     return policies
+
+
+def _redis_target_errors(
+    services: Mapping[str, ServiceConfig], resolved: Mapping[str, ServicePolicies]
+) -> list[InitErrorDetails]:
+    """A rate limit with `store: redis` must name a service with `backend: redis`.
+
+    Reported where the `redis_target` was written: the service's override, or once for the
+    inherited `integration.rate_limiting.default`.
+    """
+    errors: dict[tuple[str, ...], InitErrorDetails] = {}
+    for name, policies in resolved.items():
+        limit = policies.rate_limit
+        if limit is None or limit.store != "redis":
+            continue
+        target = services.get(limit.redis_target or "")
+        if target is not None and getattr(target, "backend", None) == "redis":
+            continue
+        override = services[name].rate_limit
+        where: tuple[str, ...] = (
+            ("services", name, "rate_limit", "redis_target")
+            if override is not None and override.redis_target is not None
+            else ("integration", "rate_limiting", "default", "redis_target")
+        )
+        errors[where] = InitErrorDetails(
+            type=PydanticCustomError(
+                "redis_target_not_redis",
+                "{target} is not a service with backend: redis",
+                {"target": repr(limit.redis_target)},
+            ),
+            loc=where,
+            input=limit.redis_target,
+        )
+    return list(errors.values())
 
 
 def _rebased(error: ValidationError, prefix: tuple[str, ...]) -> list[InitErrorDetails]:

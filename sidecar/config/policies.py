@@ -11,11 +11,21 @@ bounds (both use the types of `_common`); a test checks the field lists match.
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
 from ._address import HostPort
-from ._common import AtLeastOne, AtLeastZero, ConfigModel, Fraction, Multiplier, PositiveRate
+from ._common import (
+    AtLeastOne,
+    AtLeastZero,
+    ConfigModel,
+    Fraction,
+    Multiplier,
+    PositiveRate,
+    ServiceName,
+)
 from ._units import DurationSeconds
 
 __all__ = [
@@ -37,6 +47,9 @@ __all__ = [
     "TimeoutsConfig",
     "TimeoutsOverride",
 ]
+
+RateLimitStore = Literal["local", "redis"]
+"""Where a rate limit's bucket lives: in the process, or shared on Redis."""
 
 # --------------------------------------------------------------------------------------------
 # integration: policy defaults for every outbound call
@@ -167,6 +180,30 @@ class RateLimitConfig(ConfigModel):
         description="Calls that may wait for a token; more are rejected with "
         "RESOURCE_EXHAUSTED. 0 rejects at once. Default 1000.",
     )
+    store: RateLimitStore = Field(
+        default="local",
+        description="Where the bucket lives: local is per sidecar process (N pods allow N "
+        "times the rate); redis is one bucket shared by every sidecar on the same Redis, so "
+        "the limit holds for the whole deployment (if Redis is unreachable each sidecar "
+        "limits locally until it is back). Default local.",
+    )
+    redis_target: ServiceName | None = Field(
+        default=None,
+        validate_default=True,
+        description="With store: redis, the name of a service with backend: redis whose "
+        "Redis holds the bucket (under that service's key_prefix, keyed by the limited "
+        "service's name). Required with store: redis; ignored otherwise. Default null.",
+    )
+
+    @field_validator("redis_target")
+    @classmethod
+    def _redis_store_needs_target(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None and info.data.get("store") == "redis":
+            raise PydanticCustomError(
+                "redis_target_missing",
+                "store: redis needs redis_target: the name of a service with backend: redis",
+            )
+        return value
 
 
 class RateLimitingConfig(ConfigModel):
@@ -312,6 +349,8 @@ class RateLimitOverride(ConfigModel):
     requests_per_second: PositiveRate | None = Field(default=None, description=_INHERIT)
     burst_size: AtLeastOne | None = Field(default=None, description=_INHERIT)
     max_queue: AtLeastZero | None = Field(default=None, description=_INHERIT)
+    store: RateLimitStore | None = Field(default=None, description=_INHERIT)
+    redis_target: ServiceName | None = Field(default=None, description=_INHERIT)
 
 
 class BulkheadOverride(ConfigModel):

@@ -35,7 +35,12 @@ from sidecar.resilience.errors import (
 from sidecar.resilience.events import EventListener, ResilienceEvent
 from sidecar.resilience.outcome import Classification, current_attempt
 from sidecar.resilience.pipeline import Pipeline, PipelineOptions, PipelineSnapshot
-from sidecar.resilience.rate_limiter import RateLimiterSnapshot, TokenBucket, TokenBucketOptions
+from sidecar.resilience.rate_limiter import (
+    RateLimiter,
+    RateLimiterSnapshot,
+    TokenBucket,
+    TokenBucketOptions,
+)
 from sidecar.resilience.retry import RetryBudget, RetryOptions, backoff_delay
 from sidecar.resilience.timeout import TimeoutOptions, run_with_timeout
 
@@ -61,6 +66,7 @@ __all__ = [
     "PipelineOptions",
     "PipelineSnapshot",
     "RateLimitedError",
+    "RateLimiter",
     "RateLimiterSnapshot",
     "ResilienceEvent",
     "RetryBudget",

@@ -47,7 +47,12 @@ from sidecar.resilience.errors import (
 )
 from sidecar.resilience.events import EventListener, ResilienceEvent, publish
 from sidecar.resilience.outcome import Classification, current_attempt, judge
-from sidecar.resilience.rate_limiter import RateLimiterSnapshot, TokenBucket, TokenBucketOptions
+from sidecar.resilience.rate_limiter import (
+    RateLimiter,
+    RateLimiterSnapshot,
+    TokenBucket,
+    TokenBucketOptions,
+)
 from sidecar.resilience.retry import RetryBudget, RetryOptions, backoff_delay
 from sidecar.resilience.timeout import TimeoutOptions, run_with_timeout
 
@@ -102,6 +107,9 @@ class Pipeline:
         clock: Where every policy gets time from.
         random: The jitter source, returning floats in [0, 1).
         classify: Tells upstream failures from the caller's own errors.
+        rate_limiter: A limiter to use instead of the local `TokenBucket` that
+            `options.rate_limit` would build (a global one shared by several processes,
+            say); the pipeline only needs its `acquire` and `snapshot`.
     """
 
     def __init__(
@@ -112,6 +120,7 @@ class Pipeline:
         clock: Clock = SYSTEM_CLOCK,
         random: Callable[[], float] = _random.random,
         classify: Callable[[BaseException], Classification],
+        rate_limiter: RateLimiter | None = None,
     ) -> None:
         self._name = name
         self._clock = clock
@@ -127,7 +136,11 @@ class Pipeline:
             self._breaker = CircuitBreaker(breaker, clock)
             self._breaker.add_listener(self._on_transition)
         limit = options.rate_limit
-        self._limiter = TokenBucket(limit, clock) if limit is not None else None
+        if rate_limiter is None and limit is not None:
+            rate_limiter = TokenBucket(limit, clock)
+        self._limiter = rate_limiter
+        # A local bucket can grant without a coroutine; any other limiter is awaited.
+        self._local_limiter = rate_limiter if isinstance(rate_limiter, TokenBucket) else None
         bulkhead = options.bulkhead
         self._bulkhead = Bulkhead(bulkhead, clock) if bulkhead is not None else None
         timeout = options.timeout
@@ -153,7 +166,7 @@ class Pipeline:
         return self._breaker
 
     @property
-    def rate_limiter(self) -> TokenBucket | None:
+    def rate_limiter(self) -> RateLimiter | None:
         """The rate limiter, or None when off."""
         return self._limiter
 
@@ -275,7 +288,8 @@ class Pipeline:
         limiter = self._limiter
         if limiter is not None:
             try:
-                if not limiter.try_acquire(weight):  # tokens at hand need no coroutine
+                local = self._local_limiter
+                if local is None or not local.try_acquire(weight):  # no coroutine if at hand
                     await limiter.acquire(weight, deadline)
             except BaseException as exc:
                 if breaker is not None:

@@ -25,13 +25,13 @@ import asyncio
 import collections
 import math
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Protocol
 
 from sidecar.resilience.clock import SYSTEM_CLOCK, Clock
 from sidecar.resilience.deadline import Deadline
 from sidecar.resilience.errors import RateLimitedError
 
-__all__ = ["RateLimiterSnapshot", "TokenBucket", "TokenBucketOptions"]
+__all__ = ["RateLimiter", "RateLimiterSnapshot", "TokenBucket", "TokenBucketOptions"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +72,29 @@ class RateLimiterSnapshot:
     capacity: float
     rate: float
     queued: int
+
+
+class RateLimiter(Protocol):
+    """What the pipeline needs from a rate limiter: wait for tokens, or refuse at once.
+
+    `TokenBucket` is the local one. Another implementation may keep its tokens elsewhere
+    (a store shared by every process of a deployment), so nothing here may assume the
+    answer is known without I/O: the pipeline awaits `acquire` for every attempt.
+    """
+
+    async def acquire(self, weight: float = 1, deadline: Deadline | None = None) -> None:
+        """Take `weight` tokens, waiting for them if that ends before `deadline`.
+
+        Raises:
+            RateLimitedError: At once, without waiting, when the wait would pass `deadline`
+                or the limiter's queue is full; `retry_after` is the wait needed.
+            ValueError: If `weight` is negative or larger than the burst size.
+        """
+        ...
+
+    def snapshot(self) -> RateLimiterSnapshot:
+        """A read-only view of the limiter now (its last known state if it is remote)."""
+        ...
 
 
 class _Waiter:

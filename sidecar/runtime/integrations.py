@@ -5,16 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
+
+from opentelemetry.metrics import Meter
 
 from sidecar.backends.registry import create_backend
 from sidecar.config import Config
 from sidecar.errors import NotFound
-from sidecar.resilience import SYSTEM_CLOCK, CircuitState, Clock, Pipeline
+from sidecar.resilience import SYSTEM_CLOCK, CircuitState, Clock, Pipeline, RateLimiter
 from sidecar.runtime.classify import classify
-from sidecar.runtime.policies import pipeline_options
+from sidecar.runtime.policies import pipeline_options, token_bucket_options
 
 __all__ = ["Integration", "Integrations", "build_integrations"]
 
@@ -39,7 +41,12 @@ class Integration(Generic[B]):
 class Integrations:
     """The integrations by name, with the default instance of each capability type."""
 
-    def __init__(self, items: Sequence[Integration[Any]]) -> None:
+    def __init__(self, items: Sequence[Integration[Any]], *, clock: Clock = SYSTEM_CLOCK) -> None:
+        self.clock = clock
+        """The clock every pipeline runs on; servicers that build policies of their own
+        (AI deployments) use it too, so tests move one clock."""
+        self.meter: Meter | None = None
+        """The server's OpenTelemetry meter once it has one (None: metrics are off)."""
         self._by_name = {item.name: item for item in items}
         self._defaults = {item.type: item for item in items if item.is_default}
         self._by_type_and_name = {(item.type, item.name): item for item in items}
@@ -106,22 +113,53 @@ def build_integrations(config: Config, clock: Clock = SYSTEM_CLOCK) -> Integrati
         type_name: config.default_service(type_name)
         for type_name in {service.type for service in config.services.values()}
     }
+    backends = {
+        name: create_backend(service, config.policies_for(name), name)
+        for name, service in config.services.items()
+    }
     for name, service in config.services.items():
         pipeline = Pipeline(
             name,
             pipeline_options(config.policies_for(name)),
             clock=clock,
             classify=classify,
+            rate_limiter=_shared_rate_limiter(name, config, backends, clock),
         )
         items.append(
             Integration(
                 name=name,
                 type=service.type,
                 backend_name=service.backend,
-                backend=create_backend(service),
+                backend=backends[name],
                 pipeline=pipeline,
                 settings=service,
                 is_default=defaults.get(service.type) == name,
             )
         )
-    return Integrations(items)
+    return Integrations(items, clock=clock)
+
+
+def _shared_rate_limiter(
+    name: str, config: Config, backends: Mapping[str, Any], clock: Clock
+) -> RateLimiter | None:
+    """The Redis token bucket of a `store: redis` limit, else None (the pipeline builds a
+    local one from its options).
+
+    It rides on the `redis_target` service's client (one pool per Redis instance) and its
+    key derives from the limited service's name, so every sidecar of a deployment shares it.
+    """
+    limit = config.policies_for(name).rate_limit
+    if limit is None or limit.store != "redis" or limit.redis_target is None:
+        return None
+    from sidecar.backends._redis import client_of
+    from sidecar.backends.ratelimit.redis import RedisTokenBucket
+
+    target = limit.redis_target
+    prefix: str = getattr(config.services[target], "key_prefix", "")
+    return RedisTokenBucket(
+        client_of(backends[target]),
+        f"{prefix}sidecar:ratelimit:{name}",
+        token_bucket_options(limit),
+        clock=clock,
+        name=name,
+    )

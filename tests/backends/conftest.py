@@ -1,9 +1,15 @@
 """Fixtures for the backend conformance suites.
 
-Each capability has one parametrised fixture yielding a ready backend. Only `memory` exists
-now; a `redis` param joins `CACHE_BACKENDS` / `PUBSUB_BACKENDS` when that backend lands, with
-its own branch in the fixtures below (its own key prefix, real sleeps in `elapse`, a short
-real wait in `settle`). Tests use sub-second TTLs so that real sleeps stay cheap.
+Each capability has one parametrised fixture yielding a ready backend: `memory`, and `redis`
+against a real Redis server (`redis_address`: the shared one, or one the session starts).
+Every Redis test gets its own key prefix, so tests never see each other's data, and its keys
+are deleted afterwards.
+
+`elapse` moves a fake clock for the memory cache. For Redis it makes time pass for the test's
+keys only, by shortening each key's TTL by `seconds` (PEXPIRE; a key whose TTL runs out is
+deleted), which is what a real sleep would do to them, without the sleep. `settle` waits for
+one PING round trip on the broker's subscriber connection, after which every message Redis
+already sent is in the buffers.
 """
 
 from __future__ import annotations
@@ -12,12 +18,20 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
+import redis.asyncio as aioredis
+from redis_server import redis_address, unique_prefix
 
+from sidecar.backends._redis import create_client
 from sidecar.backends.cache import CacheBackend, MemoryCache
+from sidecar.backends.cache.redis import RedisCache
 from sidecar.backends.pubsub import MemoryBroker, PubSubBackend
+from sidecar.backends.pubsub.redis import RedisBroker
+from sidecar.config import CacheServiceConfig, PubSubServiceConfig
 
-CACHE_BACKENDS = ["memory"]
-PUBSUB_BACKENDS = ["memory"]
+__all__ = ["redis_address"]
+
+CACHE_BACKENDS = ["memory", "redis"]
+PUBSUB_BACKENDS = ["memory", "redis"]
 
 Elapse = Callable[[float], Awaitable[None]]
 Settle = Callable[[], Awaitable[None]]
@@ -46,21 +60,61 @@ def cache_kind(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
+# Shorten the TTL of every key under a prefix, as `seconds` of waiting would.
+_ELAPSE_LUA = """
+local gone = 0
+for _, key in ipairs(redis.call('KEYS', ARGV[1] .. '*')) do
+  local left = redis.call('PTTL', key)
+  if left >= 0 then
+    if left - tonumber(ARGV[2]) <= 0 then
+      gone = gone + redis.call('DEL', key)
+    else
+      redis.call('PEXPIRE', key, left - tonumber(ARGV[2]))
+    end
+  end
+end
+return gone
+"""
+
+
 @pytest.fixture
-async def cache(cache_kind: str, clock: FakeClock) -> AsyncIterator[CacheBackend]:
-    assert cache_kind == "memory"
-    backend = MemoryCache(clock=clock)
+def key_prefix() -> str:
+    return unique_prefix()
+
+
+@pytest.fixture
+async def cache(
+    cache_kind: str,
+    clock: FakeClock,
+    request: pytest.FixtureRequest,
+    key_prefix: str,
+) -> AsyncIterator[CacheBackend]:
+    backend: CacheBackend
+    if cache_kind == "memory":
+        backend = MemoryCache(clock=clock)
+        yield backend
+        await backend.close()
+        return
+    host, port = request.getfixturevalue("redis_address")
+    settings = CacheServiceConfig(backend="redis", host=host, port=port, key_prefix=key_prefix)
+    backend = RedisCache(create_client(settings), name="cache", key_prefix=key_prefix)
     yield backend
     await backend.close()
+    async with aioredis.Redis(host=host, port=port) as admin:
+        keys = await admin.keys(key_prefix + "*")
+        if keys:
+            await admin.delete(*keys)
 
 
 @pytest.fixture
-def elapse(cache_kind: str, clock: FakeClock) -> Elapse:
+def elapse(cache: CacheBackend, clock: FakeClock, key_prefix: str) -> Elapse:
     """Make `seconds` pass for the cache under test."""
 
     async def elapse(seconds: float) -> None:
-        assert cache_kind == "memory"
-        clock.advance(seconds)
+        if isinstance(cache, RedisCache):
+            await cache.client.eval(_ELAPSE_LUA, 0, key_prefix, round(seconds * 1000))
+        else:
+            clock.advance(seconds)
 
     return elapse
 
@@ -71,19 +125,28 @@ def broker_kind(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-async def broker(broker_kind: str) -> AsyncIterator[PubSubBackend]:
-    assert broker_kind == "memory"
-    backend = MemoryBroker()
+async def broker(
+    broker_kind: str, request: pytest.FixtureRequest, key_prefix: str
+) -> AsyncIterator[PubSubBackend]:
+    backend: PubSubBackend
+    if broker_kind == "memory":
+        backend = MemoryBroker()
+    else:
+        host, port = request.getfixturevalue("redis_address")
+        settings = PubSubServiceConfig(backend="redis", host=host, port=port, key_prefix=key_prefix)
+        backend = RedisBroker(create_client(settings), name="pubsub", key_prefix=key_prefix)
     yield backend
     await backend.close()
 
 
 @pytest.fixture
-def settle(broker_kind: str) -> Settle:
+def settle(broker: PubSubBackend) -> Settle:
     """Wait until messages already published have reached the subscriptions' buffers."""
 
     async def settle() -> None:
-        assert broker_kind == "memory"
-        await asyncio.sleep(0)  # the memory broker delivers inside publish()
+        if isinstance(broker, RedisBroker):
+            await broker.sync()
+        else:
+            await asyncio.sleep(0)  # the memory broker delivers inside publish()
 
     return settle

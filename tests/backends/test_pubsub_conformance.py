@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
@@ -55,9 +56,18 @@ async def take_messages(queue: asyncio.Queue[SubscriptionEvent], count: int) -> 
     return [event for event in events if isinstance(event, Message)]
 
 
+# One iterator per subscription, kept across `read_now` calls: an iterator that is dropped
+# is closed when collected, and closing it closes the subscription (as the contract says).
+_ITERATORS: weakref.WeakKeyDictionary[Subscription, AsyncIterator[SubscriptionEvent]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
 async def read_now(subscription: Subscription, count: int) -> list[SubscriptionEvent]:
     """Read `count` events straight from the subscription's iterator."""
-    iterator = aiter(subscription)
+    iterator = _ITERATORS.get(subscription)
+    if iterator is None:
+        iterator = _ITERATORS[subscription] = aiter(subscription)
     return [await asyncio.wait_for(anext(iterator), TIMEOUT) for _ in range(count)]
 
 

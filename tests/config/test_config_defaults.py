@@ -133,6 +133,48 @@ EXPECTED_DEFAULTS = {
             "timeouts": None,
             "connection_pool": None,
         },
+        "sql": {
+            "type": "sql",
+            "backend": "sqlite",
+            "default": False,
+            "dsn": None,
+            "host": "127.0.0.1",
+            "port": 5432,
+            "database": None,
+            "username": None,
+            "password": None,
+            "path": ":memory:",
+            "read_only": False,
+            "statement_cache_size": 100,
+            "max_rows_per_query": 10_000,
+            "stream_batch_size": 500,
+            "retry_policy": None,
+            "circuit_breaker": None,
+            "rate_limit": None,
+            "bulkhead": None,
+            "timeouts": None,
+            "connection_pool": None,
+        },
+        "echo": {
+            "type": "ai_model",
+            "provider": "echo",
+            "default": False,
+            "endpoint": None,
+            "auth": {"type": "bearer", "token": None, "header": "api-key"},
+            "limits": {"requests_per_minute": None, "tokens_per_minute": None, "max_queue": 1000},
+            "model": None,
+            "models": (),
+            "defaults": {"temperature": 0.7, "top_p": None, "max_tokens": 2048},
+            "store": False,
+            "coalesce_chunks": True,
+            "headers": {},
+            "query": {},
+            "retry_policy": None,
+            "circuit_breaker": None,
+            "bulkhead": None,
+            "timeouts": None,
+            "connection_pool": None,
+        },
     },
 }
 
@@ -159,7 +201,7 @@ def test_empty_file_means_defaults(tmp_path: Path) -> None:
 def test_section_with_every_line_commented_out_means_defaults() -> None:
     config = parse_config("server:\n  # listen: 0.0.0.0:50051\nservices:\n", environ={})
     assert config.server == Config().server
-    assert set(config.services) == {"cache", "pubsub"}
+    assert set(config.services) == {"cache", "pubsub", "sql", "echo"}
 
 
 def test_services_given_replace_the_default_services() -> None:

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.config import ConfigError, load_config, parse_config
+from sidecar.config import SERVICE_TYPES, ConfigError, load_config, parse_config
+
+EXPECTED_TYPES = f"(expected one of: {', '.join(SERVICE_TYPES)})"
 
 MANY_PROBLEMS = """\
 server:
@@ -63,13 +65,13 @@ def test_wrong_config_reports_every_problem_by_path_in_one_error() -> None:
         ("integration.circuit_breaker.failure_ratio", "must be <= 1"),
         ("integration.bulkhead.max_concurent_calls", "unknown field"),
         ("services.cache.max_keys", "must be >= 1"),
-        ("services.redis.type", "unknown service type 'cachez' (expected one of: cache, pubsub)"),
+        ("services.redis.type", f"unknown service type 'cachez' {EXPECTED_TYPES}"),
         (
             "services.Bad_Name",
             "invalid service name 'Bad_Name': use 1-63 lowercase letters, digits, '_' or '-', "
             "starting with a letter",
         ),
-        ("services.events.type", "required field is missing (expected one of: cache, pubsub)"),
+        ("services.events.type", f"required field is missing {EXPECTED_TYPES}"),
     ]
     text = str(error)
     assert text.splitlines()[0] == "invalid configuration in sidecar.yaml:"

@@ -48,6 +48,7 @@ def test_package_exports_exactly_the_public_api() -> None:
             "PipelineOptions",
             "PipelineSnapshot",
             "RateLimitedError",
+            "RateLimiter",
             "RateLimiterSnapshot",
             "ResilienceEvent",
             "RetryBudget",

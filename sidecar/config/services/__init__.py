@@ -19,13 +19,17 @@ from typing import Annotated, Union, get_args
 
 from pydantic import Field
 
+from .ai import AIAliasServiceConfig, AIModelServiceConfig
 from .base import ServiceBase
 from .cache import CacheServiceConfig
 from .pubsub import PubSubServiceConfig
 from .redis import RedisConnectionSettings
+from .sql import SqlServiceConfig
 
 __all__ = [
     "SERVICE_TYPES",
+    "AIAliasServiceConfig",
+    "AIModelServiceConfig",
     "CacheServiceConfig",
     "PubSubServiceConfig",
     "RedisConnectionSettings",
@@ -41,6 +45,9 @@ __all__ = [
 ServiceModel = Union[  # noqa: UP007
     CacheServiceConfig,
     PubSubServiceConfig,
+    SqlServiceConfig,
+    AIModelServiceConfig,
+    AIAliasServiceConfig,
 ]
 """Every service model, in the order error messages list their types."""
 # ==== end of SERVICE TYPES ==================================================================
@@ -87,8 +94,16 @@ def default_services() -> dict[str, ServiceConfig]:
     """The services of a config without a `services:` section.
 
     Returns:
-        An in-memory cache named `cache` and an in-memory pubsub named `pubsub`. New service
+        An in-memory cache named `cache`, an in-memory pubsub named `pubsub`, and `sql`, an
+        in-memory SQLite database (private to the process, gone when it exits), so that
+        SqlService answers on a bare machine, and `echo`, the echo AI provider (not a model:
+        it streams the last user message back), so that AIService does too. Other service
         types are not added here: they usually need settings (an address, credentials) that
         have no sensible default.
     """
-    return {"cache": CacheServiceConfig(), "pubsub": PubSubServiceConfig()}
+    return {
+        "cache": CacheServiceConfig(),
+        "pubsub": PubSubServiceConfig(),
+        "sql": SqlServiceConfig(),
+        "echo": AIModelServiceConfig(provider="echo"),
+    }

@@ -1,0 +1,47 @@
+"""AI routing: model aliases over deployments, fallback, budgets, breakers, response cache.
+
+Neither a backend nor a servicer: it sits between them. `AIRouter` resolves a request's
+target to a `Route` (ordered `Deployment`s plus retry, budget and cache); `stream_chat` and
+`embed` run one call over a route. Providers (`sidecar.backends.ai`) know nothing of
+routes; the servicer (`sidecar.services.ai`) knows nothing of fallback.
+
+    services.py         the backend objects of `ai_model` and `ai_alias` services
+    deployment.py       one model on one service: breaker, rpm/tpm buckets, cooldown
+    router.py           target -> route
+    fallback.py         deployments in order, commit on the first chunk, cache
+    unary.py            the same for embeddings
+    relay.py            stream batches to a slower writer, merging what piles up
+    rounds.py           retry rounds after every deployment failed
+    tokens.py           token estimates for budgets
+    response_cache.py   deterministic answers on a cache service
+"""
+
+from sidecar.ai.deployment import Admission, Deployment
+from sidecar.ai.fallback import RoutedCall, stream_chat
+from sidecar.ai.route import Route
+from sidecar.ai.router import AIConfigError, AIRouter, TargetInfo
+from sidecar.ai.services import (
+    AliasService,
+    DeploymentRef,
+    ModelDefaults,
+    ModelService,
+    TokenLimits,
+)
+from sidecar.ai.unary import embed
+
+__all__ = [
+    "AIConfigError",
+    "AIRouter",
+    "Admission",
+    "AliasService",
+    "Deployment",
+    "DeploymentRef",
+    "ModelDefaults",
+    "ModelService",
+    "Route",
+    "RoutedCall",
+    "TargetInfo",
+    "TokenLimits",
+    "embed",
+    "stream_chat",
+]

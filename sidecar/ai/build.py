@@ -1,0 +1,96 @@
+"""Build the backend objects of `ai_model` and `ai_alias` services from their config.
+
+Called by the backend registry with a service's settings and its resolved policies. A
+provider module (and with it its SDK: `import openai` alone takes about a second) is
+imported only here, and only for providers that are configured.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sidecar.ai.services import (
+    AliasService,
+    DeploymentRef,
+    ModelDefaults,
+    ModelService,
+    TokenLimits,
+)
+from sidecar.backends.ai.base import ChatProvider, UpstreamTimeouts
+from sidecar.runtime.policies import pipeline_options
+
+__all__ = ["alias_service", "model_service", "provider_for"]
+
+
+def provider_for(settings: Any) -> ChatProvider:
+    """The provider client of an `ai_model` service's settings."""
+    auth = settings.auth
+    token = auth.token.get_secret_value() if auth.token is not None else None
+    headers = dict(settings.headers)
+    api_key = None
+    if auth.type == "bearer":
+        api_key = token
+    elif auth.type == "header" and token:
+        headers[auth.header] = token
+    query = dict(settings.query)
+    if settings.provider == "openai":
+        from sidecar.backends.ai.openai import OpenAIProvider
+
+        return OpenAIProvider(
+            endpoint=settings.endpoint,
+            api_key=api_key,
+            headers=headers,
+            query=query,
+            store=settings.store,
+        )
+    if settings.provider == "anthropic":
+        from sidecar.backends.ai.anthropic import AnthropicProvider
+
+        return AnthropicProvider(
+            endpoint=settings.endpoint, api_key=api_key, headers=headers, query=query
+        )
+    if settings.provider == "huggingface":
+        from sidecar.backends.ai.huggingface import HuggingFaceProvider
+
+        return HuggingFaceProvider(
+            endpoint=settings.endpoint, api_key=api_key, headers=headers, query=query
+        )
+    from sidecar.backends.ai.echo import EchoProvider
+
+    return EchoProvider()
+
+
+def model_service(settings: Any, policies: Any) -> ModelService:
+    """The backend of an `ai_model` service."""
+    if policies is None:
+        from sidecar.config import Config
+
+        policies = Config(services={"ai": settings}).policies_for("ai")
+    options = pipeline_options(policies)
+    timeouts = policies.timeouts
+    defaults = settings.defaults
+    limits = settings.limits
+    return ModelService(
+        provider=provider_for(settings),
+        model=settings.default_model,
+        models=tuple(settings.models),
+        defaults=ModelDefaults(defaults.temperature, defaults.top_p, defaults.max_tokens),
+        limits=TokenLimits(limits.requests_per_minute, limits.tokens_per_minute, limits.max_queue),
+        timeouts=UpstreamTimeouts(connect=timeouts.connect, read=timeouts.read),
+        first_chunk_timeout=timeouts.request,
+        circuit_breaker=options.circuit_breaker,
+        retry=options.retry,
+        coalesce=settings.coalesce_chunks,
+    )
+
+
+def alias_service(settings: Any, policies: Any) -> AliasService:
+    """The backend of an `ai_alias` service."""
+    retry = pipeline_options(policies).retry if policies is not None else None
+    cache = settings.cache
+    return AliasService(
+        deployments=tuple(DeploymentRef(d.service, d.model) for d in settings.deployments),
+        retry=retry,
+        cache_target=cache.target if cache is not None else None,
+        cache_ttl=cache.ttl if cache is not None else 3600.0,
+    )

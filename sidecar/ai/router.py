@@ -1,0 +1,241 @@
+"""`AIRouter`: turns a request's `target` into a `Route` over the configured AI services.
+
+A target is one of:
+
+- an `ai_alias` service name: its deployments, in order, with its retry policy and cache;
+- an `ai_model` service name: that service's default model;
+- `service/model`: one deployment (the model may contain further slashes, as Hugging Face
+  model ids do);
+- empty: the default alias, else the default `ai_model` service.
+
+Deployments are built once per `(service, model)` and shared by every route naming them,
+so an alias and a direct target on the same model share one breaker and one budget.
+Alias references are checked when the router is built: a typo fails start-up, not a call.
+
+Usage:
+
+    router = AIRouter(integrations, clock=clock)
+    route = router.route("chat")
+"""
+
+from __future__ import annotations
+
+import random as _random
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Final
+
+from sidecar.ai.deployment import Deployment
+from sidecar.ai.response_cache import ResponseCache
+from sidecar.ai.route import Route
+from sidecar.ai.services import AliasService, ModelService
+from sidecar.errors import InvalidArgument, NotFound
+from sidecar.resilience import SYSTEM_CLOCK, CircuitState, Clock, RetryBudget, RetryOptions
+
+__all__ = ["AIConfigError", "AIRouter", "TargetInfo"]
+
+_MAX_ADHOC_MODELS: Final = 256
+"""Distinct `service/model` targets a service without a `models:` list may serve."""
+
+
+class AIConfigError(ValueError):
+    """An alias names a service or cache that is not configured (found at start-up)."""
+
+
+@dataclass(frozen=True, slots=True)
+class TargetInfo:
+    """One target a request may name (for ListModels)."""
+
+    target: str
+    kind: str
+    deployments: tuple[str, ...]
+    provider: str = ""
+    default: bool = False
+    response_cache: bool = False
+
+
+class AIRouter:
+    """Resolves targets over the `ai_model` and `ai_alias` integrations.
+
+    Args:
+        integrations: Every integration (`name`, `type`, `backend`, `pipeline`, `is_default`);
+            `cache` ones are looked up for alias response caches.
+        clock: Time for breakers, buckets, cooldowns and retry sleeps.
+        random: Jitter source for retry backoff.
+
+    Raises:
+        AIConfigError: An alias names an unknown `ai_model` service or `cache` service.
+    """
+
+    def __init__(
+        self,
+        integrations: Iterable[Any],
+        *,
+        clock: Clock = SYSTEM_CLOCK,
+        random: Callable[[], float] = _random.random,
+    ) -> None:
+        self._clock = clock
+        self._random = random
+        items = list(integrations)
+        self._services: dict[str, Any] = {i.name: i for i in items if i.type == "ai_model"}
+        caches = {i.name: i for i in items if i.type == "cache"}
+        self._deployments: dict[tuple[str, str], Deployment] = {}
+        self._adhoc: dict[str, int] = {}
+        self._routes: dict[str, Route] = {}
+        self._aliases: list[str] = []
+        self._default = ""
+        for item in items:
+            if item.type == "ai_alias":
+                self._routes[item.name] = self._alias_route(item.name, item.backend, caches)
+                self._aliases.append(item.name)
+                if item.is_default:
+                    self._default = item.name
+        if not self._default:
+            self._default = next(
+                (i.name for i in items if i.type == "ai_model" and i.is_default), ""
+            )
+
+    def route(self, target: str) -> Route:
+        """The route of a target.
+
+        Raises:
+            NotFound: No alias, service or deployment by that name (TARGET_NOT_FOUND).
+            InvalidArgument: A `service/model` target names a model the service does not
+                list, or one too many unlisted models.
+        """
+        route = self._routes.get(target)
+        if route is not None:
+            return route
+        if not target:
+            if not self._default:
+                raise self._unknown("(default)")
+            return self.route(self._default)
+        service_name, _, model = target.partition("/")
+        service = self._services.get(service_name)
+        if service is None or (not model and "/" in target):
+            raise self._unknown(target)
+        settings: ModelService = service.backend
+        if not model:
+            route = self._single(target, "service", service_name, settings.model, settings.retry)
+        else:
+            self._check_model(service_name, settings, model)
+            route = self._single(target, "deployment", service_name, model, settings.retry)
+        self._routes[target] = route
+        return route
+
+    def targets(self) -> list[TargetInfo]:
+        """Every alias and service, for ListModels (aliases first, each sorted by name)."""
+        found = [
+            TargetInfo(
+                target=name,
+                kind="alias",
+                deployments=tuple(d.name for d in self._routes[name].deployments),
+                default=name == self._default,
+                response_cache=self._routes[name].cache is not None,
+            )
+            for name in sorted(self._aliases)
+        ]
+        for name in sorted(self._services):
+            settings: ModelService = self._services[name].backend
+            models = dict.fromkeys((settings.model, *settings.models))
+            found.append(
+                TargetInfo(
+                    target=name,
+                    kind="service",
+                    deployments=tuple(f"{name}/{model}" for model in models),
+                    provider=settings.provider.provider,
+                    default=name == self._default,
+                )
+            )
+        return found
+
+    def breaker_states(self) -> list[tuple[str, str, str, CircuitState]]:
+        """(deployment, provider, model, state) of every deployment with a breaker."""
+        return [
+            (d.name, d.provider_name, d.model, d.breaker.state)
+            for d in list(self._deployments.values())
+            if d.breaker is not None
+        ]
+
+    def _deployment(self, service_name: str, model: str) -> Deployment:
+        key = (service_name, model)
+        deployment = self._deployments.get(key)
+        if deployment is None:
+            service = self._services[service_name]
+            bulkhead = service.pipeline.bulkhead
+            deployment = Deployment(service_name, model, service.backend, bulkhead, self._clock)
+            self._deployments[key] = deployment
+        return deployment
+
+    def _single(
+        self, name: str, kind: Any, service: str, model: str, retry: RetryOptions | None
+    ) -> Route:
+        return Route(
+            name=name,
+            kind=kind,
+            deployments=(self._deployment(service, model),),
+            retry=retry,
+            budget=RetryBudget(retry, self._clock) if retry is not None else None,
+            clock=self._clock,
+            random=self._random,
+        )
+
+    def _alias_route(self, name: str, alias: AliasService, caches: dict[str, Any]) -> Route:
+        deployments = []
+        for index, ref in enumerate(alias.deployments):
+            service = self._services.get(ref.service)
+            if service is None:
+                raise AIConfigError(
+                    f"services.{name}.deployments[{index}].service: no ai_model service "
+                    f"named {ref.service!r}"
+                )
+            deployments.append(self._deployment(ref.service, ref.model or service.backend.model))
+        cache = None
+        if alias.cache_target is not None:
+            integration = caches.get(alias.cache_target)
+            if integration is None:
+                raise AIConfigError(
+                    f"services.{name}.cache.target: no cache service named {alias.cache_target!r}"
+                )
+            cache = ResponseCache(name, integration, alias.cache_ttl)
+        retry = alias.retry
+        return Route(
+            name=name,
+            kind="alias",
+            deployments=tuple(deployments),
+            retry=retry,
+            cache=cache,
+            budget=RetryBudget(retry, self._clock) if retry is not None else None,
+            clock=self._clock,
+            random=self._random,
+        )
+
+    def _check_model(self, service_name: str, settings: ModelService, model: str) -> None:
+        """Allow a `service/model` target: a listed model, or a bounded number of others."""
+        if settings.models:
+            if model not in settings.models and model != settings.model:
+                raise InvalidArgument(
+                    f"target: service {service_name!r} does not list model {model!r}",
+                    reason="INVALID_REQUEST",
+                    metadata={"field": "target"},
+                )
+            return
+        if (service_name, model) in self._deployments:
+            return
+        count = self._adhoc.get(service_name, 0)
+        if count >= _MAX_ADHOC_MODELS:
+            raise InvalidArgument(
+                f"target: service {service_name!r} already serves {count} unlisted models; "
+                "list the models it may serve under `models:`",
+                reason="INVALID_REQUEST",
+                metadata={"field": "target"},
+            )
+        self._adhoc[service_name] = count + 1
+
+    @staticmethod
+    def _unknown(target: str) -> NotFound:
+        return NotFound(
+            f"no AI alias, ai_model service or deployment named {target!r} is configured",
+            reason="TARGET_NOT_FOUND",
+            metadata={"target": target, "type": "ai"},
+        )

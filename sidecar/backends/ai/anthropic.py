@@ -1,0 +1,145 @@
+"""The `anthropic` provider: the official SDK for the client, the cheap parser for the stream.
+
+As with the `openai` provider, the SDK supplies the client (auth headers, `anthropic-version`,
+base URL, pool, timeouts) and typed errors; calls use its raw `client.post(...,
+cast_to=httpx.Response, stream=True)` and `anthropic_wire.EventParser` reads the events.
+The Messages API has no embeddings: `embed` answers UNIMPLEMENTED.
+
+Usage:
+
+    provider = AnthropicProvider(endpoint="https://api.anthropic.com", api_key=key)
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
+
+import anthropic
+import httpx2
+
+from sidecar.backends.ai._http import LIMITS, open_sse, sdk_headers
+from sidecar.backends.ai.anthropic_wire import EventParser, messages_body
+from sidecar.backends.ai.base import ChatRequest, ChatStream, EmbedResult, UpstreamTimeouts
+from sidecar.backends.ai.errors import (
+    connection_error,
+    parse_retry_after,
+    status_error,
+    stream_interrupted,
+    upstream_timeout,
+)
+from sidecar.backends.ai.sse import SSEError
+from sidecar.backends.ai.sse_stream import SSEChatStream
+from sidecar.errors import Unimplemented
+
+__all__ = ["AnthropicProvider", "mapped_anthropic_errors"]
+
+_PROVIDER = "anthropic"
+
+
+@contextlib.contextmanager
+def mapped_anthropic_errors(provider: str = _PROVIDER) -> Iterator[None]:
+    """Re-raise the SDK's and httpx2's exceptions as `sidecar.errors` types."""
+    try:
+        yield
+    except anthropic.APIStatusError as exc:
+        raise status_error(
+            provider, exc.status_code, _message(exc.body), parse_retry_after(exc.response.headers)
+        ) from exc
+    except (anthropic.APITimeoutError, httpx2.TimeoutException) as exc:
+        raise upstream_timeout(provider, type(exc).__name__) from exc
+    except anthropic.APIConnectionError as exc:
+        raise connection_error(provider, str(exc.__cause__ or exc)[:200]) from exc
+    except (httpx2.TransportError, httpx2.StreamError, SSEError) as exc:
+        raise stream_interrupted(provider, str(exc)[:200] or type(exc).__name__) from exc
+
+
+def _message(body: object) -> str:
+    while isinstance(body, Mapping) and isinstance(body.get("error"), Mapping):
+        body = body["error"]
+    if isinstance(body, Mapping):
+        return str(body.get("message") or "")
+    return str(body or "")
+
+
+class AnthropicProvider:
+    """Chat over the Anthropic Messages API.
+
+    Args:
+        endpoint: Base URL without the version path (`https://api.anthropic.com`); None uses
+            the SDK's default.
+        api_key: Sent as `x-api-key`.
+        headers: Extra headers on every request (for example `anthropic-beta`).
+        query: Extra query parameters on every request.
+    """
+
+    def __init__(
+        self,
+        *,
+        endpoint: str | None = None,
+        api_key: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        query: Mapping[str, str] | None = None,
+    ) -> None:
+        self.provider = _PROVIDER
+        self._http = anthropic.DefaultAsyncHttpxClient(limits=LIMITS)
+        self._client = anthropic.AsyncAnthropic(
+            api_key=api_key or "no-key",
+            base_url=endpoint,
+            max_retries=0,
+            default_headers=dict(headers or {}),
+            default_query=dict(query or {}),
+            http_client=self._http,
+        )
+        self._messages_url = str(self._client.base_url).rstrip("/") + "/v1/messages"
+        self._query = dict(query or {})
+        self._headers: dict[str, str] | None = None
+
+    def _errors(self) -> contextlib.AbstractContextManager[None]:
+        return mapped_anthropic_errors(self.provider)
+
+    async def open_stream(
+        self, request: ChatRequest, model: str, timeouts: UpstreamTimeouts
+    ) -> ChatStream:
+        """Start a streamed message (see `ChatProvider.open_stream`)."""
+        if self._headers is None:
+            self._headers = sdk_headers(self._client)
+        response = await open_sse(
+            self._http,
+            self._messages_url,
+            body=messages_body(request, model),
+            headers=self._headers,
+            params=self._query,
+            timeouts=timeouts,
+            provider=self.provider,
+        )
+        return SSEChatStream(response, EventParser(), self._errors, self.provider)
+
+    async def embed(
+        self, inputs: Sequence[str], model: str, dimensions: int | None, timeouts: UpstreamTimeouts
+    ) -> EmbedResult:
+        """Anthropic has no embeddings API.
+
+        Raises:
+            Unimplemented: Always (UNSUPPORTED_OPERATION).
+        """
+        raise Unimplemented(
+            "the anthropic provider has no embeddings; configure an embedding model elsewhere",
+            reason="UNSUPPORTED_OPERATION",
+            metadata={"provider": self.provider},
+        )
+
+    async def ping(self) -> None:
+        """GET /v1/models; a 404 still proves the server is there."""
+        try:
+            with self._errors():
+                await self._client.get(
+                    "/v1/models", cast_to=httpx2.Response, options={"timeout": 5.0}
+                )
+        except Exception as exc:
+            if getattr(exc, "reason", "") != "MODEL_NOT_FOUND":
+                raise
+
+    async def close(self) -> None:
+        """Close the connection pool."""
+        await self._client.close()

@@ -1,0 +1,106 @@
+"""The `echo` provider: the embedded default, so AIService works on a bare machine.
+
+It is not a model. It streams the last user message back word by word, honours
+`max_tokens` (one word is one token; cut short it finishes with LENGTH), counts tokens as
+words, and returns deterministic embeddings (a SHA-256 of the text stretched over the
+requested dimensions and normalised), so the same text always gets the same vector.
+
+Usage:
+
+    provider = EchoProvider()
+    stream = await provider.open_stream(request, "echo", UpstreamTimeouts())
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from collections.abc import AsyncIterator, Sequence
+
+from sidecar.backends.ai.base import (
+    ChatEnd,
+    ChatEvent,
+    ChatRequest,
+    ChatStream,
+    EmbedResult,
+    FinishReason,
+    Role,
+    UpstreamTimeouts,
+    Usage,
+)
+
+__all__ = ["DEFAULT_DIMENSIONS", "EchoProvider"]
+
+DEFAULT_DIMENSIONS = 16
+_WORDS = re.compile(r"\S+\s*")
+
+
+def _tokens(text: str) -> int:
+    return len(text.split())
+
+
+class _EchoStream:
+    """Yields one word per batch, as a real stream would."""
+
+    def __init__(self, words: list[str], end: ChatEnd) -> None:
+        self._words = words
+        self._end = end
+
+    def __aiter__(self) -> AsyncIterator[list[ChatEvent]]:
+        return self._batches()
+
+    async def _batches(self) -> AsyncIterator[list[ChatEvent]]:
+        for word in self._words:
+            yield [word]
+        yield [self._end]
+
+    async def aclose(self) -> None:
+        return None
+
+
+class EchoProvider:
+    """Answers with the caller's own last user message."""
+
+    provider = "echo"
+    local = True
+    """Answers are made here, instantly: callers get them chunk by chunk, never merged."""
+
+    async def open_stream(
+        self, request: ChatRequest, model: str, timeouts: UpstreamTimeouts
+    ) -> ChatStream:
+        """Echo the last user message, word by word."""
+        text = next((m.text for m in reversed(request.messages) if m.role is Role.USER), "")
+        words = _WORDS.findall(text.strip())
+        finish = FinishReason.STOP
+        if request.max_tokens is not None and len(words) > request.max_tokens:
+            words, finish = words[: request.max_tokens], FinishReason.LENGTH
+            words[-1:] = [word.rstrip() for word in words[-1:]]
+        prompt = sum(_tokens(m.text) for m in request.messages)
+        end = ChatEnd(finish, Usage(prompt, len(words)), model or "echo", "echo-1")
+        return _EchoStream(words, end)
+
+    async def embed(
+        self, inputs: Sequence[str], model: str, dimensions: int | None, timeouts: UpstreamTimeouts
+    ) -> EmbedResult:
+        """A unit vector per text, derived from its SHA-256 and nothing else."""
+        size = dimensions or DEFAULT_DIMENSIONS
+        vectors = [_vector(text, size) for text in inputs]
+        return EmbedResult(vectors, model or "echo", Usage(sum(_tokens(t) for t in inputs), 0))
+
+    async def ping(self) -> None:
+        """Always reachable."""
+
+    async def close(self) -> None:
+        """Nothing to release."""
+
+
+def _vector(text: str, size: int) -> list[float]:
+    digest = b""
+    counter = 0
+    while len(digest) < size:
+        digest += hashlib.sha256(f"{counter}:{text}".encode()).digest()
+        counter += 1
+    raw = [byte / 127.5 - 1.0 for byte in digest[:size]]
+    norm = math.sqrt(sum(value * value for value in raw)) or 1.0
+    return [value / norm for value in raw]

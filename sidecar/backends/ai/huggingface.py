@@ -1,0 +1,226 @@
+"""The `huggingface` provider: Hugging Face Inference and TGI servers through their native
+routes, for models not behind an OpenAI-compatible one (TGI's `/v1` route and the HF router
+are OpenAI-compatible: use the `openai` provider for those).
+
+- Text generation: POST `{endpoint}` with `{"inputs", "parameters", "stream": true}`; the
+  answer is TGI's event stream (`data:{"token": {...}, "generated_text", "details"}`).
+- Embeddings: POST `{endpoint}` with `{"inputs": [...]}` (feature extraction); token-level
+  answers are mean-pooled into one vector per input.
+
+`{model}` in the endpoint is replaced by the deployment's model, so one service can serve
+several models of the serverless API:
+`https://router.huggingface.co/hf-inference/models/{model}`.
+
+Chat messages are rendered into one prompt (`System:`/`User:`/`Assistant:` turns) since the
+native route takes text; models with their own chat template are better served by TGI's
+OpenAI-compatible route.
+
+Usage:
+
+    provider = HuggingFaceProvider(endpoint="http://tgi:8080", api_key=token)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import httpx
+
+from sidecar.backends.ai.base import (
+    ChatEnd,
+    ChatEvent,
+    ChatRequest,
+    ChatStream,
+    EmbedResult,
+    Role,
+    UpstreamTimeouts,
+    Usage,
+)
+from sidecar.backends.ai.errors import (
+    connection_error,
+    parse_retry_after,
+    status_error,
+    stream_interrupted,
+    upstream_timeout,
+)
+from sidecar.backends.ai.openai_wire import finish_reason
+from sidecar.backends.ai.sse import SSEError
+from sidecar.backends.ai.sse_stream import SSEChatStream
+
+__all__ = ["HuggingFaceProvider", "render_prompt"]
+
+_PROVIDER = "huggingface"
+_LIMITS = httpx.Limits(max_connections=1000, max_keepalive_connections=100, keepalive_expiry=60)
+_TURN = {Role.USER: "User", Role.ASSISTANT: "Assistant", Role.TOOL: "Tool"}
+
+
+def render_prompt(request: ChatRequest) -> str:
+    """The conversation as one text prompt ending where the assistant's answer starts."""
+    lines = [m.text for m in request.messages if m.role is Role.SYSTEM]
+    lines += [f"{_TURN[m.role]}: {m.text}" for m in request.messages if m.role is not Role.SYSTEM]
+    return "\n\n".join([*lines, "Assistant:"])
+
+
+def _parameters(request: ChatRequest) -> dict[str, Any]:
+    parameters: dict[str, Any] = {"details": True, "return_full_text": False}
+    if request.max_tokens is not None:
+        parameters["max_new_tokens"] = request.max_tokens
+    if request.temperature:  # TGI rejects 0: greedy decoding is do_sample false instead
+        parameters["temperature"] = request.temperature
+        parameters["do_sample"] = True
+    else:
+        parameters["do_sample"] = False
+    if request.top_p is not None and 0 < request.top_p < 1:
+        parameters["top_p"] = request.top_p
+    if request.stop:
+        parameters["stop"] = list(request.stop)
+    if request.seed is not None:
+        parameters["seed"] = request.seed
+    return parameters
+
+
+class _TGIParser:
+    """TGI events: one token each; the last one carries `generated_text` and `details`."""
+
+    __slots__ = ("_end", "_prompt_tokens")
+
+    def __init__(self, prompt_tokens: int) -> None:
+        self._prompt_tokens = prompt_tokens
+        self._end: ChatEnd | None = None
+
+    def feed(self, event: bytes, payload: bytes, batch: list[ChatEvent]) -> bool:
+        data = json.loads(payload)
+        if "error" in data:
+            raise ValueError(f"{data.get('error_type', 'error')}: {data['error']}")
+        token = data.get("token") or {}
+        if token.get("text") and not token.get("special"):
+            batch.append(token["text"])
+        if data.get("generated_text") is None:
+            return False
+        details = data.get("details") or {}
+        generated = int(details.get("generated_tokens") or data.get("index") or 0)
+        usage = Usage(self._prompt_tokens, generated)
+        batch.append(ChatEnd(finish_reason(details.get("finish_reason")), usage))
+        return True
+
+    def end_of_stream(self) -> ChatEnd | None:
+        return None
+
+
+@contextlib.contextmanager
+def _mapped(opening: bool) -> Iterator[None]:
+    try:
+        yield
+    except httpx.TimeoutException as exc:
+        raise upstream_timeout(_PROVIDER, type(exc).__name__) from exc
+    except httpx.TransportError as exc:
+        if opening:
+            raise connection_error(_PROVIDER, str(exc)[:200] or type(exc).__name__) from exc
+        raise stream_interrupted(_PROVIDER, str(exc)[:200] or type(exc).__name__) from exc
+    except (httpx.StreamError, SSEError) as exc:
+        raise stream_interrupted(_PROVIDER, str(exc)[:200]) from exc
+
+
+class HuggingFaceProvider:
+    """Text generation and feature extraction over Hugging Face's native API.
+
+    Args:
+        endpoint: URL of the model (TGI server root, or a serverless URL with `{model}`).
+        api_key: Sent as `Authorization: Bearer` (a Hugging Face token); None for none.
+        headers: Extra headers on every request.
+        query: Extra query parameters on every request.
+    """
+
+    def __init__(
+        self,
+        *,
+        endpoint: str,
+        api_key: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        query: Mapping[str, str] | None = None,
+    ) -> None:
+        self.provider = _PROVIDER
+        self._endpoint = endpoint.rstrip("/")
+        sent = dict(headers or {})
+        if api_key:
+            sent["authorization"] = f"Bearer {api_key}"
+        self._client = httpx.AsyncClient(headers=sent, params=dict(query or {}), limits=_LIMITS)
+
+    def _url(self, model: str) -> str:
+        return self._endpoint.replace("{model}", model)
+
+    async def _post(
+        self, url: str, body: dict[str, Any], timeouts: UpstreamTimeouts
+    ) -> httpx.Response:
+        """POST and return the open response; a non-2xx answer becomes a sidecar error."""
+        timeout = httpx.Timeout(timeouts.read, connect=timeouts.connect)
+        request = self._client.build_request("POST", url, json=body, timeout=timeout)
+        with _mapped(opening=True):
+            response = await self._client.send(request, stream=True)
+            if response.status_code < 400:
+                return response
+            try:
+                text = (await response.aread()).decode(errors="replace")
+            finally:
+                await response.aclose()
+        try:
+            error: Any = json.loads(text)
+        except ValueError:
+            error = {"error": text}
+        retry_after = parse_retry_after(response.headers)
+        if isinstance(error, dict):
+            if retry_after is None and error.get("estimated_time") is not None:
+                retry_after = float(error["estimated_time"])  # the model is still loading
+            text = str(error.get("error") or "")
+        raise status_error(_PROVIDER, response.status_code, text, retry_after)
+
+    async def open_stream(
+        self, request: ChatRequest, model: str, timeouts: UpstreamTimeouts
+    ) -> ChatStream:
+        """Start a streamed text generation (see `ChatProvider.open_stream`)."""
+        prompt = render_prompt(request)
+        body = {"inputs": prompt, "parameters": _parameters(request), "stream": True}
+        response = await self._post(self._url(model), body, timeouts)
+        parser = _TGIParser(prompt_tokens=max(1, len(prompt) // 4))
+        return SSEChatStream(response, parser, lambda: _mapped(opening=False), self.provider)
+
+    async def embed(
+        self, inputs: Sequence[str], model: str, dimensions: int | None, timeouts: UpstreamTimeouts
+    ) -> EmbedResult:
+        """Feature extraction; vectors are truncated to `dimensions` when it is set."""
+        response = await self._post(self._url(model), {"inputs": list(inputs)}, timeouts)
+        with _mapped(opening=False):
+            try:
+                data = json.loads(await response.aread())
+            finally:
+                await response.aclose()
+        try:
+            vectors = [_pooled(item) for item in data]
+        except (TypeError, ValueError) as exc:
+            raise stream_interrupted(self.provider, "malformed feature-extraction answer") from exc
+        if dimensions:
+            vectors = [vector[:dimensions] for vector in vectors]
+        tokens = sum(max(1, len(text) // 4) for text in inputs)
+        return EmbedResult(vectors, model, Usage(tokens, 0))
+
+    async def ping(self) -> None:
+        """GET `{endpoint}/health` (TGI); any answer but 401, 403 or 5xx means reachable."""
+        with _mapped(opening=True):
+            response = await self._client.get(self._url("") + "/health", timeout=5.0)
+        if response.status_code in (401, 403) or response.status_code >= 500:
+            raise status_error(_PROVIDER, response.status_code)
+
+    async def close(self) -> None:
+        """Close the connection pool."""
+        await self._client.aclose()
+
+
+def _pooled(item: Any) -> list[float]:
+    """One vector for one input: token-level (2-D) answers are mean-pooled."""
+    if item and isinstance(item[0], list):
+        columns = len(item[0])
+        return [sum(row[i] for row in item) / len(item) for i in range(columns)]
+    return [float(value) for value in item]

@@ -1,0 +1,170 @@
+"""The `openai` provider: the official SDK for the client, the cheap parser for the stream.
+
+One `AsyncOpenAI` per configured service, reused by every call; with `base_url` it serves
+every OpenAI-compatible API (Azure OpenAI, vLLM, Ollama, Hugging Face TGI and its router,
+Together, Groq, ...).
+
+The SDK does what it is good at: connection pool, auth and default headers, base URL and
+query, timeouts, and typed errors for non-2xx answers. Calls go through its documented raw
+route, `client.post(path, cast_to=httpx.Response, stream=True)`, which skips the typed
+`create()` (its TypedDict transform alone costs ~0.5 ms per call) and returns the unread
+response; `openai_wire.ChunkParser` reads the events from it (~10 µs per chunk instead of
+the SDK's pydantic chunk objects). The SDK's own retries are off: the router retries and
+falls back.
+
+Usage:
+
+    provider = OpenAIProvider(endpoint="https://api.openai.com/v1", api_key=key)
+    stream = await provider.open_stream(request, "gpt-4o-mini", UpstreamTimeouts())
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import httpx2
+import openai
+
+from sidecar.backends.ai._http import LIMITS, open_sse, sdk_headers, timeout_of
+from sidecar.backends.ai.base import ChatRequest, ChatStream, EmbedResult, UpstreamTimeouts, Usage
+from sidecar.backends.ai.errors import (
+    connection_error,
+    parse_retry_after,
+    status_error,
+    stream_interrupted,
+    upstream_timeout,
+)
+from sidecar.backends.ai.openai_wire import ChunkParser, chat_body
+from sidecar.backends.ai.sse import SSEError
+from sidecar.backends.ai.sse_stream import SSEChatStream
+from sidecar.errors import SidecarError
+
+__all__ = ["OpenAIProvider", "mapped_openai_errors"]
+
+_PROVIDER = "openai"
+
+
+@contextlib.contextmanager
+def mapped_openai_errors(provider: str = _PROVIDER) -> Iterator[None]:
+    """Re-raise the SDK's and httpx2's exceptions as `sidecar.errors` types."""
+    try:
+        yield
+    except openai.APIStatusError as exc:
+        raise status_error(
+            provider, exc.status_code, _message(exc.body), parse_retry_after(exc.response.headers)
+        ) from exc
+    except (openai.APITimeoutError, httpx2.TimeoutException) as exc:
+        raise upstream_timeout(provider, type(exc).__name__) from exc
+    except openai.APIConnectionError as exc:
+        raise connection_error(provider, str(exc.__cause__ or exc)[:200]) from exc
+    except (httpx2.TransportError, httpx2.StreamError, SSEError) as exc:
+        raise stream_interrupted(provider, str(exc)[:200] or type(exc).__name__) from exc
+
+
+def _message(body: object) -> str:
+    if isinstance(body, Mapping):
+        return str(body.get("message") or "")
+    return str(body or "")
+
+
+class OpenAIProvider:
+    """Chat and embeddings over the OpenAI API or any compatible one.
+
+    Args:
+        endpoint: Base URL including the version path (`https://api.openai.com/v1`); None
+            uses the SDK's default.
+        api_key: Sent as `Authorization: Bearer`; None for servers that need none.
+        headers: Extra headers on every request (for example Azure's `api-key`).
+        query: Extra query parameters on every request (for example `api-version`).
+        store: Ask OpenAI to store completions (and send the requests' metadata with them).
+        provider: The name errors and metrics use.
+    """
+
+    def __init__(
+        self,
+        *,
+        endpoint: str | None = None,
+        api_key: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        query: Mapping[str, str] | None = None,
+        store: bool = False,
+        provider: str = _PROVIDER,
+    ) -> None:
+        self.provider = provider
+        self._store = store
+        self._http = openai.DefaultAsyncHttpxClient(limits=LIMITS)
+        self._client = openai.AsyncOpenAI(
+            # A placeholder keeps the SDK from demanding OPENAI_API_KEY for keyless servers.
+            api_key=api_key or "no-key",
+            base_url=endpoint,
+            max_retries=0,
+            default_headers=dict(headers or {}),
+            default_query=dict(query or {}),
+            http_client=self._http,
+        )
+        self._chat_url = str(self._client.base_url).rstrip("/") + "/chat/completions"
+        self._query = dict(query or {})
+        self._headers: dict[str, str] | None = None
+
+    def _errors(self) -> contextlib.AbstractContextManager[None]:
+        return mapped_openai_errors(self.provider)
+
+    async def open_stream(
+        self, request: ChatRequest, model: str, timeouts: UpstreamTimeouts
+    ) -> ChatStream:
+        """Start a streamed chat completion (see `ChatProvider.open_stream`)."""
+        if self._headers is None:
+            self._headers = sdk_headers(self._client)
+        response = await open_sse(
+            self._http,
+            self._chat_url,
+            body=chat_body(request, model, store=self._store),
+            headers=self._headers,
+            params=self._query,
+            timeouts=timeouts,
+            provider=self.provider,
+        )
+        return SSEChatStream(response, ChunkParser(), self._errors, self.provider)
+
+    async def embed(
+        self, inputs: Sequence[str], model: str, dimensions: int | None, timeouts: UpstreamTimeouts
+    ) -> EmbedResult:
+        """Embed a batch of texts with `/embeddings`."""
+        body: dict[str, Any] = {"model": model, "input": list(inputs), "encoding_format": "float"}
+        if dimensions:
+            body["dimensions"] = dimensions
+        with self._errors():
+            response = await self._client.post(
+                "/embeddings",
+                cast_to=httpx2.Response,
+                body=body,
+                options={"timeout": timeout_of(timeouts)},
+            )
+            data = response.json()
+        try:
+            items = sorted(data["data"], key=lambda item: item["index"])
+            vectors = [item["embedding"] for item in items]
+        except (KeyError, TypeError) as exc:
+            raise stream_interrupted(self.provider, "malformed embeddings answer") from exc
+        usage = data.get("usage") or {}
+        tokens = int(usage.get("prompt_tokens") or 0)
+        return EmbedResult(vectors, data.get("model") or model, Usage(tokens, 0))
+
+    async def ping(self) -> None:
+        """GET /models; a 404 still proves the server is there (not every one lists models).
+
+        Raises:
+            SidecarError: The server is unreachable, failing, or refuses the credentials.
+        """
+        try:
+            with self._errors():
+                await self._client.get("/models", cast_to=httpx2.Response, options={"timeout": 5.0})
+        except SidecarError as exc:
+            if exc.reason != "MODEL_NOT_FOUND":
+                raise
+
+    async def close(self) -> None:
+        """Close the connection pool."""
+        await self._client.close()

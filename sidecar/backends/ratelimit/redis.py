@@ -1,0 +1,190 @@
+"""`RedisTokenBucket`: one token bucket shared by every sidecar of a deployment, on Redis.
+
+A per-pod bucket lets N pods send N times the limit; an upstream quota (an API's 100
+requests per second, a database's connection budget) is per deployment. So the bucket's
+state (tokens, last refill) lives in one Redis hash, and one Lua script refills and takes
+atomically, on the Redis server's clock (TIME), so the sidecars' own clocks never matter.
+
+Waiting is by reservation, not polling: when the tokens are not there yet, the script takes
+them anyway (the balance goes negative, a debt) if the refill will cover them within the
+caller's allowed wait, and answers how long to wait; the caller sleeps that long and goes.
+One round trip per call, FIFO across all sidecars, no retry storm against Redis. When the
+wait would pass the caller's deadline (or the allowed queue), the script takes nothing and
+the caller gets `RateLimitedError(retry_after=wait)` at once. A caller cancelled while it
+waits does not give its tokens back (the upstream sees fewer calls, never more).
+
+`max_queue` keeps its meaning from the local bucket: at most that many callers of this
+sidecar wait at once, and the shared debt never exceeds `max_queue` tokens.
+
+When Redis cannot be reached the limiter *fails open to a local bucket*: each sidecar falls
+back to its own `TokenBucket` with the same rate and burst for `fallback_cooldown` seconds,
+then tries Redis again. The limit then holds per pod rather than per deployment, but calls
+keep flowing: a rate limit protects an upstream from overload and must not become a second
+point of failure (Envoy's global rate limit fails open by default for the same reason).
+The switch is logged once per outage, and so is the way back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from sidecar.resilience import (
+    SYSTEM_CLOCK,
+    Clock,
+    Deadline,
+    RateLimitedError,
+    RateLimiter,
+    RateLimiterSnapshot,
+    TokenBucket,
+    TokenBucketOptions,
+)
+
+__all__ = ["RedisTokenBucket"]
+
+_log = logging.getLogger("sidecar.backends.redis")
+
+# KEYS[1]: the bucket (a hash: tokens, ts). ARGV: rate, capacity, weight, max_wait.
+# Returns {granted 0/1, wait seconds, tokens left}; numbers as strings, since Redis would
+# truncate Lua numbers to integers.
+_TAKE_LUA = """
+local rate, capacity = tonumber(ARGV[1]), tonumber(ARGV[2])
+local weight, max_wait = tonumber(ARGV[3]), tonumber(ARGV[4])
+local time = redis.call('TIME')
+local now = tonumber(time[1]) + tonumber(time[2]) / 1000000
+local state = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
+local tokens, ts = tonumber(state[1]), tonumber(state[2])
+if tokens == nil or ts == nil then tokens, ts = capacity, now end
+if now > ts then
+  tokens = math.min(capacity, tokens + (now - ts) * rate)
+  ts = now
+end
+local wait = 0
+if tokens < weight then wait = (weight - tokens) / rate end
+if wait > max_wait then
+  return {0, string.format('%.17g', wait), string.format('%.17g', tokens)}
+end
+tokens = tokens - weight
+redis.call('HSET', KEYS[1], 'tokens', string.format('%.17g', tokens),
+  'ts', string.format('%.17g', ts))
+-- Once the refill would have filled it again, the bucket may as well not exist.
+redis.call('PEXPIRE', KEYS[1], math.ceil((capacity - tokens) / rate * 1000) + 1000)
+return {1, string.format('%.17g', wait), string.format('%.17g', tokens)}
+"""
+
+
+class RedisTokenBucket(RateLimiter):
+    """A `RateLimiter` whose bucket is the Redis hash at `key`, shared by every process.
+
+    Args:
+        client: a Redis client (the `redis_target` service's own, sharing its pool).
+        key: the bucket's key; every sidecar limiting the same thing must use the same one.
+        options: rate, burst and queue, exactly as for a local `TokenBucket`.
+        clock: for sleeping out reservations and timing the fallback.
+        fallback_cooldown: seconds to use the local fallback after a Redis error.
+        name: the limited service, for logs.
+
+    Usage:
+
+        limiter = RedisTokenBucket(client, "app:ratelimit:openai", options)
+        pipeline = Pipeline("openai", pipeline_options, classify=..., rate_limiter=limiter)
+    """
+
+    def __init__(
+        self,
+        client: Redis,
+        key: str,
+        options: TokenBucketOptions,
+        *,
+        clock: Clock = SYSTEM_CLOCK,
+        fallback_cooldown: float = 1.0,
+        name: str = "",
+    ) -> None:
+        self._take = client.register_script(_TAKE_LUA)
+        self._key = key
+        self._rate = float(options.requests_per_second)
+        self._capacity = float(options.burst_size)
+        self._max_queue = options.max_queue
+        # The wait that `max_queue` unit calls would need to drain: the cap on shared debt.
+        self._max_wait = options.max_queue / self._rate
+        self._clock = clock
+        self._fallback = TokenBucket(options, clock)
+        self._cooldown = fallback_cooldown
+        self._degraded_until = -math.inf
+        self._degraded = False
+        self._available = self._capacity
+        self._waiting = 0
+        self._name = name
+
+    @property
+    def key(self) -> str:
+        """The Redis key of the shared bucket."""
+        return self._key
+
+    async def acquire(self, weight: float = 1, deadline: Deadline | None = None) -> None:
+        """Take `weight` tokens from the shared bucket, waiting for them if allowed.
+
+        Raises:
+            RateLimitedError: At once when the wait would pass `deadline`, or this sidecar
+                already has `max_queue` callers waiting; `retry_after` is the wait needed.
+            ValueError: If `weight` is negative or larger than the burst size.
+        """
+        if not 0 <= weight <= self._capacity:
+            raise ValueError(f"weight must be between 0 and burst_size ({self._capacity:g})")
+        if self._clock.monotonic() < self._degraded_until:
+            await self._fallback.acquire(weight, deadline)
+            return
+        max_wait = self._max_wait if self._waiting < self._max_queue else 0.0
+        remaining = deadline.remaining() if deadline is not None else None
+        if remaining is not None:
+            max_wait = max(0.0, min(max_wait, remaining))
+        scope = asyncio.timeout(remaining)  # a slow Redis must not hold the caller either
+        try:
+            async with scope:
+                granted, wait, tokens = await self._take(
+                    keys=[self._key], args=[self._rate, self._capacity, weight, max_wait]
+                )
+        except (RedisError, OSError) as exc:  # OSError includes TimeoutError
+            if not scope.expired():  # Redis failed, not merely this caller's deadline
+                self._degrade(exc)
+            await self._fallback.acquire(weight, deadline)
+            return
+        if self._degraded:
+            self._degraded = False
+            _log.info(
+                "global rate limit reachable on Redis again", extra={"integration": self._name}
+            )
+        self._available = float(tokens)
+        seconds = float(wait)
+        if not int(granted):
+            raise RateLimitedError(retry_after=seconds)
+        if seconds > 0:
+            self._waiting += 1
+            try:
+                await self._clock.sleep(seconds)
+            finally:
+                self._waiting -= 1
+
+    def snapshot(self) -> RateLimiterSnapshot:
+        """The shared bucket as last seen by this sidecar (the fallback's while degraded)."""
+        if self._clock.monotonic() < self._degraded_until:
+            return self._fallback.snapshot()
+        return RateLimiterSnapshot(
+            available=max(self._available, 0.0),
+            capacity=self._capacity,
+            rate=self._rate,
+            queued=self._waiting,
+        )
+
+    def _degrade(self, exc: BaseException) -> None:
+        if not self._degraded:
+            self._degraded = True
+            _log.warning(
+                "global rate limit unreachable on Redis; limiting locally until it is back",
+                extra={"integration": self._name, "error": repr(exc)},
+            )
+        self._degraded_until = self._clock.monotonic() + self._cooldown

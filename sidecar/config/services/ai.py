@@ -1,0 +1,243 @@
+"""The AI service types: `ai_model` (one upstream: provider, endpoint, auth, limits) and
+`ai_alias` (a model name callers use, mapped to ordered deployments with fallback).
+
+    services:
+      openai:
+        type: ai_model
+        provider: openai                 # openai | anthropic | huggingface | echo
+        endpoint: https://api.openai.com/v1
+        auth: {type: bearer, token: ${OPENAI_API_KEY}}
+        rate_limit: {requests_per_minute: 3500, tokens_per_minute: 90000}
+        model: gpt-4o-mini               # what `target: openai` uses
+        defaults: {temperature: 0.7, max_tokens: 2048}
+      chat:
+        type: ai_alias
+        default: true
+        deployments: [openai/gpt-4o, claude/claude-sonnet-4-5]
+        cache: {target: cache, ttl: 1h}
+
+On an `ai_model` service `rate_limit` holds the specification's per-minute limits, applied
+to each deployment (`service/model`) separately, instead of the generic requests-per-second
+override other service types take there. `timeouts.request` bounds the wait for the first
+chunk of each attempt (then the next deployment is tried), `timeouts.read` the gap between
+chunks, and the caller's deadline the whole call. On an `ai_alias` only `retry_policy` of
+the shared policy overrides applies: breakers, limits and timeouts belong to the deployments.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+
+from .._common import AtLeastOne, AtLeastZero, ConfigModel, PositiveRate, ServiceName
+from .._units import DurationSeconds
+from .base import ServiceBase
+
+__all__ = [
+    "AIAliasServiceConfig",
+    "AIAuthConfig",
+    "AIDeploymentConfig",
+    "AIModelDefaultsConfig",
+    "AIModelServiceConfig",
+    "AIRateLimitConfig",
+    "AIResponseCacheConfig",
+]
+
+DEFAULT_MODELS: Mapping[str, str] = {
+    "openai": "gpt-4o-mini",
+    "anthropic": "claude-3-5-haiku-latest",
+    "echo": "echo",
+}
+"""The model of a service that names none (huggingface has no sensible default)."""
+
+Temperature = Annotated[float, Field(ge=0, le=2)]
+TopP = Annotated[float, Field(gt=0, le=1)]
+
+
+class AIAuthConfig(ConfigModel):
+    """How the sidecar authenticates to the upstream."""
+
+    type: Literal["bearer", "header", "none"] = Field(
+        default="bearer",
+        description="bearer: the provider's usual credential (OpenAI and Hugging Face "
+        "`Authorization: Bearer`, Anthropic `x-api-key`); header: `token` in the header named "
+        "by `header` (Azure OpenAI's api-key); none: send nothing. Default bearer.",
+    )
+    token: SecretStr | None = Field(
+        default=None,
+        description="The API key; write it as a ${ENV} reference, never in the file. It never "
+        "appears in repr, logs or dumps. Default null (no key).",
+    )
+    header: str = Field(
+        default="api-key", description="Header carrying the token with type: header."
+    )
+
+
+class AIRateLimitConfig(ConfigModel):
+    """Per-deployment limits (each `service/model` gets its own buckets)."""
+
+    requests_per_minute: PositiveRate | None = Field(
+        default=None, description="Requests started per minute. Default null (no limit)."
+    )
+    tokens_per_minute: PositiveRate | None = Field(
+        default=None,
+        description="Tokens per minute; each call reserves its prompt estimate plus max_tokens "
+        "up front and settles with the real usage afterwards. Default null (no limit).",
+    )
+    max_queue: AtLeastZero = Field(
+        default=1000,
+        description="Calls that may wait for each limit (within their deadline); more are "
+        "refused with RESOURCE_EXHAUSTED. Default 1000.",
+    )
+
+
+class AIModelDefaultsConfig(ConfigModel):
+    """Sampling settings a request gets when it sets none."""
+
+    temperature: Temperature | None = Field(default=0.7, description="Default 0.7.")
+    top_p: TopP | None = Field(default=None, description="Default null (the upstream's).")
+    max_tokens: AtLeastOne | None = Field(default=2048, description="Default 2048.")
+
+
+class AIModelServiceConfig(ServiceBase):
+    """An AI model API (`type: ai_model`), served by AIService."""
+
+    type: Literal["ai_model"] = Field(default="ai_model", description="Service type.")
+    provider: Literal["openai", "anthropic", "huggingface", "echo"] = Field(
+        default="openai",
+        description="openai (also every OpenAI-compatible API: Azure OpenAI, vLLM, Ollama, "
+        "TGI's /v1, Together, Groq ...), anthropic, huggingface (native TGI / Inference "
+        "routes), or echo (the embedded stand-in: echoes the last user message). "
+        "Default openai.",
+    )
+    endpoint: str | None = Field(
+        default=None,
+        description="Base URL (https://api.openai.com/v1, https://api.anthropic.com, a TGI "
+        "server, or a URL with {model}). Default null: the provider's public API; required "
+        "for huggingface.",
+    )
+    auth: AIAuthConfig = Field(default_factory=AIAuthConfig, description="Credentials.")
+    # The spec's per-minute limits sit under `rate_limit`, where other service types keep a
+    # requests-per-second override; the inherited field moves out of the way (an alias no
+    # one writes) so `Config.policies_for` never sees these limits.
+    rate_limit: None = Field(
+        default=None,
+        alias="inherited_rate_limit",
+        exclude=True,
+        description="Not used by ai_model services: see `rate_limit` (the `limits` field).",
+    )
+    limits: AIRateLimitConfig = Field(
+        default_factory=AIRateLimitConfig,
+        alias="rate_limit",
+        description="requests_per_minute and tokens_per_minute per deployment. Default none.",
+    )
+    model: str | None = Field(
+        default=None,
+        description="The model a bare `target: <service>` uses. Default gpt-4o-mini (openai), "
+        "claude-3-5-haiku-latest (anthropic), echo (echo); required for huggingface.",
+    )
+    models: tuple[str, ...] = Field(
+        default=(),
+        description="Models a `service/model` target may name; empty allows any (at most 256 "
+        "distinct ones). Default [].",
+    )
+    defaults: AIModelDefaultsConfig = Field(
+        default_factory=AIModelDefaultsConfig, description="Sampling defaults."
+    )
+    store: bool = Field(
+        default=False,
+        description="openai only: ask OpenAI to store completions (for its evals and "
+        "distillation), which is also the only way it accepts the requests' metadata. "
+        "Default false: nothing is stored and metadata is not sent.",
+    )
+    coalesce_chunks: bool = Field(
+        default=True,
+        description="Merge chunks that arrive while a write to a slow caller is in flight "
+        "into its next message (fewer gRPC writes); false sends one message per upstream "
+        "chunk. Default true.",
+    )
+    headers: Mapping[str, str] = Field(
+        default_factory=dict, description="Extra headers on every upstream request."
+    )
+    query: Mapping[str, str] = Field(
+        default_factory=dict,
+        description="Extra query parameters on every request (Azure's api-version).",
+    )
+
+    @field_validator("limits", mode="before")
+    @classmethod
+    def _empty_limits_mean_none(cls, value: Any) -> Any:
+        """`rate_limit:` with nothing under it means no limits, as other empty sections do."""
+        return {} if value is None else value
+
+    @property
+    def backend(self) -> str:
+        """The provider: what the backend registry builds."""
+        return self.provider
+
+    @property
+    def default_model(self) -> str:
+        """`model`, or the provider's default."""
+        return self.model or DEFAULT_MODELS.get(self.provider, "")
+
+    @model_validator(mode="after")
+    def _huggingface_needs_endpoint_and_model(self) -> AIModelServiceConfig:
+        if self.provider == "huggingface":
+            missing = [name for name in ("endpoint", "model") if not getattr(self, name)]
+            if missing:
+                raise PydanticCustomError(
+                    "huggingface_settings",
+                    "provider huggingface needs {missing}",
+                    {"missing": " and ".join(missing)},
+                )
+        return self
+
+
+class AIDeploymentConfig(ConfigModel):
+    """One deployment of an alias: an `ai_model` service and a model on it."""
+
+    service: ServiceName = Field(description="The ai_model service. Required.")
+    model: str | None = Field(default=None, description="Default: the service's model.")
+
+
+class AIResponseCacheConfig(ConfigModel):
+    """Caching of deterministic answers (temperature 0 or a seed set)."""
+
+    target: ServiceName = Field(default="cache", description="The cache service. Default cache.")
+    ttl: DurationSeconds = Field(default=3600.0, description="How long answers live. Default 1h.")
+
+
+class AIAliasServiceConfig(ServiceBase):
+    """A model alias (`type: ai_alias`): the name callers use for a list of deployments."""
+
+    type: Literal["ai_alias"] = Field(default="ai_alias", description="Service type.")
+    deployments: tuple[AIDeploymentConfig, ...] = Field(
+        min_length=1,
+        description="Tried in order; the next on UNAVAILABLE, RESOURCE_EXHAUSTED, an open "
+        "circuit or a timeout, never after the first chunk. Each is {service, model} or "
+        "'service/model'. Required.",
+    )
+    cache: AIResponseCacheConfig | None = Field(
+        default=None, description="Response cache; null caches nothing. Default null."
+    )
+
+    @field_validator("deployments", mode="before")
+    @classmethod
+    def _short_form(cls, value: Any) -> Any:
+        """Accept `openai/gpt-4o` for `{service: openai, model: gpt-4o}`."""
+        if not isinstance(value, list | tuple):
+            return value
+        return [
+            dict(zip(("service", "model"), item.split("/", 1), strict=False))
+            if isinstance(item, str)
+            else item
+            for item in value
+        ]
+
+    @property
+    def backend(self) -> str:
+        """Aliases have one implementation: the router."""
+        return "router"

@@ -1,0 +1,174 @@
+"""AIService: validates requests, resolves the target to a route, and maps the domain answer
+to protos. Fallback, budgets, breakers and the cache live in `sidecar.ai`.
+
+Deadlines: the caller's gRPC deadline bounds the whole call, upstream included. The sidecar
+stops a little before it (`_MARGIN`) so that it, not the caller's own timer, answers:
+DEADLINE_EXCEEDED with an ErrorInfo naming the deployment, and the upstream response is
+closed on the way out. Admission waits and retry sleeps use the same deadline on the
+sidecar's clock.
+
+StreamComplete writes with `context.write` instead of being an async generator, so the
+whole call runs inside one `asyncio.timeout`. `sidecar.ai.relay` sits between the route and
+the writes: chunks that arrive while a write is in flight go out merged in the next message,
+and its queue is bounded, so a slow client stops the upstream reads instead of piling up
+memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Final
+
+from opentelemetry.metrics import Meter
+
+from generated.integration.v1 import ai_pb2, ai_pb2_grpc
+from sidecar.ai.fallback import RoutedCall, stream_chat
+from sidecar.ai.relay import relay
+from sidecar.ai.route import Route
+from sidecar.ai.router import AIRouter
+from sidecar.ai.unary import embed
+from sidecar.backends.ai.base import ChatEvent
+from sidecar.errors import DeadlineExceeded
+from sidecar.observability.call_context import note_target
+from sidecar.observability.genai_metrics import GenAIMetrics
+from sidecar.resilience import SYSTEM_CLOCK, Clock, Deadline
+from sidecar.runtime import Integrations
+from sidecar.services._common import Context
+from sidecar.services.ai_mapping import (
+    Assembler,
+    chat_request,
+    embed_inputs,
+    stream_messages,
+    usage_proto,
+)
+
+__all__ = ["AIServicer"]
+
+_MARGIN: Final = 0.05
+"""Seconds before the caller's deadline at which the sidecar gives up (at most 10% of it)."""
+_KINDS: Final = {"alias": ai_pb2.MODEL_KIND_ALIAS, "service": ai_pb2.MODEL_KIND_SERVICE}
+
+
+class AIServicer(ai_pb2_grpc.AIServiceServicer):
+    """Serve AIService over the configured `ai_model` and `ai_alias` services.
+
+    Args:
+        integrations: Every configured integration.
+        clock: Time for the resilience policies.
+        meter: Where GenAI metrics go; None records none.
+    """
+
+    def __init__(
+        self,
+        integrations: Integrations,
+        *,
+        clock: Clock = SYSTEM_CLOCK,
+        meter: Meter | None = None,
+    ) -> None:
+        self._router = AIRouter(integrations, clock=clock)
+        self._clock = clock
+        self._metrics = (
+            GenAIMetrics(meter, self._router.breaker_states) if meter is not None else None
+        )
+
+    @property
+    def router(self) -> AIRouter:
+        """The router (for tests and the admin view)."""
+        return self._router
+
+    def _route(self, target: str) -> Route:
+        route = self._router.route(target)
+        note_target(route.name)
+        return route
+
+    def _deadline(self, context: Context) -> tuple[Deadline | None, float | None]:
+        """The sidecar's deadline on its clock, and the real seconds it has left."""
+        remaining = context.time_remaining()
+        if remaining is None:
+            return None, None
+        seconds = max(remaining - min(_MARGIN, remaining * 0.1), 0.0)
+        return Deadline.after(seconds, self._clock), seconds
+
+    async def Complete(
+        self, request: ai_pb2.CompleteRequest, context: Context
+    ) -> ai_pb2.CompleteResponse:
+        route = self._route(request.target)
+        chat = chat_request(request)
+        deadline, seconds = self._deadline(context)
+        call = RoutedCall()
+        answer = Assembler()
+        try:
+            async with asyncio.timeout(seconds):
+                stream = stream_chat(route, chat, deadline, call, self._metrics)
+                async with contextlib.aclosing(stream):
+                    async for batch in stream:
+                        answer.add(batch)
+        except TimeoutError as exc:
+            raise _too_late(call) from exc
+        return answer.response(call)
+
+    async def StreamComplete(  # type: ignore[override]  # write-style streaming handler
+        self, request: ai_pb2.StreamCompleteRequest, context: Context
+    ) -> None:
+        route = self._route(request.target)
+        chat = chat_request(request)
+        deadline, seconds = self._deadline(context)
+        call = RoutedCall()
+        write = context.write
+
+        async def send(batch: list[ChatEvent]) -> None:
+            for message in stream_messages(batch, call):
+                await write(message)
+
+        try:
+            async with asyncio.timeout(seconds):
+                stream = stream_chat(route, chat, deadline, call, self._metrics)
+                await relay(stream, send, coalesce=lambda: call.coalesce)
+        except TimeoutError as exc:
+            raise _too_late(call) from exc
+
+    async def Embed(self, request: ai_pb2.EmbedRequest, context: Context) -> ai_pb2.EmbedResponse:
+        route = self._route(request.target)
+        inputs, dimensions = embed_inputs(request)
+        deadline, seconds = self._deadline(context)
+        call = RoutedCall()
+        try:
+            async with asyncio.timeout(seconds):
+                result = await embed(route, inputs, dimensions, deadline, call, self._metrics)
+        except TimeoutError as exc:
+            raise _too_late(call) from exc
+        return ai_pb2.EmbedResponse(
+            embeddings=[
+                ai_pb2.Embedding(index=i, values=vector) for i, vector in enumerate(result.vectors)
+            ],
+            model=result.model,
+            deployment=call.deployment,
+            usage=usage_proto(result.usage),
+        )
+
+    async def ListModels(
+        self, request: ai_pb2.ListModelsRequest, context: Context
+    ) -> ai_pb2.ListModelsResponse:
+        return ai_pb2.ListModelsResponse(
+            models=[
+                ai_pb2.ModelInfo(
+                    target=info.target,
+                    kind=_KINDS[info.kind],
+                    deployments=info.deployments,
+                    provider=info.provider,
+                    default=info.default,
+                    response_cache=info.response_cache,
+                )
+                for info in self._router.targets()
+            ]
+        )
+
+
+def _too_late(call: RoutedCall) -> DeadlineExceeded:
+    metadata = {"deployment": call.deployment} if call.deployment else None
+    return DeadlineExceeded(
+        "the AI call did not finish before the caller's deadline",
+        reason="DEADLINE_EXCEEDED",
+        metadata=metadata,
+    )

@@ -1,0 +1,308 @@
+"""A fake LLM upstream speaking three real wire formats over real HTTP and SSE:
+
+- OpenAI `/v1/chat/completions` (exact `chat.completion.chunk` events, the final usage chunk
+  when `stream_options.include_usage` is set, then `data: [DONE]`), `/v1/embeddings` and
+  `/v1/models`;
+- Anthropic `/v1/messages` streaming events (`message_start` ... `message_stop`), accepting
+  `x-api-key` and `Authorization: Bearer` alike, since the SDK sends either;
+- Hugging Face TGI text-generation streams and feature extraction under `/hf/`.
+
+Each completion request takes the next scripted `Step` (429 + Retry-After, 500, slow
+chunks, a cut connection, a hang), or `default` when the script is empty.
+
+Run it alone for the benchmark: `PYTHONPATH=tests python -m ai.fake_llm 127.0.0.1:PORT WORDS`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import sys
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ai.fake_http import Exchange, FakeHTTPServer, Request, Responder
+
+__all__ = ["FakeLLM", "Step"]
+
+DEFAULT_WORDS = ("Hello", "from", "the", "fake", "model.")
+_SSE = {"content-type": "text/event-stream", "cache-control": "no-cache"}
+_COMPLETION_PATHS = ("/v1/chat/completions", "/v1/messages", "/hf/")
+
+
+@dataclass(frozen=True)
+class Step:
+    """How to answer one completion request.
+
+    Attributes:
+        status: HTTP status; anything but 200 answers with the provider's error body.
+        retry_after: seconds for a Retry-After header.
+        cut_after: chunks to send before dropping the connection.
+        delay: seconds to wait before each chunk (a slow stream).
+        hang: send the head, then nothing until the client gives up.
+    """
+
+    status: int = 200
+    retry_after: float | None = None
+    cut_after: int | None = None
+    delay: float = 0.0
+    hang: bool = False
+
+
+def _dumps(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
+def _prompt_tokens(messages: Sequence[Any]) -> int:
+    words = 0
+    for message in messages:
+        content = message.get("content")
+        if isinstance(content, str):
+            words += len(content.split())
+        elif isinstance(content, list):
+            words += sum(len(str(part.get("text", "")).split()) for part in content)
+    return words + 3 * len(messages)
+
+
+class FakeLLM:
+    """The fake upstream. Set `words`, `tool_call` or `script` before a call."""
+
+    def __init__(self, words: Sequence[str] = DEFAULT_WORDS, *, api_key: str | None = None) -> None:
+        self.words = list(words)
+        self.api_key = api_key
+        self.tool_call: tuple[str, str] | None = None  # (name, JSON arguments)
+        self.script: deque[Step] = deque()
+        self.default = Step()
+        self.http = FakeHTTPServer(self._handle)
+        self._cache: dict[tuple[Any, ...], list[bytes]] = {}
+
+    async def start(self, port: int = 0) -> FakeLLM:
+        await self.http.start(port=port)
+        return self
+
+    async def close(self) -> None:
+        await self.http.close()
+
+    @property
+    def url(self) -> str:
+        return self.http.url
+
+    def then(self, *steps: Step) -> FakeLLM:
+        self.script.extend(steps)
+        return self
+
+    async def requests_seen(self, count: int) -> None:
+        """Wait until `count` completion requests have arrived."""
+        while len(self.completions) < count:
+            self.http.arrived.clear()
+            await self.http.arrived.wait()
+
+    @property
+    def completions(self) -> list[Exchange]:
+        return [e for e in self.http.exchanges if e.request.path.startswith(_COMPLETION_PATHS)]
+
+    def _pieces(self) -> list[str]:
+        last = len(self.words) - 1
+        return [word if i == last else word + " " for i, word in enumerate(self.words)]
+
+    def _authorised(self, request: Request) -> bool:
+        """OpenAI and TGI send `Authorization: Bearer`; Anthropic `x-api-key` (or Bearer)."""
+        if self.api_key is None:
+            return True
+        bearer = request.headers.get("authorization") == f"Bearer {self.api_key}"
+        return bearer or request.headers.get("x-api-key") == self.api_key
+
+    async def _handle(self, request: Request, respond: Responder) -> None:
+        path = request.path.split("?", 1)[0]
+        if not self._authorised(request):
+            error = {"type": "authentication_error", "message": "invalid x-api-key"}
+            await respond.send_json(401, {"type": "error", "error": error})
+            return
+        body = request.json() if request.method == "POST" else None
+        if path.startswith("/hf/") and not (body or {}).get("stream"):
+            await self._embeddings(request, respond)
+            return
+        if path == "/v1/models":
+            models = [{"id": "fake-model", "object": "model", "created": 0, "owned_by": "fake"}]
+            await respond.send_json(200, {"object": "list", "data": models})
+            return
+        if path == "/v1/embeddings":
+            await self._embeddings(request, respond)
+            return
+        step = self.script.popleft() if self.script else self.default
+        kind = "anthropic" if path == "/v1/messages" else "tgi" if path.startswith("/hf/") else ""
+        if step.status != 200:
+            await self._error(kind, step, respond)
+            return
+        await respond.send_head(200, _SSE)
+        events = self._events(kind, body)
+        if step.hang:
+            await asyncio.Event().wait()
+        for i, event in enumerate(events):
+            if step.cut_after is not None and i >= step.cut_after:
+                respond.cut()
+                return
+            if step.delay:
+                await asyncio.sleep(step.delay)
+            await respond.send_chunk(event)
+        await respond.finish()
+
+    async def _error(self, kind: str, step: Step, respond: Responder) -> None:
+        headers = {} if step.retry_after is None else {"retry-after": f"{step.retry_after:g}"}
+        message = f"fake upstream answered {step.status}"
+        if kind == "anthropic":
+            body: Any = {"type": "error", "error": {"type": "api_error", "message": message}}
+        elif kind == "tgi":
+            body = {"error": message, "error_type": "fake"}
+        else:
+            body = {"error": {"message": message, "type": "fake_error", "code": None}}
+        await respond.send_json(step.status, body, headers)
+
+    def _events(self, kind: str, body: dict[str, Any]) -> list[bytes]:
+        """The reply's events, built once per distinct request shape (the bench reuses them)."""
+        key = (kind, json.dumps(body, sort_keys=True), tuple(self.words), self.tool_call)
+        events = self._cache.get(key)
+        if events is None:
+            build = {"anthropic": self._anthropic_events, "tgi": self._tgi_events}
+            events = build.get(kind, self._openai_events)(body)
+            if len(self._cache) > 64:
+                self._cache.clear()
+            self._cache[key] = events
+        return events
+
+    def _openai_events(self, body: dict[str, Any]) -> list[bytes]:
+        usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        base = {
+            "id": "chatcmpl-fake",
+            "object": "chat.completion.chunk",
+            "created": 1700000000,
+            "model": body["model"],
+            "system_fingerprint": "fp_fake",
+        }
+
+        def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+            data: dict[str, Any] = {**base, "choices": [choice]}
+            if usage:
+                data["usage"] = None
+            return b"data: " + _dumps(data) + b"\n\n"
+
+        events = [chunk({"role": "assistant", "content": "", "refusal": None})]
+        events += [chunk({"content": piece}) for piece in self._pieces()]
+        finish = "stop"
+        if self.tool_call is not None:
+            name, arguments = self.tool_call
+            call = {"index": 0, "id": "call_fake", "type": "function"}
+            events.append(chunk({"tool_calls": [{**call, "function": {"name": name}}]}))
+            half = len(arguments) // 2
+            for part in (arguments[:half], arguments[half:]):
+                events.append(
+                    chunk({"tool_calls": [{"index": 0, "function": {"arguments": part}}]})
+                )
+            finish = "tool_calls"
+        events.append(chunk({}, finish))
+        if usage:
+            prompt, completion = _prompt_tokens(body["messages"]), len(self.words)
+            counts = {
+                "prompt_tokens": prompt,
+                "completion_tokens": completion,
+                "total_tokens": prompt + completion,
+            }
+            events.append(b"data: " + _dumps({**base, "choices": [], "usage": counts}) + b"\n\n")
+        events.append(b"data: [DONE]\n\n")
+        return events
+
+    def _anthropic_events(self, body: dict[str, Any]) -> list[bytes]:
+        def event(name: str, data: dict[str, Any]) -> bytes:
+            return (
+                b"event: " + name.encode() + b"\ndata: " + _dumps({"type": name, **data}) + b"\n\n"
+            )
+
+        prompt = _prompt_tokens(body["messages"]) + len(str(body.get("system", "")).split())
+        message = {
+            "id": "msg_fake",
+            "type": "message",
+            "role": "assistant",
+            "content": [],
+            "model": body["model"],
+            "stop_reason": None,
+            "stop_sequence": None,
+            "usage": {"input_tokens": prompt, "output_tokens": 1},
+        }
+        events = [event("message_start", {"message": message})]
+        events.append(
+            event(
+                "content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}}
+            )
+        )
+        events.append(event("ping", {}))
+        for piece in self._pieces():
+            delta = {"type": "text_delta", "text": piece}
+            events.append(event("content_block_delta", {"index": 0, "delta": delta}))
+        events.append(event("content_block_stop", {"index": 0}))
+        stop = "end_turn"
+        if self.tool_call is not None:
+            name, arguments = self.tool_call
+            block = {"type": "tool_use", "id": "toolu_fake", "name": name, "input": {}}
+            events.append(event("content_block_start", {"index": 1, "content_block": block}))
+            delta = {"type": "input_json_delta", "partial_json": arguments}
+            events.append(event("content_block_delta", {"index": 1, "delta": delta}))
+            events.append(event("content_block_stop", {"index": 1}))
+            stop = "tool_use"
+        finish = {"stop_reason": stop, "stop_sequence": None}
+        events.append(
+            event("message_delta", {"delta": finish, "usage": {"output_tokens": len(self.words)}})
+        )
+        events.append(event("message_stop", {}))
+        return events
+
+    def _tgi_events(self, body: dict[str, Any]) -> list[bytes]:
+        pieces = self._pieces()
+        events = []
+        for i, piece in enumerate(pieces):
+            last = i == len(pieces) - 1
+            token = {"id": i + 1, "text": piece, "logprob": -0.5, "special": False}
+            details = {"finish_reason": "eos_token", "generated_tokens": len(pieces), "seed": None}
+            data = {
+                "index": i + 1,
+                "token": token,
+                "generated_text": "".join(pieces) if last else None,
+                "details": details if last else None,
+            }
+            events.append(b"data:" + _dumps(data) + b"\n\n")
+        return events
+
+    async def _embeddings(self, request: Request, respond: Responder) -> None:
+        body = request.json()
+        inputs = body.get("input", body.get("inputs"))
+        texts = [inputs] if isinstance(inputs, str) else list(inputs)
+        size = int(body.get("dimensions") or 4)
+        vectors = [
+            [b / 255 for b in hashlib.sha256(text.encode()).digest()[:size]] for text in texts
+        ]
+        if request.path.startswith("/hf/"):
+            await respond.send_json(200, vectors)
+            return
+        data = [
+            {"object": "embedding", "index": i, "embedding": vector}
+            for i, vector in enumerate(vectors)
+        ]
+        tokens = sum(len(text.split()) for text in texts)
+        usage = {"prompt_tokens": tokens, "total_tokens": tokens}
+        await respond.send_json(
+            200, {"object": "list", "data": data, "model": body["model"], "usage": usage}
+        )
+
+
+async def _main(address: str, words: int) -> None:
+    fake = FakeLLM([f"w{i}" for i in range(words)])
+    await fake.start(port=int(address.rsplit(":", 1)[1]))
+    print("ready", flush=True)
+    await asyncio.Event().wait()
+
+
+if __name__ == "__main__":
+    asyncio.run(_main(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 200))

@@ -1,0 +1,182 @@
+"""`RedisTokenBucket`: one bucket on Redis shared by every process, reservations instead of
+polling, and a local fallback when Redis is unreachable. Real Redis, real (short) time."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+import redis.asyncio as aioredis
+from redis_server import free_port
+
+from sidecar.backends._redis import create_client
+from sidecar.backends.ratelimit.redis import RedisTokenBucket
+from sidecar.config import CacheServiceConfig
+from sidecar.resilience import SYSTEM_CLOCK, Deadline, RateLimitedError, TokenBucketOptions
+
+
+@pytest.fixture
+async def clients(cache_settings: CacheServiceConfig) -> AsyncIterator[list[aioredis.Redis]]:
+    """Two independent clients: two sidecars sharing one Redis."""
+    made = [create_client(cache_settings), create_client(cache_settings)]
+    yield made
+    for client in made:
+        await client.aclose()
+
+
+def bucket(
+    client: aioredis.Redis, key: str, rate: float, burst: float, queue: int = 1000
+) -> RedisTokenBucket:
+    options = TokenBucketOptions(requests_per_second=rate, burst_size=burst, max_queue=queue)
+    return RedisTokenBucket(client, key, options, name="upstream")
+
+
+def soon(seconds: float) -> Deadline:
+    return Deadline.after(seconds, SYSTEM_CLOCK)
+
+
+async def test_burst_is_granted_at_once_then_a_call_that_may_not_wait_is_refused(
+    clients: list[aioredis.Redis], key_prefix: str
+) -> None:
+    limiter = bucket(clients[0], key_prefix + "b", rate=2, burst=3, queue=0)
+    for _ in range(3):
+        await limiter.acquire()
+    with pytest.raises(RateLimitedError) as raised:
+        await limiter.acquire()
+    assert raised.value.retry_after == pytest.approx(0.5, abs=0.05)
+
+
+async def test_a_call_whose_deadline_ends_before_its_token_is_refused_at_once(
+    clients: list[aioredis.Redis], key_prefix: str
+) -> None:
+    limiter = bucket(clients[0], key_prefix + "b", rate=1, burst=1)
+    await limiter.acquire()
+    started = time.monotonic()
+    with pytest.raises(RateLimitedError) as raised:
+        await limiter.acquire(deadline=soon(0.5))
+    assert time.monotonic() - started < 0.4  # no waiting for a token it cannot get in time
+    assert raised.value.retry_after == pytest.approx(1.0, abs=0.1)
+
+
+async def test_two_processes_on_one_key_share_one_burst(
+    clients: list[aioredis.Redis], key_prefix: str
+) -> None:
+    first = bucket(clients[0], key_prefix + "b", rate=0.1, burst=5, queue=0)
+    second = bucket(clients[1], key_prefix + "b", rate=0.1, burst=5, queue=0)
+    for _ in range(3):
+        await first.acquire()
+    granted = 0
+    for _ in range(5):
+        try:
+            await second.acquire()
+            granted += 1
+        except RateLimitedError:
+            pass
+    assert granted == 2
+
+
+async def test_a_caller_with_time_to_wait_reserves_the_next_token_and_waits_for_it(
+    clients: list[aioredis.Redis], key_prefix: str
+) -> None:
+    limiter = bucket(clients[0], key_prefix + "b", rate=10, burst=1)
+    await limiter.acquire()
+    started = time.monotonic()
+    await limiter.acquire(deadline=soon(1.0))
+    assert 0.07 <= time.monotonic() - started <= 0.5
+
+
+async def test_waiters_are_served_in_reservation_order_across_processes(
+    clients: list[aioredis.Redis], key_prefix: str
+) -> None:
+    first = bucket(clients[0], key_prefix + "b", rate=20, burst=1)
+    second = bucket(clients[1], key_prefix + "b", rate=20, burst=1)
+    await clients[1].ping()  # both connected, so each call reaches Redis at once
+    await first.acquire()
+    done: list[str] = []
+
+    async def take(limiter: RedisTokenBucket, name: str) -> None:
+        await limiter.acquire(deadline=soon(2.0))
+        done.append(name)
+
+    tasks = []
+    for limiter, name in ((second, "a"), (first, "b"), (second, "c")):
+        tasks.append(asyncio.create_task(take(limiter, name)))
+        await asyncio.sleep(0.02)  # each reaches Redis before the next one starts
+    await asyncio.gather(*tasks)
+    assert done == ["a", "b", "c"]
+
+
+async def test_a_caller_whose_own_deadline_cuts_the_redis_call_short_is_served_locally(
+    clients: list[aioredis.Redis], key_prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    limiter = bucket(clients[0], key_prefix + "b", rate=1, burst=5)
+    with caplog.at_level(logging.WARNING, logger="sidecar.backends.redis"):
+        await limiter.acquire(deadline=soon(0.000_001))  # no time even to connect
+        await limiter.acquire(deadline=soon(1.0))
+    assert caplog.records == []  # Redis is fine: nothing degraded
+    assert limiter.snapshot().available == pytest.approx(4, abs=0.1)
+
+
+async def test_a_refused_caller_takes_nothing_from_the_bucket(
+    clients: list[aioredis.Redis], key_prefix: str
+) -> None:
+    impatient = bucket(clients[0], key_prefix + "b", rate=10, burst=1, queue=0)
+    patient = bucket(clients[0], key_prefix + "b", rate=10, burst=1)
+    await impatient.acquire()
+    for _ in range(5):
+        with pytest.raises(RateLimitedError):
+            await impatient.acquire()
+    started = time.monotonic()
+    await patient.acquire(deadline=soon(1.0))
+    assert time.monotonic() - started <= 0.15  # no refused call left a debt behind
+
+
+async def test_max_queue_zero_never_waits(clients: list[aioredis.Redis], key_prefix: str) -> None:
+    limiter = bucket(clients[0], key_prefix + "b", rate=100, burst=1, queue=0)
+    await limiter.acquire()
+    with pytest.raises(RateLimitedError):
+        await limiter.acquire()
+
+
+async def test_weight_beyond_the_burst_is_rejected(
+    clients: list[aioredis.Redis], key_prefix: str
+) -> None:
+    with pytest.raises(ValueError, match="burst_size"):
+        await bucket(clients[0], key_prefix + "b", rate=1, burst=2).acquire(3)
+
+
+async def test_snapshot_reports_the_tokens_redis_last_answered(
+    clients: list[aioredis.Redis], key_prefix: str
+) -> None:
+    limiter = bucket(clients[0], key_prefix + "b", rate=0.01, burst=10)
+    await limiter.acquire(4)
+    snapshot = limiter.snapshot()
+    assert (round(snapshot.available), snapshot.capacity, snapshot.rate) == (6, 10, 0.01)
+
+
+async def test_bucket_key_expires_once_it_would_be_full_again(
+    clients: list[aioredis.Redis], key_prefix: str
+) -> None:
+    await bucket(clients[0], key_prefix + "b", rate=10, burst=20).acquire(5)
+    assert 0 < await clients[0].pttl(key_prefix + "b") <= 500 + 1000
+
+
+async def test_unreachable_redis_falls_back_to_a_local_bucket_and_says_so(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    settings = CacheServiceConfig(backend="redis", host="127.0.0.1", port=free_port())
+    client = create_client(settings)
+    limiter = bucket(client, "b", rate=0.01, burst=2)
+    with caplog.at_level(logging.WARNING, logger="sidecar.backends.redis"):
+        await limiter.acquire(deadline=soon(1.0))  # granted locally: calls keep flowing
+        await limiter.acquire(deadline=soon(1.0))
+        with pytest.raises(RateLimitedError):  # ... but the limit still holds, per process
+            await limiter.acquire(deadline=soon(0.01))
+    assert [r.message for r in caplog.records].count(
+        "global rate limit unreachable on Redis; limiting locally until it is back"
+    ) == 1
+    assert limiter.snapshot().available == pytest.approx(0, abs=0.01)
+    await client.aclose()
