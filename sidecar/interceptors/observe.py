@@ -75,7 +75,7 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
         if not handler.response_streaming:
 
             async def unary(request: Any, context: Context) -> Any:
-                call, started = await self._begin(context, method, streaming=False)
+                call, started = self._begin(context, method)
                 try:
                     response = await inner(request, context)
                 except BaseException as exc:
@@ -89,7 +89,7 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
         if is_async_generator(inner):
 
             async def stream(request: Any, context: Context) -> AsyncIterator[Any]:
-                call, started = await self._begin(context, method, streaming=True)
+                call, started = self._begin(context, method)
                 responses = inner(request, context)
                 try:
                     async for response in responses:
@@ -104,7 +104,7 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
             return replace_behavior(handler, stream)
 
         async def writer(request: Any, context: Context) -> None:
-            call, started = await self._begin(context, method, streaming=True)
+            call, started = self._begin(context, method)
             try:
                 await inner(request, context)
             except BaseException as exc:
@@ -114,9 +114,7 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
 
         return replace_behavior(handler, writer)
 
-    async def _begin(
-        self, context: Context, method: str, *, streaming: bool
-    ) -> tuple[CallInfo, float]:
+    def _begin(self, context: Context, method: str) -> tuple[CallInfo, float]:
         started = time.perf_counter()
         request_id = ""
         for key, value in context.invocation_metadata() or ():
@@ -127,13 +125,10 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
             request_id = uuid.uuid4().hex
         call = CallInfo(request_id=request_id, method=method)
         set_current_call(call)
-        # Unary calls return the id in trailers, which ride with the status for free; an
-        # early send_initial_metadata costs an extra batch (~40% of a no-op call's CPU).
-        # Streams may run for hours, so they get it up front.
-        if streaming:
-            await context.send_initial_metadata(((REQUEST_ID_HEADER, request_id),))
-        else:
-            context.set_trailing_metadata(((REQUEST_ID_HEADER, request_id),))
+        # The id goes back in the trailers, which ride with the status for free: sending
+        # headers early costs an extra batch (~40% of a no-op call's CPU, and ~0.2 ms of a
+        # stream's time to first message).
+        context.set_trailing_metadata(((REQUEST_ID_HEADER, request_id),))
         return call, started
 
     async def _fail(

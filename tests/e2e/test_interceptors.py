@@ -12,6 +12,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from support import error_info, retry_delay
 
 from generated.integration.v1 import cache_pb2, cache_pb2_grpc, pubsub_pb2, pubsub_pb2_grpc
+from sidecar.server import RunningServer
 from sidecar.testing import FakeClock, serve_for_test
 
 pytestmark = pytest.mark.e2e
@@ -44,14 +45,18 @@ async def test_request_id_comes_back_on_errors_too(cache: cache_pb2_grpc.CacheSe
     assert error_info(caught.value).reason == "INVALID_REQUEST"
 
 
-async def test_streams_get_the_request_id_up_front(
-    pubsub: pubsub_pb2_grpc.PubSubServiceStub,
+async def test_streams_return_the_request_id_in_trailers(
+    sidecar: RunningServer, pubsub: pubsub_pb2_grpc.PubSubServiceStub
 ) -> None:
     call = pubsub.Subscribe(
         pubsub_pb2.SubscribeRequest(channels=["x"]), metadata=[("x-request-id", "s-1")]
     )
-    assert ("x-request-id", "s-1") in tuple(await call.initial_metadata())
-    call.cancel()
+    assert (await call.read()).WhichOneof("event") == "started"
+    for servicer in sidecar.servicers.values():
+        if hasattr(servicer, "end_streams"):
+            await servicer.end_streams()
+    assert await call.read() is grpc.aio.EOF
+    assert ("x-request-id", "s-1") in tuple(await call.trailing_metadata())
 
 
 async def test_bearer_auth_rejects_missing_and_wrong_tokens(

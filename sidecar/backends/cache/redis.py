@@ -12,8 +12,10 @@ Where Redis alone would differ, this module bridges the gap:
 
 `key_prefix` is prepended to every key, so several apps or tests can share one Redis.
 
-The hot path (`get`) is one GET through redis-py's `execute_command`: one string
-concatenation for the prefix, one reusable error-mapping context, nothing else per call.
+Single commands (every operation but `batch` and `set_many` with a TTL) go through one
+auto-pipelined connection shared by all callers (`Multiplexer`); the rest use the client's
+pool. The hot path (`get`) is one GET on it: one string concatenation for the prefix, one
+reusable error-mapping context, one future.
 """
 
 from __future__ import annotations
