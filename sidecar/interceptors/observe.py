@@ -8,9 +8,10 @@ call; the other interceptors only choose or replace the handler and cost nothing
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+import os
 import time
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -30,6 +31,10 @@ from sidecar.observability.metrics import Metrics
 __all__ = ["REQUEST_ID_HEADER", "ObservingInterceptor"]
 
 REQUEST_ID_HEADER = "x-request-id"
+# Generated ids: a random per-process prefix and a counter, unique across sidecars and
+# ~10x cheaper than uuid4 on the hot path.
+_ID_PREFIX = os.urandom(8).hex()
+_id_counter = itertools.count(1)
 _MAX_REQUEST_ID = 128
 _access = logging.getLogger("sidecar.access")
 _errors = logging.getLogger("sidecar.errors")
@@ -122,7 +127,7 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
                 request_id = value[:_MAX_REQUEST_ID]
                 break
         if not request_id:
-            request_id = uuid.uuid4().hex
+            request_id = f"{_ID_PREFIX}{next(_id_counter):016x}"
         call = CallInfo(request_id=request_id, method=method)
         set_current_call(call)
         # The id goes back in the trailers, which ride with the status for free: sending
