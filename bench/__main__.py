@@ -160,11 +160,12 @@ def main() -> int:
         config.write_text(SIDECAR_CONFIG.format(host=host, port=port, pg_dsn=PG_DSN))
         noop_address = f"127.0.0.1:{free_port()}"
         sidecar_address = f"127.0.0.1:{free_port()}"
-        noop = start(
-            "noop", [sys.executable, "-m", "bench.noop_server", noop_address], noop_address
+        noop_process = subprocess.Popen(
+            [sys.executable, "-m", "bench.noop_server", noop_address],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
-        sidecar = start(
-            "sidecar",
+        sidecar_process = subprocess.Popen(
             [
                 sys.executable,
                 "-m",
@@ -175,8 +176,18 @@ def main() -> int:
                 "--listen",
                 sidecar_address,
             ],
-            sidecar_address,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
+        # Started before the try below, so a failed start never leaves a process behind.
+        processes = [noop_process, sidecar_process]
+        try:
+            noop = start("noop", [], noop_address, noop_process)
+            sidecar = start("sidecar", [], sidecar_address, sidecar_process)
+        except RuntimeError:
+            for process in processes:
+                process.kill()
+            raise
         redis_direct = f"{host}:{port}"
         cases: list[tuple[Server | None, str, str]] = [
             (noop, noop_address, "noop"),
@@ -216,9 +227,9 @@ def main() -> int:
                         f"{p99:>9.0f}{cpu:>12}{ops[workload] / ops['noop']:>10.2f}{versus:>13}"
                     )
         finally:
-            for server in (noop, sidecar):
-                server.process.terminate()
-                server.process.wait(10)
+            for process in processes:
+                process.terminate()
+                process.wait(10)
             if own_redis is not None:
                 own_redis.terminate()
                 own_redis.wait(10)
