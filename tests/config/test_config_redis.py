@@ -53,9 +53,10 @@ def test_every_redis_setting_parses(service_type: str) -> None:
     assert config.policies_for("shared").connection_pool.max_connections == 32
 
 
-def test_memory_backend_accepts_and_ignores_redis_settings() -> None:
-    config = parse_config("services:\n  kv: {type: cache, host: elsewhere}\n", environ={})
-    assert config.services["kv"].backend == "memory"
+def test_redis_settings_without_backend_redis_are_refused() -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config("services:\n  kv: {type: cache, host: elsewhere, port: 7000}\n", environ={})
+    assert caught.value.problems == [("services.kv", "host, port are only for backend: redis")]
 
 
 @pytest.mark.parametrize(

@@ -169,9 +169,12 @@ def test_spec_redis_service_parses_with_the_redis_backend() -> None:
     assert config.policies_for("redis").connection_pool.max_connections == 10
 
 
-def test_spec_redis_service_without_backend_is_still_a_memory_cache() -> None:
-    config = parse_config(_spec_service("redis"), environ=SPEC_ENV)
-    assert config.services["redis"].backend == "memory"
+def test_spec_redis_service_without_backend_names_the_missing_backend() -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(_spec_service("redis"), environ=SPEC_ENV)
+    assert caught.value.problems == [
+        ("services.redis", "database, host, password, port are only for backend: redis")
+    ]
 
 
 def test_spec_services_without_their_environment_name_every_missing_variable() -> None:

@@ -11,12 +11,14 @@ The keys sit directly on the service, as in the specification's example:
         database: 0
         password: ${REDIS_PASSWORD}
 
-The cache and pub/sub models both inherit these fields; the memory backend ignores them.
+The cache and pub/sub models both inherit these fields; setting one with another backend
+is an error, so a forgotten `backend: redis` never silently runs in memory.
 """
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
+from pydantic_core import PydanticCustomError
 
 from .._common import AtLeastZero, ConfigModel
 
@@ -67,3 +69,19 @@ class RedisConnectionSettings(ConfigModel):
         description="Prepended to every key and channel this service uses, so several apps can "
         "share one Redis without clashing (backend: redis only). Default '' (no prefix).",
     )
+
+    @model_validator(mode="after")
+    def _only_with_redis(self) -> RedisConnectionSettings:
+        if getattr(self, "backend", "redis") == "redis":
+            return self
+        misplaced = sorted(_REDIS_FIELDS & self.model_fields_set)
+        if misplaced:
+            raise PydanticCustomError(
+                "redis_setting_without_redis",
+                "{names} {verb} only for backend: redis",
+                {"names": ", ".join(misplaced), "verb": "is" if len(misplaced) == 1 else "are"},
+            )
+        return self
+
+
+_REDIS_FIELDS = frozenset(RedisConnectionSettings.model_fields)
