@@ -112,6 +112,7 @@ class Config(ConfigModel):
             except _Unresolved:
                 continue
         errors += _redis_target_errors(self.services, resolved)
+        errors += _alias_reference_errors(self.services)
         if errors:
             raise ValidationError.from_exception_data(type(self).__name__, errors)
         self._policies = resolved
@@ -201,6 +202,40 @@ def _resolve(
     if failed:
         raise _Unresolved
     return policies
+
+
+def _alias_reference_errors(services: Mapping[str, ServiceConfig]) -> list[InitErrorDetails]:
+    """An `ai_alias` must name configured `ai_model` services and, for its response cache,
+    a configured `cache` service, so `check-config` finds a dangling reference too."""
+    errors: list[InitErrorDetails] = []
+
+    def refused(where: tuple[str | int, ...], name: str, kind: str) -> None:
+        errors.append(
+            InitErrorDetails(
+                type=PydanticCustomError(
+                    "unknown_reference",
+                    "{name} is not a configured {kind} service",
+                    {"name": repr(name), "kind": kind},
+                ),
+                loc=where,
+                input=name,
+            )
+        )
+
+    for alias, service in services.items():
+        if service.type != "ai_alias":
+            continue
+        for index, deployment in enumerate(getattr(service, "deployments", ())):
+            target = services.get(deployment.service)
+            if target is None or target.type != "ai_model":
+                where = ("services", alias, "deployments", index, "service")
+                refused(where, deployment.service, "ai_model")
+        cache = getattr(service, "cache", None)
+        if cache is not None:
+            target = services.get(cache.target)
+            if target is None or target.type != "cache":
+                refused(("services", alias, "cache", "target"), cache.target, "cache")
+    return errors
 
 
 def _redis_target_errors(

@@ -4,11 +4,9 @@ validation messages by path, and what start-up refuses."""
 from __future__ import annotations
 
 import pytest
-from ai.helpers import ai_sidecar
 
 from sidecar.ai.build import model_service
 from sidecar.config import ConfigError, parse_config
-from sidecar.server import ServerStartError
 
 SPEC_OPENAI = """\
 services:
@@ -68,6 +66,7 @@ def test_alias_deployments_take_the_short_and_the_long_form() -> None:
     text = """\
 services:
   openai: {type: ai_model}
+  cache: {type: cache}
   chat:
     type: ai_alias
     deployments:
@@ -125,20 +124,24 @@ def test_invalid_ai_settings_are_reported_by_path(
         assert problems[path] == message
 
 
-async def test_an_alias_naming_an_unknown_service_stops_start_up() -> None:
+def test_an_alias_naming_an_unknown_service_is_a_config_error() -> None:
     text = (
         "services:\n  chat: {type: ai_alias, deployments: [nosuch/model]}\n  x: {type: ai_model}\n"
     )
-    with pytest.raises(ServerStartError, match=r"services.chat.deployments\[0\].service"):
-        async with ai_sidecar(text):
-            pass
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, environ={})
+    assert caught.value.problems == [
+        ("services.chat.deployments[0].service", "'nosuch' is not a configured ai_model service")
+    ]
 
 
-async def test_an_alias_caching_on_an_unknown_cache_stops_start_up() -> None:
+def test_an_alias_caching_on_an_unknown_cache_is_a_config_error() -> None:
     text = (
         "services:\n  x: {type: ai_model, provider: echo}\n"
         "  chat: {type: ai_alias, deployments: [x], cache: {target: nosuch}}\n"
     )
-    with pytest.raises(ServerStartError, match=r"services\.chat\.cache\.target"):
-        async with ai_sidecar(text):
-            pass
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, environ={})
+    assert caught.value.problems == [
+        ("services.chat.cache.target", "'nosuch' is not a configured cache service")
+    ]
