@@ -13,7 +13,7 @@ Usage:
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import anthropic
 import httpx2
@@ -22,13 +22,8 @@ from sidecar.backends.ai._http import LIMITS, open_sse, sdk_headers
 from sidecar.backends.ai.anthropic_wire import EventParser, messages_body
 from sidecar.backends.ai.base import ChatRequest, ChatStream, EmbedResult, UpstreamTimeouts
 from sidecar.backends.ai.errors import (
-    connection_error,
-    parse_retry_after,
-    status_error,
-    stream_interrupted,
-    upstream_timeout,
+    mapped_sdk_errors,
 )
-from sidecar.backends.ai.sse import SSEError
 from sidecar.backends.ai.sse_stream import SSEChatStream
 from sidecar.errors import Unimplemented
 
@@ -37,29 +32,9 @@ __all__ = ["AnthropicProvider", "mapped_anthropic_errors"]
 _PROVIDER = "anthropic"
 
 
-@contextlib.contextmanager
-def mapped_anthropic_errors(provider: str = _PROVIDER) -> Iterator[None]:
-    """Re-raise the SDK's and httpx2's exceptions as `sidecar.errors` types."""
-    try:
-        yield
-    except anthropic.APIStatusError as exc:
-        raise status_error(
-            provider, exc.status_code, _message(exc.body), parse_retry_after(exc.response.headers)
-        ) from exc
-    except (anthropic.APITimeoutError, httpx2.TimeoutException) as exc:
-        raise upstream_timeout(provider, type(exc).__name__) from exc
-    except anthropic.APIConnectionError as exc:
-        raise connection_error(provider, str(exc.__cause__ or exc)[:200]) from exc
-    except (httpx2.TransportError, httpx2.StreamError, SSEError) as exc:
-        raise stream_interrupted(provider, str(exc)[:200] or type(exc).__name__) from exc
-
-
-def _message(body: object) -> str:
-    while isinstance(body, Mapping) and isinstance(body.get("error"), Mapping):
-        body = body["error"]
-    if isinstance(body, Mapping):
-        return str(body.get("message") or "")
-    return str(body or "")
+def mapped_anthropic_errors(provider: str = _PROVIDER) -> contextlib.AbstractContextManager[None]:
+    """Re-raise the anthropic SDK's and httpx2's exceptions as `sidecar.errors` types."""
+    return mapped_sdk_errors(anthropic, provider)
 
 
 class AnthropicProvider:

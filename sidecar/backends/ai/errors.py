@@ -17,11 +17,14 @@ Every error carries `metadata={"provider": ..., "upstream_status": ...}` for `Er
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from types import ModuleType
 from typing import Final
 
+from sidecar.backends.ai.sse import SSEError
 from sidecar.errors import (
     DeadlineExceeded,
     FailedPrecondition,
@@ -35,6 +38,7 @@ from sidecar.errors import (
 __all__ = [
     "UPSTREAM_RATE_LIMITED",
     "connection_error",
+    "mapped_sdk_errors",
     "parse_retry_after",
     "status_error",
     "stream_interrupted",
@@ -141,3 +145,38 @@ def stream_interrupted(provider: str, detail: str, status: str = "200") -> Unava
         reason="STREAM_INTERRUPTED",
         metadata={"provider": provider, "upstream_status": status},
     )
+
+
+@contextlib.contextmanager
+def mapped_sdk_errors(sdk: ModuleType, provider: str) -> Iterator[None]:
+    """Re-raise an SDK's and httpx2's exceptions as `sidecar.errors` types.
+
+    The `openai` and `anthropic` SDKs are generated from one template and share their
+    exception classes' names, so one mapping serves both (`sdk` is the imported module).
+    """
+    import httpx2  # here, not at the top: the echo provider must not import an HTTP stack
+
+    try:
+        yield
+    except sdk.APIStatusError as exc:
+        raise status_error(
+            provider,
+            exc.status_code,
+            _body_message(exc.body),
+            parse_retry_after(exc.response.headers),
+        ) from exc
+    except (sdk.APITimeoutError, httpx2.TimeoutException) as exc:
+        raise upstream_timeout(provider, type(exc).__name__) from exc
+    except sdk.APIConnectionError as exc:
+        raise connection_error(provider, str(exc.__cause__ or exc)[:200]) from exc
+    except (httpx2.TransportError, httpx2.StreamError, SSEError) as exc:
+        raise stream_interrupted(provider, str(exc)[:200] or type(exc).__name__) from exc
+
+
+def _body_message(body: object) -> str:
+    """The message of an error body, `{"error": {"message": ...}}` nested or not."""
+    while isinstance(body, Mapping) and isinstance(body.get("error"), Mapping):
+        body = body["error"]
+    if isinstance(body, Mapping):
+        return str(body.get("message") or "")
+    return str(body or "")

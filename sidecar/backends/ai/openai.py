@@ -21,7 +21,7 @@ Usage:
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import httpx2
@@ -30,14 +30,10 @@ import openai
 from sidecar.backends.ai._http import LIMITS, open_sse, sdk_headers, timeout_of
 from sidecar.backends.ai.base import ChatRequest, ChatStream, EmbedResult, UpstreamTimeouts, Usage
 from sidecar.backends.ai.errors import (
-    connection_error,
-    parse_retry_after,
-    status_error,
+    mapped_sdk_errors,
     stream_interrupted,
-    upstream_timeout,
 )
 from sidecar.backends.ai.openai_wire import ChunkParser, chat_body
-from sidecar.backends.ai.sse import SSEError
 from sidecar.backends.ai.sse_stream import SSEChatStream
 from sidecar.errors import SidecarError
 
@@ -46,27 +42,9 @@ __all__ = ["OpenAIProvider", "mapped_openai_errors"]
 _PROVIDER = "openai"
 
 
-@contextlib.contextmanager
-def mapped_openai_errors(provider: str = _PROVIDER) -> Iterator[None]:
-    """Re-raise the SDK's and httpx2's exceptions as `sidecar.errors` types."""
-    try:
-        yield
-    except openai.APIStatusError as exc:
-        raise status_error(
-            provider, exc.status_code, _message(exc.body), parse_retry_after(exc.response.headers)
-        ) from exc
-    except (openai.APITimeoutError, httpx2.TimeoutException) as exc:
-        raise upstream_timeout(provider, type(exc).__name__) from exc
-    except openai.APIConnectionError as exc:
-        raise connection_error(provider, str(exc.__cause__ or exc)[:200]) from exc
-    except (httpx2.TransportError, httpx2.StreamError, SSEError) as exc:
-        raise stream_interrupted(provider, str(exc)[:200] or type(exc).__name__) from exc
-
-
-def _message(body: object) -> str:
-    if isinstance(body, Mapping):
-        return str(body.get("message") or "")
-    return str(body or "")
+def mapped_openai_errors(provider: str = _PROVIDER) -> contextlib.AbstractContextManager[None]:
+    """Re-raise the openai SDK's and httpx2's exceptions as `sidecar.errors` types."""
+    return mapped_sdk_errors(openai, provider)
 
 
 class OpenAIProvider:

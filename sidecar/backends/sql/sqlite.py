@@ -282,10 +282,10 @@ class SqliteBackend:
     async def _finish(self, conn: aiosqlite.Connection, guard: bool) -> None:
         """After a transaction: roll back what is still open, drop a per-call authorizer."""
         try:
-            if conn.in_transaction:
-                await asyncio.wait_for(conn.execute("ROLLBACK"), _CLEANUP_TIMEOUT)
-        except (sqlite3.Error, TimeoutError):
-            pass  # the next BEGIN fails loudly if the rollback did not happen
+            # A failed rollback is not raised here: the next BEGIN fails loudly instead.
+            with contextlib.suppress(sqlite3.Error, TimeoutError):
+                if conn.in_transaction:
+                    await asyncio.wait_for(conn.execute("ROLLBACK"), _CLEANUP_TIMEOUT)
         finally:
             if guard:
                 await conn.set_authorizer(_authorizer)
