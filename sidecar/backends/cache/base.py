@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from typing import Protocol, TypeAlias, assert_never
 
 __all__ = [
+    "INT64_MAX",
+    "INT64_MIN",
     "CacheBackend",
     "CacheOp",
     "DeleteOp",
@@ -40,6 +42,11 @@ __all__ = [
     "check_ttl",
     "run_batch_sequentially",
 ]
+
+
+INT64_MIN = -(2**63)
+INT64_MAX = 2**63 - 1
+"""The range of a counter, as Redis INCRBY enforces it."""
 
 
 class SetCondition(enum.Enum):

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from typing import TypeAlias, TypeVar, assert_never
 
 from sidecar.backends.cache.base import (
+    INT64_MAX,
+    INT64_MIN,
     CacheBackend,
     CacheOp,
     DeleteOp,
@@ -40,8 +42,6 @@ from sidecar.errors import FailedPrecondition, ResourceExhausted, Unavailable
 
 __all__ = ["MemoryCache"]
 
-_INT64_MIN = -(2**63)
-_INT64_MAX = 2**63 - 1
 # What Redis's string2ll accepts: no sign but '-', no leading zeros, no "-0", no spaces; at
 # most 19 digits, which also keeps int() away from huge inputs.
 _INTEGER = re.compile(rb"0|-?[1-9][0-9]{0,18}")
@@ -80,7 +80,7 @@ def _wrong_type(value: _Value, expected: type) -> FailedPrecondition:
 def _parse_int64(value: bytes) -> int:
     if _INTEGER.fullmatch(value):
         number = int(value)
-        if _INT64_MIN <= number <= _INT64_MAX:
+        if INT64_MIN <= number <= INT64_MAX:
             return number
     raise FailedPrecondition(
         "the value is not an integer or out of the int64 range", reason="NOT_AN_INTEGER"
@@ -319,7 +319,7 @@ class MemoryCache(CacheBackend):
     def _increment(self, key: str, delta: int, now: float) -> int:
         current = self._typed(key, now, bytes)
         result = (0 if current is None else _parse_int64(current)) + delta
-        if not _INT64_MIN <= result <= _INT64_MAX:
+        if not INT64_MIN <= result <= INT64_MAX:
             raise FailedPrecondition(
                 "the increment would overflow the int64 range", reason="INTEGER_OVERFLOW"
             )

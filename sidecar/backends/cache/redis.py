@@ -34,6 +34,8 @@ from sidecar.backends.cache._redis_batch import (
     typed_result,
 )
 from sidecar.backends.cache.base import (
+    INT64_MAX,
+    INT64_MIN,
     CacheBackend,
     CacheOp,
     DeleteOp,
@@ -51,8 +53,6 @@ from sidecar.errors import FailedPrecondition, Unavailable
 
 __all__ = ["RedisCache"]
 
-_INT64_MIN = -(2**63)
-_INT64_MAX = 2**63 - 1
 _NX_XX = {SetCondition.IF_ABSENT: "NX", SetCondition.IF_PRESENT: "XX"}
 
 
@@ -131,7 +131,7 @@ class RedisCache(CacheBackend):
         return milliseconds / 1000 if milliseconds >= 0 else None  # -1 no expiry, -2 missing
 
     async def increment(self, key: str, delta: int) -> int:
-        if not _INT64_MIN <= delta <= _INT64_MAX:
+        if not INT64_MIN <= delta <= INT64_MAX:
             # INCRBY takes an int64 delta; no int64 value plus this one fits the range.
             self._check_open()
             raise FailedPrecondition(

@@ -42,6 +42,7 @@ __all__ = [
     "SubscriptionEvent",
     "compile_glob",
     "glob_match",
+    "subscription_targets",
 ]
 
 
@@ -140,6 +141,20 @@ class PubSubBackend(Protocol):
     def subscriber_count(self) -> int:
         """Subscriptions currently open through this backend."""
         ...
+
+
+def subscription_targets(
+    channels: Sequence[str], patterns: Sequence[str], buffer_size: int
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The de-duplicated channels and patterns of a `subscribe` call, checked as every
+    backend must check them."""
+    if buffer_size < 1:
+        raise ValueError(f"buffer_size must be >= 1, got {buffer_size}")
+    unique_channels = tuple(dict.fromkeys(channels))
+    unique_patterns = tuple(dict.fromkeys(patterns))
+    if not unique_channels and not unique_patterns:
+        raise ValueError("subscribe needs at least one channel or pattern")
+    return unique_channels, unique_patterns
 
 
 # -- glob patterns -----------------------------------------------------------------------------

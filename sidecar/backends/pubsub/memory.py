@@ -19,6 +19,7 @@ from sidecar.backends.pubsub.base import (
     PubSubBackend,
     Subscription,
     compile_glob,
+    subscription_targets,
 )
 from sidecar.backends.pubsub.buffered import BufferedSubscription
 from sidecar.errors import Unavailable
@@ -76,12 +77,7 @@ class MemoryBroker(PubSubBackend):
         self, channels: Sequence[str], patterns: Sequence[str], *, buffer_size: int
     ) -> Subscription:
         self._check_open()
-        if buffer_size < 1:
-            raise ValueError(f"buffer_size must be >= 1, got {buffer_size}")
-        unique_channels = tuple(dict.fromkeys(channels))
-        unique_patterns = tuple(dict.fromkeys(patterns))
-        if not unique_channels and not unique_patterns:
-            raise ValueError("subscribe needs at least one channel or pattern")
+        unique_channels, unique_patterns = subscription_targets(channels, patterns, buffer_size)
         subscription = BufferedSubscription(
             unique_channels,
             tuple(compile_glob(pattern) for pattern in unique_patterns),

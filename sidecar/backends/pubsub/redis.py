@@ -38,7 +38,13 @@ from sidecar.backends._redis import glob_escape, redis_errors
 from sidecar.backends._redis_mux import Multiplexer
 from sidecar.backends.pubsub import _envelope
 from sidecar.backends.pubsub._redis_link import Key, SubscriberLink
-from sidecar.backends.pubsub.base import Message, PubSubBackend, Subscription, compile_glob
+from sidecar.backends.pubsub.base import (
+    Message,
+    PubSubBackend,
+    Subscription,
+    compile_glob,
+    subscription_targets,
+)
 from sidecar.backends.pubsub.buffered import BufferedSubscription
 from sidecar.errors import Unavailable
 
@@ -128,12 +134,7 @@ class RedisBroker(PubSubBackend):
         self, channels: Sequence[str], patterns: Sequence[str], *, buffer_size: int
     ) -> Subscription:
         self._check_open()
-        if buffer_size < 1:
-            raise ValueError(f"buffer_size must be >= 1, got {buffer_size}")
-        unique_channels = tuple(dict.fromkeys(channels))
-        unique_patterns = tuple(dict.fromkeys(patterns))
-        if not unique_channels and not unique_patterns:
-            raise ValueError("subscribe needs at least one channel or pattern")
+        unique_channels, unique_patterns = subscription_targets(channels, patterns, buffer_size)
         link = self._link
         if not link.up and link.failure is not None:
             raise Unavailable(
