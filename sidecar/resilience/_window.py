@@ -35,7 +35,9 @@ class RollingWindow:
 
     def add(self, first: int, second: int) -> None:
         """Count `first` and `second` into the current bucket."""
-        index = self._rotate()
+        tick = int(self._clock.monotonic() // self._width)
+        # Inline fast path: on the hot path the current bucket is almost always still current.
+        index = tick % len(self._first) if tick == self._tick else self._rotate()
         self._first[index] += first
         self._second[index] += second
         self._first_total += first

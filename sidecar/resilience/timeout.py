@@ -5,9 +5,10 @@ and is retryable when it fires; `total_timeout` bounds the call including retrie
 the caller's deadline, is final. The pipeline folds the total timeout and the caller's
 deadline into one `Deadline` and times each attempt with `run_with_timeout`.
 
-With the system clock this uses `asyncio.timeout` (no extra task). With any other clock it
-races the operation against `clock.sleep(seconds)`, so a `FakeClock` drives the timeout and
-tests never wait for real time.
+With the system clock this uses a cancellation scope on shared loop timers (see
+`_timer_slots`: no extra task, ~1 µs, fires at most 1% of the timeout late). With any other
+clock it races the operation against `clock.sleep(seconds)`, so a `FakeClock` drives the
+timeout and tests never wait for real time.
 
 Usage:
 
@@ -22,6 +23,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from sidecar.resilience._timer_slots import TimerSlots
 from sidecar.resilience.clock import Clock, SystemClock
 from sidecar.resilience.errors import ExecutionTimeout
 
@@ -82,14 +84,19 @@ async def run_with_timeout(
     if seconds <= 0:
         raise ExecutionTimeout(caller_deadline=caller_deadline, timeout=seconds)
     if type(clock) is SystemClock:
-        scope = asyncio.timeout(seconds)
+        slots = TimerSlots.of(asyncio.get_running_loop())
+        scope = slots.enter(seconds)
         try:
-            async with scope:
-                return await awaitable_factory()
-        except TimeoutError:
-            if scope.expired():
+            result = await awaitable_factory()
+        except asyncio.CancelledError:
+            if slots.leave(scope):
                 raise ExecutionTimeout(caller_deadline=caller_deadline, timeout=seconds) from None
             raise
+        except BaseException:
+            slots.leave(scope)
+            raise
+        slots.leave(scope)
+        return result
     return await _race(awaitable_factory, seconds, clock, caller_deadline)
 
 
