@@ -43,6 +43,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from sidecar.server import ServerStartError, serve
 
     try:
+        if config.server.event_loop == "uvloop":
+            import uvloop
+
+            return uvloop.run(serve(config, listen=args.listen))
         return asyncio.run(serve(config, listen=args.listen))
     except ServerStartError as exc:
         print(f"integration-sidecar: {exc}", file=sys.stderr)

@@ -34,7 +34,7 @@ import collections
 import ssl
 import time
 from collections.abc import Awaitable
-from typing import Any
+from typing import Any, cast
 
 import hiredis
 from redis import exceptions as rex
@@ -59,8 +59,8 @@ class _Link(asyncio.Protocol):
         self.last_reply = time.monotonic()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # A stream transport; uvloop's does not subclass asyncio.Transport, hence no check.
+        self._transport = cast(asyncio.Transport, transport)
 
     def call(self, args: tuple[Any, ...]) -> asyncio.Future[Any]:
         future = self._loop.create_future()

@@ -36,6 +36,7 @@ EXPECTED_DEFAULTS = {
         "max_receive_message_size": 4 * MiB,
         "max_send_message_size": 4 * MiB,
         "compression": "none",
+        "event_loop": "uvloop",
         "shutdown_grace": 10.0,
         "reflection": True,
         "keepalive": {
