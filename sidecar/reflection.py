@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool
-from grpc_reflection.v1alpha import reflection, reflection_pb2
+from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
 __all__ = ["V1_SERVICE_NAME", "enable_reflection"]
 
@@ -44,11 +44,15 @@ def _register_v1_descriptor() -> None:
 
 
 def enable_reflection(service_names: Sequence[str], server: grpc.aio.Server) -> None:
-    """Serve reflection v1alpha and v1 for `service_names` (plus both reflection services)."""
+    """Serve reflection v1alpha and v1 for `service_names` (plus both reflection services).
+
+    `server` may be a stand-in that wraps handlers; the asyncio servicer is chosen here
+    rather than by `reflection.enable_server_reflection`, which picks it by the server type.
+    """
     _register_v1_descriptor()
     names = (*service_names, reflection.SERVICE_NAME, V1_SERVICE_NAME)
     servicer = reflection.aio.ReflectionServicer(names)
-    reflection.enable_server_reflection(names, server)
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(servicer, server)
     handler = grpc.stream_stream_rpc_method_handler(
         servicer.ServerReflectionInfo,
         request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,

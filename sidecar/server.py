@@ -33,10 +33,11 @@ from generated.integration.v1 import (
     sql_pb2_grpc,
 )
 from sidecar.config import Config
-from sidecar.interceptors.auth import BearerAuthInterceptor
-from sidecar.interceptors.observe import ObservingInterceptor
-from sidecar.interceptors.rate_limit import InboundRateLimitInterceptor
+from sidecar.interceptors.auth import BearerAuth
+from sidecar.interceptors.inbound import InboundLayer
+from sidecar.interceptors.rate_limit import InboundRateLimits
 from sidecar.observability.metrics import Metrics
+from sidecar.observability.prometheus import PrometheusEndpoint
 from sidecar.reflection import enable_reflection
 from sidecar.resilience import SYSTEM_CLOCK, Clock, TokenBucketOptions
 from sidecar.runtime import Integrations, build_integrations
@@ -130,6 +131,7 @@ class RunningServer:
     monitor: HealthMonitor
     servicers: dict[str, Any]
     meter_provider: MeterProvider | None
+    prometheus: PrometheusEndpoint | None = None
     _stopped: bool = field(default=False, repr=False)
 
     async def stop(self, grace: float | None = None) -> None:
@@ -151,6 +153,8 @@ class RunningServer:
         await self.integrations.close()
         if self.meter_provider is not None:
             self.meter_provider.shutdown()
+        if self.prometheus is not None:
+            self.prometheus.close()
         _log.info("stopped")
 
 
@@ -169,15 +173,14 @@ def _server_options(config: Config) -> list[tuple[str, Any]]:
     ]
 
 
-def _interceptors(
-    config: Config, metrics: Metrics | None, clock: Clock
-) -> list[grpc.aio.ServerInterceptor]:
+def _inbound_layer(config: Config, metrics: Metrics | None, clock: Clock) -> InboundLayer:
     server = config.server
-    chain: list[grpc.aio.ServerInterceptor] = [
-        ObservingInterceptor(metrics, access_log=server.access_log)
-    ]
-    if server.auth.tokens:
-        chain.append(BearerAuthInterceptor([t.get_secret_value() for t in server.auth.tokens]))
+    auth = (
+        BearerAuth([t.get_secret_value() for t in server.auth.tokens])
+        if server.auth.tokens
+        else None
+    )
+    rate_limits = None
     if server.inbound_rate_limits:
         limits = {
             method: TokenBucketOptions(
@@ -187,23 +190,29 @@ def _interceptors(
             )
             for method, limit in server.inbound_rate_limits.items()
         }
-        chain.append(InboundRateLimitInterceptor(limits, clock))
-    return chain
+        rate_limits = InboundRateLimits(limits, clock)
+    return InboundLayer(metrics, access_log=server.access_log, auth=auth, rate_limits=rate_limits)
 
 
-def _meter_provider(config: Config, readers: Sequence[MetricReader]) -> MeterProvider | None:
-    metrics = config.integration.metrics
-    if not metrics.enabled:
-        return None
-    all_readers = list(readers)
-    if metrics.prometheus_listen:
-        from opentelemetry.exporter.prometheus import PrometheusMetricReader
-        from prometheus_client import start_http_server
-
-        host, _, port = metrics.prometheus_listen.rpartition(":")
-        start_http_server(int(port), addr=host.strip("[]"))
-        all_readers.append(PrometheusMetricReader())
-    return MeterProvider(metric_readers=all_readers)
+def _metrics(
+    config: Config, readers: Sequence[MetricReader], integrations: Integrations
+) -> tuple[MeterProvider | None, Metrics | None, PrometheusEndpoint | None]:
+    """The meter provider, the request metrics and the `/metrics` endpoint, as configured."""
+    settings = config.integration.metrics
+    if not settings.enabled:
+        return None, None, None
+    prometheus = (
+        PrometheusEndpoint(settings.prometheus_listen) if settings.prometheus_listen else None
+    )
+    all_readers = [*readers, *([prometheus.reader] if prometheus else [])]
+    provider = MeterProvider(metric_readers=all_readers)
+    integrations.meter = provider.get_meter("integration-sidecar")
+    metrics = Metrics(integrations.meter, integrations.breaker_states)
+    for integration in integrations:
+        integration.pipeline.add_listener(metrics.record_resilience_event)
+    if prometheus is not None:
+        prometheus.add_collector(metrics.durations.prometheus_collector())
+    return provider, metrics, prometheus
 
 
 async def start_server(
@@ -226,32 +235,23 @@ async def start_server(
         ServerStartError: the address cannot be bound.
     """
     integrations = build_integrations(config, clock)
-    meter_provider = _meter_provider(config, metric_readers)
-    metrics = (
-        Metrics(meter_provider.get_meter("integration-sidecar"), integrations.breaker_states)
-        if meter_provider is not None
-        else None
-    )
-    if meter_provider is not None:
-        integrations.meter = meter_provider.get_meter("integration-sidecar")
-    if metrics is not None:
-        for integration in integrations:
-            integration.pipeline.add_listener(metrics.record_resilience_event)
+    meter_provider, metrics, prometheus = _metrics(config, metric_readers, integrations)
     server = grpc.aio.server(
-        interceptors=_interceptors(config, metrics, clock),
         options=_server_options(config),
         compression=grpc.Compression.Gzip if config.server.compression == "gzip" else None,
     )
+    # Everything registered through `registrar` gets the inbound concerns (see InboundLayer).
+    registrar: Any = _inbound_layer(config, metrics, clock).registrar(server)
     types = integrations.types()
     servicers = {
-        service.name: service.add(integrations, server)
+        service.name: service.add(integrations, registrar)
         for service in SERVICES
         if service.capability is None or service.capability in types
     }
     health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, registrar)
     if config.server.reflection:
-        enable_reflection((*servicers, HEALTH_SERVICE), server)
+        enable_reflection((*servicers, HEALTH_SERVICE), registrar)
 
     address = listen or config.server.listen
     try:
@@ -285,6 +285,7 @@ async def start_server(
         monitor=monitor,
         servicers=servicers,
         meter_provider=meter_provider,
+        prometheus=prometheus,
     )
 
 

@@ -1,20 +1,19 @@
 """Build gRPC method handlers of the same kind as a given one (unary or streaming on either
-side), so an interceptor can wrap or replace any handler without caring about its shape."""
+side), so the inbound layer can wrap any handler without caring about its shape."""
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Callable
 from typing import Any, TypeAlias
 
 import grpc
 
-__all__ = ["Continuation", "Handler", "rejecting_handler", "replace_behavior"]
+__all__ = ["Handler", "behavior_of", "is_async_generator", "replace_behavior"]
 
 Behavior = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Any]
 # grpc.RpcMethodHandler is generic only in the type stubs, hence the string aliases.
 Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
-Continuation: TypeAlias = "Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]]"
 _FACTORIES = {
     "unary_unary": grpc.unary_unary_rpc_method_handler,
     "unary_stream": grpc.unary_stream_rpc_method_handler,
@@ -45,23 +44,6 @@ def replace_behavior(handler: Handler, behavior: Behavior) -> Handler:
         response_serializer=handler.response_serializer,
     )
     return result
-
-
-def rejecting_handler(handler: Handler, error: Callable[[], BaseException]) -> Handler:
-    """A handler like `handler` that raises `error()` instead of serving the call; the
-    error-mapping layer then answers it like any other domain error."""
-    if handler.response_streaming:
-
-        async def reject_stream(_request: Any, _context: Any) -> AsyncIterator[Any]:
-            raise error()
-            yield  # pragma: no cover - makes this an async generator
-
-        return replace_behavior(handler, reject_stream)
-
-    async def reject(_request: Any, _context: Any) -> Awaitable[Any]:
-        raise error()
-
-    return replace_behavior(handler, reject)
 
 
 def is_async_generator(behavior: Behavior) -> bool:

@@ -6,22 +6,15 @@ from __future__ import annotations
 import hmac
 from collections.abc import Sequence
 
-import grpc
-
 from sidecar.errors import Unauthenticated
-from sidecar.interceptors._handlers import Continuation, Handler, rejecting_handler
 
-__all__ = ["BearerAuthInterceptor"]
+__all__ = ["BearerAuth"]
 
-_EXEMPT_PREFIXES = ("/grpc.health.v1.Health/",)
-
-
-def _unauthenticated() -> BaseException:
-    return Unauthenticated("missing or invalid bearer token", reason="UNAUTHENTICATED")
+Metadata = Sequence[tuple[str, str | bytes]]
 
 
-class BearerAuthInterceptor(grpc.aio.ServerInterceptor):
-    """Reject calls without a valid bearer token with UNAUTHENTICATED.
+class BearerAuth:
+    """Check the bearer token of a call; a missing or wrong one is UNAUTHENTICATED.
 
     Args:
         tokens: the accepted tokens (from the environment, never from the config text).
@@ -32,19 +25,12 @@ class BearerAuthInterceptor(grpc.aio.ServerInterceptor):
             raise ValueError("tokens must be a non-empty list of non-empty strings")
         self._tokens = [token.encode() for token in tokens]
 
-    async def intercept_service(
-        self,
-        continuation: Continuation,
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> Handler | None:
-        handler = await continuation(handler_call_details)
-        if handler is None or handler_call_details.method.startswith(_EXEMPT_PREFIXES):
-            return handler
-        if self._authorized(handler_call_details.invocation_metadata or ()):
-            return handler
-        return rejecting_handler(handler, _unauthenticated)
+    def check(self, metadata: Metadata) -> None:
+        """Raise Unauthenticated unless `metadata` carries an accepted bearer token."""
+        if not self._authorized(metadata):
+            raise Unauthenticated("missing or invalid bearer token", reason="UNAUTHENTICATED")
 
-    def _authorized(self, metadata: Sequence[tuple[str, str | bytes]]) -> bool:
+    def _authorized(self, metadata: Metadata) -> bool:
         for key, value in metadata:
             if key != "authorization" or not isinstance(value, str):
                 continue

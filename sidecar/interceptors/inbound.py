@@ -1,8 +1,15 @@
-"""The one interceptor that wraps every handler: request id in and out, the JSON access
-log, request metrics, and error mapping (exception -> gRPC status with details).
+"""Every inbound concern, applied to each method handler once, when it is registered: the
+request id in and out, bearer auth, the inbound rate limit, the JSON access log, request
+metrics, and error mapping (exception -> gRPC status with details).
 
-These concerns share one wrapping layer because each wrapping layer costs CPU on every
-call; the other interceptors only choose or replace the handler and cost nothing per call.
+grpc.aio's own interceptors run a chain of coroutines on every call before the handler is
+even found, and each wrapping layer adds its own; measured here, that was ~60 µs of server
+CPU per call. Wrapping at registration costs one function layer per call and nothing else.
+
+Usage:
+
+    layer = InboundLayer(metrics, access_log=True, auth=None, rate_limits=None)
+    cache_pb2_grpc.add_CacheServiceServicer_to_server(servicer, layer.registrar(server))
 """
 
 from __future__ import annotations
@@ -12,25 +19,28 @@ import itertools
 import logging
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
 import grpc
 
 from sidecar.interceptors._handlers import (
-    Continuation,
     Handler,
     behavior_of,
     is_async_generator,
     replace_behavior,
 )
+from sidecar.interceptors.auth import BearerAuth
 from sidecar.interceptors.error_mapping import status_for
+from sidecar.interceptors.rate_limit import InboundRateLimits
 from sidecar.observability.call_context import CallInfo, set_current_call
 from sidecar.observability.metrics import Metrics
 
-__all__ = ["REQUEST_ID_HEADER", "ObservingInterceptor"]
+__all__ = ["REQUEST_ID_HEADER", "InboundLayer"]
 
 REQUEST_ID_HEADER = "x-request-id"
+# Health checks need neither a token nor a rate-limit token: probes must always get through.
+_UNGUARDED_PREFIXES = ("/grpc.health.v1.Health/",)
 # Generated ids: a random per-process prefix and a counter, unique across sidecars and
 # ~10x cheaper than uuid4 on the hot path.
 _ID_PREFIX = os.urandom(8).hex()
@@ -39,54 +49,87 @@ _MAX_REQUEST_ID = 128
 _access = logging.getLogger("sidecar.access")
 _errors = logging.getLogger("sidecar.errors")
 Context = grpc.aio.ServicerContext[Any, Any]
+Metadata = Sequence[tuple[str, str | bytes]]
+Guard = Callable[[Metadata], None]
 
 
-class ObservingInterceptor(grpc.aio.ServerInterceptor):
-    """Wrap each handler once with request id, access log, metrics and error mapping.
+class InboundLayer:
+    """Wraps method handlers with the sidecar's inbound concerns.
 
     Args:
         metrics: where request counts and durations go; None turns metrics off.
         access_log: write one JSON line per finished RPC.
+        auth: bearer-token check for every method but health; None: no auth.
+        rate_limits: inbound buckets per method; None: no inbound limits.
     """
 
-    def __init__(self, metrics: Metrics | None, *, access_log: bool = True) -> None:
+    def __init__(
+        self,
+        metrics: Metrics | None,
+        *,
+        access_log: bool = True,
+        auth: BearerAuth | None = None,
+        rate_limits: InboundRateLimits | None = None,
+    ) -> None:
         self._metrics = metrics
         self._access_log = access_log
-        self._wrapped: dict[int, tuple[Handler, Handler]] = {}
+        self._auth = auth
+        self._rate_limits = rate_limits
+        self._wrapped: dict[str, tuple[Handler, Handler]] = {}
 
-    async def intercept_service(
-        self,
-        continuation: Continuation,
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> Handler | None:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler
-        # Handlers of registered methods are long-lived objects: wrap each once.
-        cached = self._wrapped.get(id(handler))
+    def registrar(self, server: grpc.aio.Server) -> _Registrar:
+        """A stand-in for `server` to pass to `add_*Servicer_to_server` (and to grpc's
+        health and reflection helpers): what they register arrives wrapped."""
+        return _Registrar(server, self)
+
+    def wrap(self, handler: Handler, method: str) -> Handler:
+        """`handler` of `method` (`/pkg.Service/Method`) with every inbound concern; the
+        same handler object always gets the same wrapper."""
+        cached = self._wrapped.get(method)
         if cached is not None and cached[0] is handler:
             return cached[1]
-        wrapped = self._wrap(handler, handler_call_details.method)
-        if len(self._wrapped) > 1024:
-            self._wrapped.clear()
-        self._wrapped[id(handler)] = (handler, wrapped)
+        wrapped = self._wrap(handler, method)
+        self._wrapped[method] = (handler, wrapped)
         return wrapped
+
+    def _guard(self, method: str) -> Guard | None:
+        """The per-call checks of `method`, in order: auth, then its inbound rate limit."""
+        if method.startswith(_UNGUARDED_PREFIXES):
+            return None
+        auth = self._auth.check if self._auth is not None else None
+        take_token = self._rate_limits.guard(method) if self._rate_limits is not None else None
+        if auth is None and take_token is None:
+            return None
+        if take_token is None:
+            return auth
+        if auth is None:
+            return lambda _metadata: take_token()
+
+        def both(metadata: Metadata) -> None:
+            auth(metadata)
+            take_token()
+
+        return both
 
     def _wrap(self, handler: Handler, method: str) -> Handler:
         inner = behavior_of(handler)
-        operation = method.rsplit("/", 2)[-2].rsplit(".", 1)[-1] + "." + method.rsplit("/", 1)[-1]
         service = method.rsplit("/", 2)[-2] if method.count("/") >= 2 else method
+        operation = service.rsplit(".", 1)[-1] + "." + method.rsplit("/", 1)[-1]
+        guard = self._guard(method)
+        begin, fail, finish = self._begin, self._fail, self._finish
 
         if not handler.response_streaming:
 
             async def unary(request: Any, context: Context) -> Any:
-                call, started = self._begin(context, method)
+                call = begin(context, method)
                 try:
+                    if guard is not None:
+                        guard(call.metadata)
                     response = await inner(request, context)
                 except BaseException as exc:
-                    await self._fail(exc, context, call, started, service, operation)
+                    await fail(exc, context, call, service, operation)
                     raise
-                self._finish(call, started, "OK", service, operation)
+                finish(call, "OK", service, operation)
                 return response
 
             return replace_behavior(handler, unary)
@@ -94,66 +137,71 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
         if is_async_generator(inner):
 
             async def stream(request: Any, context: Context) -> AsyncIterator[Any]:
-                call, started = self._begin(context, method)
-                responses = inner(request, context)
+                call = begin(context, method)
+                responses = None
                 try:
+                    if guard is not None:
+                        guard(call.metadata)
+                    responses = inner(request, context)
                     async for response in responses:
                         yield response
                 except BaseException as exc:
-                    await self._fail(exc, context, call, started, service, operation)
+                    await fail(exc, context, call, service, operation)
                     raise
                 finally:
-                    await responses.aclose()
-                self._finish(call, started, "OK", service, operation)
+                    if responses is not None:
+                        await responses.aclose()
+                finish(call, "OK", service, operation)
 
             return replace_behavior(handler, stream)
 
         async def writer(request: Any, context: Context) -> None:
-            call, started = self._begin(context, method)
+            call = begin(context, method)
             try:
+                if guard is not None:
+                    guard(call.metadata)
                 await inner(request, context)
             except BaseException as exc:
-                await self._fail(exc, context, call, started, service, operation)
+                await fail(exc, context, call, service, operation)
                 raise
-            self._finish(call, started, "OK", service, operation)
+            finish(call, "OK", service, operation)
 
         return replace_behavior(handler, writer)
 
-    def _begin(self, context: Context, method: str) -> tuple[CallInfo, float]:
-        started = time.perf_counter()
+    @staticmethod
+    def _begin(context: Context, method: str) -> CallInfo:
+        metadata: Any = context.invocation_metadata() or ()
         request_id = ""
-        for key, value in context.invocation_metadata() or ():
+        for key, value in metadata:
             if key == REQUEST_ID_HEADER and isinstance(value, str):
                 request_id = value[:_MAX_REQUEST_ID]
                 break
         if not request_id:
             request_id = f"{_ID_PREFIX}{next(_id_counter):016x}"
-        call = CallInfo(request_id=request_id, method=method)
+        call = CallInfo(request_id, method, time.perf_counter(), metadata)
         set_current_call(call)
         # The id goes back in the trailers, which ride with the status for free: sending
         # headers early costs an extra batch (~40% of a no-op call's CPU, and ~0.2 ms of a
         # stream's time to first message).
         context.set_trailing_metadata(((REQUEST_ID_HEADER, request_id),))
-        return call, started
+        return call
 
     async def _fail(
         self,
         exc: BaseException,
         context: Context,
         call: CallInfo,
-        started: float,
         service: str,
         operation: str,
     ) -> None:
         """Record the failed call and answer it with a mapped status (raises AbortError)."""
         if isinstance(exc, asyncio.CancelledError | GeneratorExit):
-            self._finish(call, started, "CANCELLED", service, operation)
+            self._finish(call, "CANCELLED", service, operation)
             return
         if isinstance(exc, grpc.aio.AbortError):
-            code = context.code()
-            self._finish(call, started, _code_name(code), service, operation)
+            self._finish(call, _code_name(context.code()), service, operation)
             return
-        metadata = {"target": call.target} if call.target else None
+        metadata: Mapping[str, str] | None = {"target": call.target} if call.target else None
         status = status_for(exc, metadata, ((REQUEST_ID_HEADER, call.request_id),))
         if status.code is grpc.StatusCode.INTERNAL:
             _errors.error(
@@ -161,13 +209,11 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
                 exc_info=exc,
                 extra={"method": call.method, "request_id": call.request_id},
             )
-        self._finish(call, started, status.code.name, service, operation)
+        self._finish(call, status.code.name, service, operation)
         await context.abort_with_status(status)
 
-    def _finish(
-        self, call: CallInfo, started: float, status: str, service: str, operation: str
-    ) -> None:
-        elapsed = time.perf_counter() - started
+    def _finish(self, call: CallInfo, status: str, service: str, operation: str) -> None:
+        elapsed = time.perf_counter() - call.started
         if self._metrics is not None:
             self._metrics.record_request(call.target or service, operation, status, elapsed)
         if self._access_log and _access.isEnabledFor(logging.INFO):
@@ -181,6 +227,44 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
                     "request_id": call.request_id,
                 },
             )
+
+
+class _Registrar:
+    """What `add_*Servicer_to_server` needs of a server, wrapping what is registered."""
+
+    def __init__(self, server: grpc.aio.Server, layer: InboundLayer) -> None:
+        self._server = server
+        self._layer = layer
+
+    def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler]) -> None:
+        self._server.add_generic_rpc_handlers(
+            tuple(_WrappedGenericHandler(handler, self._layer) for handler in handlers)
+        )
+
+    def add_registered_method_handlers(
+        self, service_name: str, method_handlers: dict[str, Handler]
+    ) -> None:
+        self._server.add_registered_method_handlers(
+            service_name,
+            {
+                name: self._layer.wrap(handler, f"/{service_name}/{name}")
+                for name, handler in method_handlers.items()
+            },
+        )
+
+
+class _WrappedGenericHandler(grpc.GenericRpcHandler):
+    """A generic handler whose handlers come back wrapped (looked up per call, wrapped once)."""
+
+    def __init__(self, inner: grpc.GenericRpcHandler, layer: InboundLayer) -> None:
+        self._inner = inner
+        self._layer = layer
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> Handler | None:
+        handler = self._inner.service(handler_call_details)
+        if handler is None:
+            return None
+        return self._layer.wrap(handler, handler_call_details.method)
 
 
 def _code_name(code: Any) -> str:

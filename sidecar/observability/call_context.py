@@ -3,6 +3,7 @@ target served the call without threading it through every signature."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 
@@ -15,6 +16,10 @@ class CallInfo:
 
     request_id: str
     method: str
+    started: float
+    """`time.perf_counter()` when the call arrived."""
+    metadata: Sequence[tuple[str, str | bytes]] = ()
+    """The call's invocation metadata, read once."""
     target: str = ""
 
 

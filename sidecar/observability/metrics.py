@@ -1,8 +1,9 @@
 """The specification's request metrics through the OpenTelemetry SDK.
 
 `integration_requests_total{service, operation, status}` counts every RPC and
-`integration_request_duration_seconds{service, operation}` times it; `service` is the
-integration (target) that served the call, or the gRPC service when none did.
+`integration_request_duration_seconds{service, operation}` times it (kept outside the SDK,
+see `durations`; it is exported on the Prometheus endpoint); `service` is the integration
+(target) that served the call, or the gRPC service when none did.
 
 The resilience core adds, in the shape of Polly's telemetry,
 `integration_resilience_events_total{service, strategy, event}` (retries, breaker
@@ -12,12 +13,13 @@ transitions, rejections, timeouts) and the gauge `integration_circuit_breaker_st
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader
 
+from sidecar.observability.durations import RequestDurations
 from sidecar.resilience import CircuitState, ResilienceEvent
 
 __all__ = ["DURATION_BUCKETS", "Metrics", "build_meter_provider"]
@@ -66,13 +68,8 @@ class Metrics:
             unit="1",
             description="Integration requests served",
         )
-        self._duration = meter.create_histogram(
-            "integration_request_duration_seconds",
-            unit="s",
-            description="Integration request duration",
-            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
-        )
-        self._duration_labels: dict[tuple[str, str], Mapping[str, str]] = {}
+        self.durations = RequestDurations(DURATION_BUCKETS)
+        """`integration_request_duration_seconds`, exported by its Prometheus collector."""
         self._events = meter.create_counter(
             "integration_resilience_events_total",
             unit="1",
@@ -106,11 +103,7 @@ class Metrics:
         key = (service, operation, status)
         counts = self._counts
         counts[key] = counts.get(key, 0) + 1
-        labels = self._duration_labels.get((service, operation))
-        if labels is None:
-            labels = {"service": service, "operation": operation}
-            self._duration_labels[(service, operation)] = labels
-        self._duration.record(seconds, labels)
+        self.durations.observe(service, operation, seconds)
 
     def _observe_requests(self, _options: CallbackOptions) -> Iterable[Observation]:
         for (service, operation, status), count in list(self._counts.items()):

@@ -6,9 +6,12 @@ from __future__ import annotations
 import logging
 
 import grpc
+import httpx
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from prometheus_client.parser import text_string_to_metric_families
+from redis_server import free_port
 from support import error_info, retry_delay
 
 from generated.integration.v1 import cache_pb2, cache_pb2_grpc, pubsub_pb2, pubsub_pb2_grpc
@@ -102,8 +105,10 @@ async def test_access_log_has_method_status_target_and_request_id_but_no_payload
 
 async def test_metrics_count_requests_by_service_operation_and_status() -> None:
     reader = InMemoryMetricReader()
+    port = free_port()
+    config = f"integration:\n  metrics: {{prometheus_listen: '127.0.0.1:{port}'}}\n"
     async with (
-        serve_for_test(metric_readers=[reader]) as sidecar,
+        serve_for_test(config, metric_readers=[reader]) as sidecar,
         grpc.aio.insecure_channel(sidecar.address) as channel,
     ):
         cache = cache_pb2_grpc.CacheServiceStub(channel)
@@ -112,6 +117,8 @@ async def test_metrics_count_requests_by_service_operation_and_status() -> None:
         with pytest.raises(grpc.aio.AioRpcError):
             await cache.Get(cache_pb2.GetRequest(key=""))
         data = reader.get_metrics_data()
+        async with httpx.AsyncClient() as http:
+            scraped = (await http.get(f"http://127.0.0.1:{port}/metrics")).text
     assert data is not None
     points: dict[str, list[object]] = {}
     for resource in data.resource_metrics:
@@ -124,8 +131,20 @@ async def test_metrics_count_requests_by_service_operation_and_status() -> None:
     }
     assert counts[("cache", "CacheService.Get", "OK")] == 2
     assert counts[("cache", "CacheService.Get", "INVALID_ARGUMENT")] == 1
-    histogram = points["integration_request_duration_seconds"]
-    assert sum(p.count for p in histogram) == 3  # type: ignore[attr-defined]
+    # The duration histogram, as Prometheus scrapes it: all three calls, in cumulative buckets.
+    samples = {
+        (sample.name, sample.labels.get("le")): sample.value
+        for family in text_string_to_metric_families(scraped)
+        if family.name == "integration_request_duration_seconds"
+        for sample in family.samples
+        if sample.labels.get("operation") == "CacheService.Get"
+    }
+    assert samples[("integration_request_duration_seconds_count", None)] == 3
+    assert samples[("integration_request_duration_seconds_bucket", "+Inf")] == 3
+    assert samples[("integration_request_duration_seconds_bucket", "30.0")] == 3
+    assert samples[("integration_request_duration_seconds_sum", None)] > 0
+    # The SDK's metrics share the endpoint.
+    assert 'integration_requests_total{operation="CacheService.Get"' in scraped
 
 
 RATE_CONFIG = """
