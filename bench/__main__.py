@@ -48,6 +48,7 @@ services:
 """
 LABELS = {
     "noop": "grpc.aio no-op (floor)",
+    "noop_uvloop": "grpc.aio no-op on uvloop",
     "cache_get": "sidecar cache.get (memory)",
     "cache_set": "sidecar cache.set (memory)",
     "redis_get": "sidecar cache.get (redis)",
@@ -159,11 +160,15 @@ def main() -> int:
         config = Path(tmp) / "sidecar.yaml"
         config.write_text(SIDECAR_CONFIG.format(host=host, port=port, pg_dsn=PG_DSN))
         noop_address = f"127.0.0.1:{free_port()}"
+        noop_uvloop_address = f"127.0.0.1:{free_port()}"
         sidecar_address = f"127.0.0.1:{free_port()}"
-        noop_process = subprocess.Popen(
-            [sys.executable, "-m", "bench.noop_server", noop_address],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+        noop_process, noop_uvloop_process = (
+            subprocess.Popen(
+                [sys.executable, "-m", "bench.noop_server", address, loop],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            for address, loop in ((noop_address, "asyncio"), (noop_uvloop_address, "uvloop"))
         )
         sidecar_process = subprocess.Popen(
             [
@@ -180,9 +185,10 @@ def main() -> int:
             stderr=subprocess.DEVNULL,
         )
         # Started before the try below, so a failed start never leaves a process behind.
-        processes = [noop_process, sidecar_process]
+        processes = [noop_process, noop_uvloop_process, sidecar_process]
         try:
             noop = start("noop", [], noop_address, noop_process)
+            noop_uvloop = start("noop_uvloop", [], noop_uvloop_address, noop_uvloop_process)
             sidecar = start("sidecar", [], sidecar_address, sidecar_process)
         except RuntimeError:
             for process in processes:
@@ -191,6 +197,7 @@ def main() -> int:
         redis_direct = f"{host}:{port}"
         cases: list[tuple[Server | None, str, str]] = [
             (noop, noop_address, "noop"),
+            (noop_uvloop, noop_uvloop_address, "noop_uvloop"),
             (sidecar, sidecar_address, "cache_get"),
             (sidecar, sidecar_address, "cache_set"),
             (sidecar, sidecar_address, "redis_get"),

@@ -59,6 +59,7 @@ def _sql_query(channel: grpc.aio.Channel) -> Callable[[], Awaitable[Any]]:
 
 WORKLOADS = {
     "noop": _noop,
+    "noop_uvloop": _noop,
     "cache_get": _cache_get,
     "cache_set": _cache_set,
     "redis_get": _redis_get,

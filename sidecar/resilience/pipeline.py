@@ -252,8 +252,8 @@ class Pipeline:
             attempt += 1
             token = current_attempt.set(attempt)
             try:
-                if admit:
-                    await self._admit(attempt, weight, deadline)
+                if admit and not self._admit(attempt, weight, deadline):
+                    await self._wait_for_token(attempt, weight, deadline)
                 try:
                     result = await self._attempt(operation, deadline, attempt)
                 except Exception as exc:
@@ -273,8 +273,10 @@ class Pipeline:
                 current_attempt.reset(token)
             await self._clock.sleep(delay)
 
-    async def _admit(self, attempt: int, weight: float, deadline: Deadline | None) -> None:
-        """Deadline check, breaker, then rate limiter: may this attempt start at all?"""
+    def _admit(self, attempt: int, weight: float, deadline: Deadline | None) -> bool:
+        """Deadline check, breaker, then the limiter's token if one is at hand. True when
+        the attempt may start now; False when it must wait for a token (`_wait_for_token`).
+        No coroutine on the common path."""
         if deadline is not None and deadline.expired():
             self._emit("total_timeout", "timeout", attempt, 0.0)
             raise ExecutionTimeout(caller_deadline=True, timeout=0.0)
@@ -285,18 +287,22 @@ class Pipeline:
             except CircuitOpenError as exc:
                 self._emit("circuit_breaker", "circuit_open", attempt, exc.retry_after)
                 raise
-        limiter = self._limiter
-        if limiter is not None:
-            try:
-                local = self._local_limiter
-                if local is None or not local.try_acquire(weight):  # no coroutine if at hand
-                    await limiter.acquire(weight, deadline)
-            except BaseException as exc:
-                if breaker is not None:
-                    breaker.record_ignored()  # free a half-open probe slot
-                if isinstance(exc, RateLimitedError):
-                    self._emit("rate_limiter", "rate_limited", attempt, exc.retry_after)
-                raise
+        if self._limiter is None:
+            return True
+        local = self._local_limiter
+        return local is not None and local.try_acquire(weight)
+
+    async def _wait_for_token(self, attempt: int, weight: float, deadline: Deadline | None) -> None:
+        """The limiter's token for an admitted attempt (the breaker already let it through)."""
+        assert self._limiter is not None
+        try:
+            await self._limiter.acquire(weight, deadline)
+        except BaseException as exc:
+            if self._breaker is not None:
+                self._breaker.record_ignored()  # free a half-open probe slot
+            if isinstance(exc, RateLimitedError):
+                self._emit("rate_limiter", "rate_limited", attempt, exc.retry_after)
+            raise
 
     def _retry_delay(
         self, verdict: Classification, attempt: int, deadline: Deadline | None
