@@ -230,11 +230,19 @@ class InboundLayer:
 
 
 class _Registrar:
-    """What `add_*Servicer_to_server` needs of a server, wrapping what is registered."""
+    """What `add_*Servicer_to_server` needs of a server, wrapping what is registered.
+
+    Every method lands in one table, a generic handler registered first: grpc.aio serves
+    "registered method handlers" on a path measured ~25-30 µs of CPU per call slower than a
+    generic handler's, so they are not passed on. Generic handlers of methods the table does
+    not know stay behind it, wrapped, as fallbacks.
+    """
 
     def __init__(self, server: grpc.aio.Server, layer: InboundLayer) -> None:
         self._server = server
         self._layer = layer
+        self._table = _MethodTable()
+        server.add_generic_rpc_handlers((self._table,))
 
     def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler]) -> None:
         self._server.add_generic_rpc_handlers(
@@ -244,13 +252,19 @@ class _Registrar:
     def add_registered_method_handlers(
         self, service_name: str, method_handlers: dict[str, Handler]
     ) -> None:
-        self._server.add_registered_method_handlers(
-            service_name,
-            {
-                name: self._layer.wrap(handler, f"/{service_name}/{name}")
-                for name, handler in method_handlers.items()
-            },
-        )
+        for name, handler in method_handlers.items():
+            method = f"/{service_name}/{name}"
+            self._table.handlers[method] = self._layer.wrap(handler, method)
+
+
+class _MethodTable(grpc.GenericRpcHandler):
+    """Full method name -> wrapped handler: one dict lookup per call."""
+
+    def __init__(self) -> None:
+        self.handlers: dict[str, Handler] = {}
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> Handler | None:
+        return self.handlers.get(handler_call_details.method)
 
 
 class _WrappedGenericHandler(grpc.GenericRpcHandler):
