@@ -12,7 +12,6 @@ whether that cancellation was this scope's own (then the caller raises a timeout
 from __future__ import annotations
 
 import asyncio
-import math
 
 __all__ = ["TimerSlots"]
 
@@ -45,6 +44,7 @@ class TimerSlots:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
+        self._time = loop.time
         self._slots: dict[int, _Slot] = {}
 
     @classmethod
@@ -58,14 +58,14 @@ class TimerSlots:
 
     def enter(self, seconds: float) -> _Scope:
         """Start timing the current task: it is cancelled once `seconds` have passed."""
-        loop = self._loop
         slot_ms = min(max(int(seconds * 10), _MIN_SLOT_MS), _MAX_SLOT_MS)  # 1% of the timeout
-        key = math.ceil((loop.time() + seconds) * 1000 / slot_ms) * slot_ms
+        # The end of the slot holding the deadline, in whole milliseconds of loop time.
+        key = (int((self._time() + seconds) * 1000) // slot_ms + 1) * slot_ms
         slot = self._slots.get(key)
         if slot is None:
             slot = self._slots[key] = _Slot(key)
-            loop.call_at(key / 1000, self._fire, slot)
-        task = asyncio.current_task(loop)
+            self._loop.call_at(key / 1000, self._fire, slot)
+        task = asyncio.current_task(self._loop)
         assert task is not None, "a timeout scope needs a running task"
         scope = _Scope(task, slot)
         slot.scopes.add(scope)

@@ -8,7 +8,10 @@ out (Polly's `RollingHealthMetrics`). Running totals keep reads O(1).
 
 from __future__ import annotations
 
-from sidecar.resilience.clock import Clock
+import time
+from collections.abc import Callable
+
+from sidecar.resilience.clock import Clock, SystemClock
 
 __all__ = ["RollingWindow"]
 
@@ -22,10 +25,21 @@ class RollingWindow:
         buckets: How many slices the window is cut into.
     """
 
-    __slots__ = ("_clock", "_first", "_first_total", "_second", "_second_total", "_tick", "_width")
+    __slots__ = (
+        "_first",
+        "_first_total",
+        "_monotonic",
+        "_second",
+        "_second_total",
+        "_tick",
+        "_width",
+    )
 
     def __init__(self, duration: float, clock: Clock, buckets: int = 10) -> None:
-        self._clock = clock
+        # The system clock read without a Python-level call: every call of the hot path adds.
+        self._monotonic: Callable[[], float] = (
+            time.monotonic if type(clock) is SystemClock else clock.monotonic
+        )
         self._width = duration / buckets
         self._first = [0] * buckets
         self._second = [0] * buckets
@@ -35,7 +49,7 @@ class RollingWindow:
 
     def add(self, first: int, second: int) -> None:
         """Count `first` and `second` into the current bucket."""
-        tick = int(self._clock.monotonic() // self._width)
+        tick = int(self._monotonic() // self._width)
         # Inline fast path: on the hot path the current bucket is almost always still current.
         index = tick % len(self._first) if tick == self._tick else self._rotate()
         self._first[index] += first
@@ -58,7 +72,7 @@ class RollingWindow:
         self._tick = self._now_tick()
 
     def _now_tick(self) -> int:
-        return int(self._clock.monotonic() // self._width)
+        return int(self._monotonic() // self._width)
 
     def _rotate(self) -> int:
         """Zero the buckets that aged out since the last call; return the current index."""

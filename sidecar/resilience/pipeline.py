@@ -255,8 +255,11 @@ class Pipeline:
                 if admit and not self._admit(attempt, weight, deadline):
                     await self._wait_for_token(attempt, weight, deadline)
                 try:
-                    result = await self._attempt(operation, deadline, attempt)
+                    result = await self._attempt(operation, deadline)
                 except Exception as exc:
+                    if isinstance(exc, ExecutionTimeout):
+                        strategy = "total_timeout" if exc.caller_deadline else "attempt_timeout"
+                        self._emit(strategy, "timeout", attempt, exc.timeout)
                     verdict = self._record(exc, breaker)
                     delay = self._retry_delay(verdict, attempt, deadline) if idempotent else None
                     if delay is None:
@@ -326,13 +329,11 @@ class Pipeline:
         self._emit("retry", "retry", attempt, delay)
         return delay
 
-    async def _attempt(
-        self,
-        operation: Callable[[], Awaitable[T]],
-        deadline: Deadline | None,
-        attempt: int,
-    ) -> T:
-        """The attempt timeout: the smaller of `attempt_timeout` and what the deadline leaves."""
+    def _attempt(
+        self, operation: Callable[[], Awaitable[T]], deadline: Deadline | None
+    ) -> Awaitable[T]:
+        """The attempt timeout: the smaller of `attempt_timeout` and what the deadline leaves.
+        A plain function returning the awaitable: one coroutine frame less per call."""
         seconds = self._attempt_timeout
         final = False
         if deadline is not None:
@@ -340,13 +341,8 @@ class Pipeline:
             if remaining is not None and (seconds is None or remaining <= seconds):
                 seconds, final = remaining, True
         if seconds is None:
-            return await operation()
-        try:
-            return await run_with_timeout(operation, seconds, self._clock, caller_deadline=final)
-        except ExecutionTimeout as exc:
-            strategy = "total_timeout" if exc.caller_deadline else "attempt_timeout"
-            self._emit(strategy, "timeout", attempt, exc.timeout)
-            raise
+            return operation()
+        return run_with_timeout(operation, seconds, self._clock, caller_deadline=final)
 
     def _record(self, exc: Exception, breaker: CircuitBreaker | None) -> Classification:
         """Tell the breaker how the attempt ended; say whether it may be retried."""
