@@ -1,7 +1,9 @@
 """Run the benchmarks and print medians and ratios.
 
 Every figure is a median of interleaved repeats; the floor (a no-op grpc.aio server with
-the same client) runs in the same invocation, because this machine drifts between runs.
+the same client) runs in the same invocation, because this machine drifts between runs. The
+sidecar runs on uvloop: the ratios are to the bare floor on asyncio's own loop, and a second
+no-op on uvloop is measured beside it to show what the loop alone gives.
 Server CPU per call comes from /proc/<pid>/stat (utime + stime).
 
 The Redis cases run Cache.Get/Set through the sidecar against a `backend: redis` cache, and
