@@ -171,19 +171,21 @@ class InboundLayer:
     @staticmethod
     def _begin(context: Context, method: str) -> CallInfo:
         metadata: Any = context.invocation_metadata() or ()
-        request_id = ""
         for key, value in metadata:
             if key == REQUEST_ID_HEADER and isinstance(value, str):
                 request_id = value[:_MAX_REQUEST_ID]
+                # The caller's id goes back in the trailers, which ride with the status for
+                # free (headers sent early cost an extra batch per call).
+                context.set_trailing_metadata(((REQUEST_ID_HEADER, request_id),))
                 break
-        if not request_id:
+        else:
+            # A generated id is logged, and sent back only with an error (see `_fail`): the
+            # trailer costs ~15 µs of server CPU per call, and like Envoy's
+            # `always_set_request_id_in_response: false`, a caller that wants to correlate
+            # successes sends its own id.
             request_id = f"{_ID_PREFIX}{next(_id_counter):016x}"
         call = CallInfo(request_id, method, time.perf_counter(), metadata)
         set_current_call(call)
-        # The id goes back in the trailers, which ride with the status for free: sending
-        # headers early costs an extra batch (~40% of a no-op call's CPU, and ~0.2 ms of a
-        # stream's time to first message).
-        context.set_trailing_metadata(((REQUEST_ID_HEADER, request_id),))
         return call
 
     async def _fail(

@@ -27,10 +27,15 @@ async def test_request_id_is_echoed(cache: cache_pb2_grpc.CacheServiceStub) -> N
     assert ("x-request-id", "abc-123") in tuple(await call.trailing_metadata())
 
 
-async def test_request_id_is_generated_when_absent(cache: cache_pb2_grpc.CacheServiceStub) -> None:
+async def test_a_generated_request_id_comes_back_with_errors_only(
+    cache: cache_pb2_grpc.CacheServiceStub,
+) -> None:
     call = cache.Get(cache_pb2.GetRequest(key="k"))
     await call
-    ids = [v for k, v in await call.trailing_metadata() if k == "x-request-id"]
+    assert [k for k, _ in await call.trailing_metadata() if k == "x-request-id"] == []
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await cache.Get(cache_pb2.GetRequest(key=""))
+    ids = [v for k, v in caught.value.trailing_metadata() if k == "x-request-id"]
     assert len(ids) == 1 and len(ids[0]) == 32
 
 
