@@ -178,6 +178,31 @@ async def test_inbound_rate_limit_answers_resource_exhausted_with_retry_info() -
         await cache.Get(cache_pb2.GetRequest(key="k"))
 
 
+async def test_a_star_limit_gives_each_method_its_own_bucket_and_spares_health() -> None:
+    config = 'server:\n  inbound_rate_limits:\n    "*": {requests_per_second: 1, burst_size: 1}\n'
+    async with (
+        serve_for_test(config, clock=FakeClock()) as sidecar,
+        grpc.aio.insecure_channel(sidecar.address) as channel,
+    ):
+        cache = cache_pb2_grpc.CacheServiceStub(channel)
+        await cache.Get(cache_pb2.GetRequest(key="k"))
+        await cache.Exists(cache_pb2.ExistsRequest(key="k"))  # a bucket of its own
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await cache.Get(cache_pb2.GetRequest(key="k"))
+        assert caught.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        health = health_pb2_grpc.HealthStub(channel)
+        for _ in range(3):
+            await health.Check(health_pb2.HealthCheckRequest())
+
+
+async def test_an_unknown_method_is_unimplemented(sidecar: RunningServer) -> None:
+    async with grpc.aio.insecure_channel(sidecar.address) as channel:
+        call = channel.unary_unary("/integration.v1.CacheService/NoSuchMethod")
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call(b"")
+    assert caught.value.code() is grpc.StatusCode.UNIMPLEMENTED
+
+
 async def test_gzip_compressed_requests_are_accepted(sidecar: object) -> None:
     address = sidecar.address  # type: ignore[attr-defined]
     async with grpc.aio.insecure_channel(address, compression=grpc.Compression.Gzip) as channel:
