@@ -236,6 +236,28 @@ async def start_server(
     """
     integrations = build_integrations(config, clock)
     meter_provider, metrics, prometheus = _metrics(config, metric_readers, integrations)
+    try:
+        return await _start(
+            config, listen, clock, integrations, meter_provider, metrics, prometheus
+        )
+    except BaseException:  # nothing started may outlive a failed start (ports, connections)
+        if prometheus is not None:
+            prometheus.close()
+        if meter_provider is not None:
+            meter_provider.shutdown()
+        await integrations.close()
+        raise
+
+
+async def _start(
+    config: Config,
+    listen: str | None,
+    clock: Clock,
+    integrations: Integrations,
+    meter_provider: MeterProvider | None,
+    metrics: Metrics | None,
+    prometheus: PrometheusEndpoint | None,
+) -> RunningServer:
     server = grpc.aio.server(
         options=_server_options(config),
         compression=grpc.Compression.Gzip if config.server.compression == "gzip" else None,

@@ -4,6 +4,7 @@ rate limits, gzip."""
 from __future__ import annotations
 
 import logging
+import socket
 
 import grpc
 import httpx
@@ -15,7 +16,8 @@ from redis_server import free_port
 from support import error_info, retry_delay
 
 from generated.integration.v1 import cache_pb2, cache_pb2_grpc, pubsub_pb2, pubsub_pb2_grpc
-from sidecar.server import RunningServer
+from sidecar.config import parse_config
+from sidecar.server import RunningServer, ServerStartError, start_server
 from sidecar.testing import FakeClock, serve_for_test
 
 pytestmark = pytest.mark.e2e
@@ -220,3 +222,18 @@ async def test_gzip_responses_when_configured() -> None:
         cache = cache_pb2_grpc.CacheServiceStub(channel)
         await cache.Set(cache_pb2.SetRequest(key="z", value=b"b" * 10_000))
         assert (await cache.Get(cache_pb2.GetRequest(key="z"))).value == b"b" * 10_000
+
+
+async def test_a_failed_start_leaves_no_metrics_listener_behind() -> None:
+    metrics_port = free_port()
+    config = parse_config(
+        f"integration:\n  metrics: {{prometheus_listen: '127.0.0.1:{metrics_port}'}}\n"
+    )
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = f"127.0.0.1:{taken.getsockname()[1]}"
+        with pytest.raises(ServerStartError, match="cannot listen"):
+            await start_server(config, listen=busy)
+    with socket.socket() as again:  # the metrics port was given back
+        again.bind(("127.0.0.1", metrics_port))
