@@ -6,7 +6,7 @@ the caller's deadline, is final. The pipeline folds the total timeout and the ca
 deadline into one `Deadline` and times each attempt with `run_with_timeout`.
 
 With the system clock this uses a cancellation scope on shared loop timers (see
-`_timer_slots`: no extra task, ~1 µs, fires at most 1% of the timeout late). With any other
+`_timer_slots`: no extra task, ~2 µs, fires at most 1% of the timeout late). With any other
 clock it races the operation against `clock.sleep(seconds)`, so a `FakeClock` drives the
 timeout and tests never wait for real time.
 

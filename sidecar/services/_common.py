@@ -10,7 +10,7 @@ import grpc
 from google.protobuf import duration_pb2
 
 from sidecar.errors import InvalidArgument
-from sidecar.observability.call_context import note_target
+from sidecar.observability.call_context import current_call, note_target
 from sidecar.resilience import SYSTEM_CLOCK, Deadline
 from sidecar.runtime import Integration, Integrations
 
@@ -54,7 +54,9 @@ async def call_through(
 
 
 def _has_idempotency_key(context: Context) -> bool:
-    return any(key == IDEMPOTENCY_KEY_HEADER for key, _ in context.invocation_metadata() or ())
+    call = current_call()  # the inbound layer already read the metadata
+    metadata = call.metadata if call is not None else context.invocation_metadata() or ()
+    return any(key == IDEMPOTENCY_KEY_HEADER for key, _ in metadata)
 
 
 def invalid(field: str, message: str, reason: str = "INVALID_REQUEST") -> InvalidArgument:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import grpc
 import pytest
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from redis_server import free_port
 from support import error_info, retry_delay
 
 from generated.integration.v1 import cache_pb2, cache_pb2_grpc
@@ -56,3 +57,39 @@ async def test_outbound_limit_rejects_at_once_when_the_deadline_is_too_short() -
         for p in events
     } == {("cache", "rate_limited"): 1}
     assert {p.attributes["service"]: p.value for p in breaker} == {"cache": 0}  # type: ignore[attr-defined]
+
+
+async def test_a_non_idempotent_call_is_retried_only_with_an_idempotency_key() -> None:
+    # A real refused connection (nothing listens on the port): a retryable upstream failure.
+    config = f"""
+services:
+  counters:
+    type: cache
+    backend: redis
+    host: 127.0.0.1
+    port: {free_port()}
+    retry_policy: {{max_retries: 2, base_delay: 1ms, max_delay: 2ms}}
+    circuit_breaker: {{enabled: false}}
+"""
+    reader = InMemoryMetricReader()
+    async with (
+        serve_for_test(config, metric_readers=[reader]) as sidecar,
+        grpc.aio.insecure_channel(sidecar.address) as channel,
+    ):
+        cache = cache_pb2_grpc.CacheServiceStub(channel)
+        request = cache_pb2.IncrementRequest(target="counters", key="n")
+
+        def retries() -> float:
+            return sum(
+                p.value  # type: ignore[attr-defined]
+                for p in points(reader, "integration_resilience_events_total")
+                if p.attributes["event"] == "retry"  # type: ignore[attr-defined]
+            )
+
+        for metadata in ((), (("idempotency-key", "inc-1"),)):
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await cache.Increment(request, metadata=metadata, timeout=5)
+            assert caught.value.code() is grpc.StatusCode.UNAVAILABLE
+            if not metadata:
+                assert retries() == 0  # it may have run: never repeated without a key
+        assert retries() == 2

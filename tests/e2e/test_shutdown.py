@@ -23,6 +23,7 @@ pytestmark = pytest.mark.e2e
 CONFIG = """
 server:
   shutdown_grace: 5s
+  event_loop: {event_loop}
 services:
   cache:
     type: cache
@@ -53,11 +54,12 @@ async def wait_until_serving(address: str, within: float = 15.0) -> None:
             await asyncio.sleep(0.05)
 
 
+@pytest.mark.parametrize("event_loop", ["uvloop", "asyncio"])
 async def test_sigterm_finishes_inflight_calls_ends_streams_and_exits_zero(
-    tmp_path: Path,
+    tmp_path: Path, event_loop: str
 ) -> None:
     config = tmp_path / "sidecar.yaml"
-    config.write_text(CONFIG)
+    config.write_text(CONFIG.replace("{event_loop}", event_loop))
     address = f"127.0.0.1:{free_port()}"
     process = await asyncio.create_subprocess_exec(
         sys.executable,
