@@ -8,8 +8,10 @@ Server CPU per call comes from /proc/<pid>/stat (utime + stime).
 
 The Redis cases run Cache.Get/Set through the sidecar against a `backend: redis` cache, and
 the same GET/SET with redis-py used directly (what an app without the sidecar would do):
-"vs floor" compares with the no-op gRPC server, "vs redis-py" with the direct client. The
-Redis is the one on 127.0.0.1:6379, or a redis-server started for the run.
+"vs floor" compares with the no-op gRPC server, "vs redis-py" with the direct client. Get
+runs twice: every call a Redis round trip, and on a cache with `near_cache` enabled, where
+repeated Gets of the (unchanging) key are answered locally. The Redis is the one on
+127.0.0.1:6379, or a redis-server started for the run.
 
 The SQL case runs a one-row SqlService.Query through the sidecar against PostgreSQL, and the
 same query on an asyncpg pool used directly ("vs direct"). It runs when PostgreSQL answers
@@ -46,6 +48,13 @@ services:
   cache: {{type: cache}}
   pubsub: {{type: pubsub}}
   redis: {{type: cache, backend: redis, host: {host}, port: {port}, key_prefix: "sidecar-bench:"}}
+  redis-near:
+    type: cache
+    backend: redis
+    host: {host}
+    port: {port}
+    key_prefix: "sidecar-bench:"
+    near_cache: {{enabled: true}}
   sql-bench: {{type: sql, backend: postgres, dsn: "{pg_dsn}"}}
 """
 LABELS = {
@@ -54,6 +63,7 @@ LABELS = {
     "cache_get": "sidecar cache.get (memory)",
     "cache_set": "sidecar cache.set (memory)",
     "redis_get": "sidecar cache.get (redis)",
+    "redis_near_get": "  ... with near_cache",
     "redis_set": "sidecar cache.set (redis)",
     "redispy_get": "redis-py GET direct",
     "redispy_set": "redis-py SET direct",
@@ -61,7 +71,12 @@ LABELS = {
     "asyncpg_query": "asyncpg query direct",
 }
 # Each sidecar case and the client used directly that it is compared with.
-DIRECT = {"redis_get": "redispy_get", "redis_set": "redispy_set", "sql_query": "asyncpg_query"}
+DIRECT = {
+    "redis_get": "redispy_get",
+    "redis_near_get": "redispy_get",
+    "redis_set": "redispy_set",
+    "sql_query": "asyncpg_query",
+}
 
 
 def free_port() -> int:
@@ -203,6 +218,7 @@ def main() -> int:
             (sidecar, sidecar_address, "cache_get"),
             (sidecar, sidecar_address, "cache_set"),
             (sidecar, sidecar_address, "redis_get"),
+            (sidecar, sidecar_address, "redis_near_get"),
             (None, redis_direct, "redispy_get"),
             (sidecar, sidecar_address, "redis_set"),
             (None, redis_direct, "redispy_set"),

@@ -43,6 +43,12 @@ def _redis_get(channel: grpc.aio.Channel) -> Callable[[], Awaitable[Any]]:
     return lambda: stub.Get(request)
 
 
+def _redis_near_get(channel: grpc.aio.Channel) -> Callable[[], Awaitable[Any]]:
+    stub = cache_pb2_grpc.CacheServiceStub(channel)
+    request = cache_pb2.GetRequest(target="redis-near", key="bench:key")
+    return lambda: stub.Get(request)
+
+
 def _redis_set(channel: grpc.aio.Channel) -> Callable[[], Awaitable[Any]]:
     stub = cache_pb2_grpc.CacheServiceStub(channel)
     request = cache_pb2.SetRequest(target="redis", key="bench:key", value=b"v" * 64)
@@ -63,6 +69,7 @@ WORKLOADS = {
     "cache_get": _cache_get,
     "cache_set": _cache_set,
     "redis_get": _redis_get,
+    "redis_near_get": _redis_near_get,
     "redis_set": _redis_set,
     "sql_query": _sql_query,
 }

@@ -33,7 +33,7 @@ import asyncio
 import collections
 import ssl
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 import hiredis
@@ -48,6 +48,8 @@ class _Link(asyncio.Protocol):
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
+        self.on_lost: Callable[[], None] | None = None
+        """Called once, when the connection closes for any reason."""
         self._reader = hiredis.Reader(
             replyError=rex.ResponseError, protocolError=rex.InvalidResponse
         )
@@ -110,6 +112,8 @@ class _Link(asyncio.Protocol):
             self._transport.abort()
 
     def _fail(self, error: Exception) -> None:
+        if not self.closed and self.on_lost is not None:
+            self.on_lost()
         self.closed = True
         waiters, self._waiters = self._waiters, collections.deque()
         for future in waiters:
@@ -124,6 +128,8 @@ class Multiplexer:
     Args:
         client: its pool's connection settings (host, port, db, username, password, TLS,
             client name, connect and read timeouts) are used; the client itself is not.
+        on_up: called once a new connection has passed its handshake.
+        on_down: called once when a connection that was up is lost or closed.
 
     Usage:
 
@@ -131,7 +137,15 @@ class Multiplexer:
         value = await mux.call("GET", "user:1")
     """
 
-    def __init__(self, client: Redis) -> None:
+    def __init__(
+        self,
+        client: Redis,
+        *,
+        on_up: Callable[[], None] | None = None,
+        on_down: Callable[[], None] | None = None,
+    ) -> None:
+        self._on_up = on_up
+        self._on_down = on_down
         pool = client.connection_pool
         kwargs: dict[str, Any] = pool.connection_kwargs
         self._host: str = kwargs.get("host", "localhost")
@@ -160,6 +174,11 @@ class Multiplexer:
         if self._watchdog is None and self._read_timeout:
             self._arm_watchdog(link)
         return link.call(args)
+
+    @property
+    def connected(self) -> bool:
+        """Whether a connection is up (past its handshake) right now."""
+        return self._link is not None and not self._link.closed
 
     async def aclose(self) -> None:
         """Close the connection; commands in flight fail with ConnectionError. Idempotent."""
@@ -201,6 +220,10 @@ class Multiplexer:
             link.abort(rex.ConnectionError("the Redis client is closed"))
             raise rex.ConnectionError("the Redis client is closed")
         self._link = link
+        if not link.closed:
+            link.on_lost = self._on_down
+            if self._on_up is not None:
+                self._on_up()
         return link
 
     async def _open(self) -> _Link:

@@ -122,10 +122,21 @@ def _redis_client(settings: Any, policies: Any, name: str) -> Any:
 
 
 def _redis_cache(settings: Any, policies: Any, name: str) -> Any:
+    from sidecar.backends.cache._near_cache import NearCache
     from sidecar.backends.cache.redis import RedisCache
 
     client = _redis_client(settings, policies, name)
-    return RedisCache(client, name=name, key_prefix=settings.key_prefix)
+    near = settings.near_cache
+    near_cache = (
+        NearCache(
+            max_entries=near.max_entries,
+            max_value_size=near.max_value_size,
+            max_ttl=near.max_ttl,
+        )
+        if near.enabled
+        else None
+    )
+    return RedisCache(client, name=name, key_prefix=settings.key_prefix, near_cache=near_cache)
 
 
 def _redis_broker(settings: Any, policies: Any, name: str) -> Any:

@@ -23,6 +23,7 @@ from redis_server import redis_address, unique_prefix
 
 from sidecar.backends._redis import create_client
 from sidecar.backends.cache import CacheBackend, MemoryCache
+from sidecar.backends.cache._near_cache import NearCache
 from sidecar.backends.cache.redis import RedisCache
 from sidecar.backends.pubsub import MemoryBroker, PubSubBackend
 from sidecar.backends.pubsub.redis import RedisBroker
@@ -30,7 +31,7 @@ from sidecar.config import CacheServiceConfig, PubSubServiceConfig
 
 __all__ = ["redis_address"]
 
-CACHE_BACKENDS = ["memory", "redis"]
+CACHE_BACKENDS = ["memory", "redis", "redis_near"]
 PUBSUB_BACKENDS = ["memory", "redis"]
 
 Elapse = Callable[[float], Awaitable[None]]
@@ -97,13 +98,31 @@ async def cache(
         return
     host, port = request.getfixturevalue("redis_address")
     settings = CacheServiceConfig(backend="redis", host=host, port=port, key_prefix=key_prefix)
-    backend = RedisCache(create_client(settings), name="cache", key_prefix=key_prefix)
+    near = None
+    if cache_kind == "redis_near":  # every read may be answered by the near cache
+        near = NearCache(max_entries=1000, max_value_size=1 << 20, max_ttl=60.0)
+    backend = RedisCache(
+        create_client(settings), name="cache", key_prefix=key_prefix, near_cache=near
+    )
+    if near is not None:
+        await _tracking_in_place(backend)
     yield backend
     await backend.close()
     async with aioredis.Redis(host=host, port=port) as admin:
         keys = await admin.keys(key_prefix + "*")
         if keys:
             await admin.delete(*keys)
+
+
+async def _tracking_in_place(cache: RedisCache) -> None:
+    """Read once, then wait (bounded) until Redis tracks the cache's connection."""
+    assert cache.tracking is not None
+    await cache.get("-")
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + 5
+    while not cache.tracking.active:
+        assert loop.time() < give_up, "Redis never tracked the connection"
+        await asyncio.sleep(0.005)
 
 
 @pytest.fixture
@@ -113,6 +132,8 @@ def elapse(cache: CacheBackend, clock: FakeClock, key_prefix: str) -> Elapse:
     async def elapse(seconds: float) -> None:
         if isinstance(cache, RedisCache):
             await cache.client.eval(_ELAPSE_LUA, 0, key_prefix, round(seconds * 1000))
+            if cache.tracking is not None:  # expiry reached the near cache too
+                await cache.tracking.sync()
         else:
             clock.advance(seconds)
 

@@ -8,6 +8,7 @@ import pytest
 
 EXPORTS = {
     "sidecar.backends.cache": [
+        "MISS",
         "CacheBackend",
         "CacheOp",
         "DeleteOp",

@@ -96,6 +96,12 @@ EXPECTED_DEFAULTS = {
             "max_value_size": MiB,
             "max_key_length": 1024,
             "max_keys": 100_000,
+            "near_cache": {
+                "enabled": False,
+                "max_entries": 10_000,
+                "max_value_size": 64 * 1024,
+                "max_ttl": 10.0,
+            },
             "host": "127.0.0.1",
             "port": 6379,
             "database": 0,

@@ -120,3 +120,23 @@ async def test_redis_store_limit_is_a_shared_bucket_keyed_by_the_limited_service
     assert isinstance(limiter, RedisTokenBucket)
     assert limiter.key == "app1:sidecar:ratelimit:limited"
     assert isinstance(plain.pipeline.rate_limiter, TokenBucket)
+
+
+def test_a_near_cache_needs_the_redis_backend() -> None:
+    message = problems("services:\n  c: {type: cache, near_cache: {enabled: true}}\n")
+    assert "services.c" in message
+    assert "near_cache is only for backend: redis" in message
+
+
+async def test_an_enabled_near_cache_is_built_on_the_redis_cache() -> None:
+    config = parse_config(
+        "services:\n  c:\n    type: cache\n    backend: redis\n"
+        "    near_cache: {enabled: true, max_entries: 5, max_value_size: 1KiB, max_ttl: 2s}\n"
+    )
+    integrations = build_integrations(config)
+    try:
+        backend = integrations.resolve("cache", "c").backend
+        assert isinstance(backend, RedisCache)
+        assert backend.tracking is not None
+    finally:
+        await integrations.close()

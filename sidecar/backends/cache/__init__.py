@@ -1,6 +1,7 @@
 """The cache capability: the `CacheBackend` protocol, its domain types, and its backends."""
 
 from sidecar.backends.cache.base import (
+    MISS,
     CacheBackend,
     CacheOp,
     DeleteOp,
@@ -18,6 +19,7 @@ from sidecar.backends.cache.base import (
 from sidecar.backends.cache.memory import MemoryCache
 
 __all__ = [
+    "MISS",
     "CacheBackend",
     "CacheOp",
     "DeleteOp",

@@ -23,7 +23,7 @@ import enum
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol, TypeAlias, assert_never
+from typing import Final, Protocol, TypeAlias, assert_never
 
 __all__ = [
     "INT64_MAX",
@@ -129,6 +129,20 @@ CacheOp: TypeAlias = GetOp | SetOp | DeleteOp | ExistsOp | IncrementOp | ExpireO
 OpResult: TypeAlias = bytes | bool | int | None
 
 
+class Miss:
+    """The type of `MISS`."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "MISS"
+
+
+MISS: Final = Miss()
+"""`held` has no local copy: the value must be read from the backend (None would be a
+held "no such key")."""
+
+
 class CacheBackend(Protocol):
     """A key-value cache with Redis semantics.
 
@@ -140,6 +154,12 @@ class CacheBackend(Protocol):
 
     async def get(self, key: str) -> bytes | None:
         """The string at `key`, or None if the key is missing."""
+        ...
+
+    def held(self, key: str) -> bytes | Miss | None:
+        """What `get` would return, if a local copy known to be current answers it without
+        any I/O (a Redis near cache); else MISS. Callers may skip the resilience pipeline
+        for a held value: no upstream is called."""
         ...
 
     async def set(

@@ -24,6 +24,7 @@ from typing import TypeAlias, TypeVar, assert_never
 from sidecar.backends.cache.base import (
     INT64_MAX,
     INT64_MIN,
+    MISS,
     CacheBackend,
     CacheOp,
     DeleteOp,
@@ -32,6 +33,7 @@ from sidecar.backends.cache.base import (
     GetOp,
     IncrementOp,
     ListEnd,
+    Miss,
     OpResult,
     SetCondition,
     SetOp,
@@ -121,6 +123,9 @@ class MemoryCache(CacheBackend):
         return len(self._store)
 
     # -- strings and keys --------------------------------------------------------------------
+
+    def held(self, key: str) -> bytes | Miss | None:
+        return MISS  # the store itself is the only copy; `get` reads it
 
     async def get(self, key: str) -> bytes | None:
         return self._get(key, self._begin())

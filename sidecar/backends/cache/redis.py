@@ -20,6 +20,7 @@ reusable error-mapping context, one future.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
@@ -27,15 +28,18 @@ from redis.asyncio import Redis
 
 from sidecar.backends._redis import RedisErrors, redis_errors
 from sidecar.backends._redis_mux import Multiplexer
+from sidecar.backends.cache._near_cache import NearCache
 from sidecar.backends.cache._redis_batch import (
     ATOMIC_BATCH_LUA,
     encode_atomic,
     ttl_ms,
     typed_result,
 )
+from sidecar.backends.cache._redis_tracking import RedisTracking
 from sidecar.backends.cache.base import (
     INT64_MAX,
     INT64_MIN,
+    MISS,
     CacheBackend,
     CacheOp,
     DeleteOp,
@@ -44,6 +48,7 @@ from sidecar.backends.cache.base import (
     GetOp,
     IncrementOp,
     ListEnd,
+    Miss,
     OpResult,
     SetCondition,
     SetOp,
@@ -71,16 +76,35 @@ class RedisCache(CacheBackend):
         await cache.set("user:1", b"ada", ttl=30.0)
     """
 
-    def __init__(self, client: Redis, *, name: str, key_prefix: str = "") -> None:
+    def __init__(
+        self,
+        client: Redis,
+        *,
+        name: str,
+        key_prefix: str = "",
+        near_cache: NearCache | None = None,
+    ) -> None:
         self._client = client
+        self._near = near_cache
+        self._tracking: RedisTracking | None = None
         # Single commands share one pipelined connection; batches use the client's pool.
-        self._mux = Multiplexer(client)
+        if near_cache is None:
+            self._mux = Multiplexer(client)
+        else:
+            tracking = self._tracking = RedisTracking(client, near_cache, name=name)
+            self._mux = Multiplexer(client, on_up=tracking.link_up, on_down=tracking.link_down)
+            tracking.attach(self._mux)
         self._execute: Callable[..., Awaitable[Any]] = self._mux.call
         self._prefix = key_prefix
         self._errors: RedisErrors = redis_errors(name)
         self._name = name
         self._atomic_batch = client.register_script(ATOMIC_BATCH_LUA)
         self._closed = False
+
+    @property
+    def tracking(self) -> RedisTracking | None:
+        """The near cache's invalidation machinery, None without a near cache."""
+        return self._tracking
 
     @property
     def client(self) -> Redis:
@@ -90,11 +114,41 @@ class RedisCache(CacheBackend):
 
     # -- strings and keys --------------------------------------------------------------------
 
+    def held(self, key: str) -> bytes | Miss | None:
+        near = self._near
+        if near is None or self._closed:
+            return MISS
+        return near.lookup(self._prefix + key)
+
     async def get(self, key: str) -> bytes | None:
         if self._closed:
             raise self._closed_error()
+        near = self._near
+        if near is not None:
+            held = near.lookup(self._prefix + key)
+            if held is not MISS:
+                return held  # type: ignore[return-value]
+            return await self._read_through(near, self._prefix + key)
         with self._errors:
             return await self._execute("GET", self._prefix + key)  # type: ignore[no-any-return]
+
+    async def _read_through(self, near: NearCache, key: str) -> bytes | None:
+        """GET `key` and, when the near cache may fill, its PTTL with it (same write)."""
+        ticket = near.ticket(key)
+        with self._errors:
+            if ticket is None:  # tracking not (yet) in place
+                assert self._tracking is not None
+                self._tracking.start()
+                return await self._execute("GET", key)  # type: ignore[no-any-return]
+            try:
+                value, ttl = await asyncio.gather(
+                    self._execute("GET", key), self._execute("PTTL", key)
+                )
+            except BaseException:
+                near.drop_ticket(key, ticket)
+                raise
+        near.fill(key, ticket, value, ttl)
+        return value  # type: ignore[no-any-return]
 
     async def set(
         self,
@@ -111,6 +165,7 @@ class RedisCache(CacheBackend):
             args += ("PX", ttl_ms(check_ttl(ttl)))
         if condition is not SetCondition.ALWAYS:
             args.append(_NX_XX[condition])
+        self._forget(args[1])
         with self._errors:
             return bool(await self._execute(*args))
 
@@ -118,13 +173,15 @@ class RedisCache(CacheBackend):
         if not keys:
             self._check_open()
             return 0
-        return int(await self._call("DEL", *self._keys(keys)))
+        full_keys = self._keys(keys)
+        self._forget(*full_keys)
+        return int(await self._call("DEL", *full_keys))
 
     async def exists(self, key: str) -> bool:
         return bool(await self._call("EXISTS", self._prefix + key))
 
     async def expire(self, key: str, ttl: float) -> bool:
-        return bool(await self._call("PEXPIRE", self._prefix + key, ttl_ms(check_ttl(ttl))))
+        return bool(await self._write("PEXPIRE", self._prefix + key, ttl_ms(check_ttl(ttl))))
 
     async def ttl(self, key: str) -> float | None:
         milliseconds = int(await self._call("PTTL", self._prefix + key))
@@ -139,7 +196,7 @@ class RedisCache(CacheBackend):
                 reason="INTEGER_OVERFLOW",
                 metadata={"target": self._name},
             )
-        return int(await self._call("INCRBY", self._prefix + key, delta))
+        return int(await self._write("INCRBY", self._prefix + key, delta))
 
     async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
         if not keys:
@@ -156,15 +213,20 @@ class RedisCache(CacheBackend):
         if not items:
             return
         prefix = self._prefix
+        full_keys = [prefix + key for key, _ in items]
+        self._forget(*full_keys)
         with self._errors:
             if ttl is None:
                 await self._execute("MSET", *(part for k, v in items for part in (prefix + k, v)))
                 return
             milliseconds = ttl_ms(ttl)
-            async with self._client.pipeline(transaction=True) as pipe:
-                for key, value in items:
-                    pipe.execute_command("SET", prefix + key, value, "PX", milliseconds)
-                await pipe.execute()
+            try:
+                async with self._client.pipeline(transaction=True) as pipe:
+                    for key, value in items:
+                        pipe.execute_command("SET", prefix + key, value, "PX", milliseconds)
+                    await pipe.execute()
+            finally:
+                self._forget(*full_keys)  # see `_forget`: this went on a pool connection
 
     # -- hashes, lists, sets -----------------------------------------------------------------
 
@@ -176,7 +238,7 @@ class RedisCache(CacheBackend):
             self._check_open()
             return 0
         pairs = (part for field, value in fields.items() for part in (field, value))
-        return int(await self._call("HSET", self._prefix + key, *pairs))
+        return int(await self._write("HSET", self._prefix + key, *pairs))
 
     async def hash_get_all(self, key: str) -> dict[str, bytes]:
         flat: list[bytes] = await self._call("HGETALL", self._prefix + key)  # f1 v1 f2 v2 ...
@@ -189,20 +251,20 @@ class RedisCache(CacheBackend):
         if not values:
             return int(await self._call("LLEN", self._prefix + key))
         command = "LPUSH" if end is ListEnd.LEFT else "RPUSH"
-        return int(await self._call(command, self._prefix + key, *values))
+        return int(await self._write(command, self._prefix + key, *values))
 
     async def list_pop(self, key: str, end: ListEnd, count: int = 1) -> list[bytes]:
         if count < 1:
             raise ValueError(f"count must be >= 1, got {count}")
         command = "LPOP" if end is ListEnd.LEFT else "RPOP"
-        popped = await self._call(command, self._prefix + key, count)
+        popped = await self._write(command, self._prefix + key, count)
         return [] if popped is None else list(popped)
 
     async def set_add(self, key: str, members: Sequence[bytes]) -> int:
         if not members:
             self._check_open()
             return 0
-        return int(await self._call("SADD", self._prefix + key, *members))
+        return int(await self._write("SADD", self._prefix + key, *members))
 
     async def set_members(self, key: str) -> list[bytes]:
         return sorted(await self._call("SMEMBERS", self._prefix + key))
@@ -213,12 +275,18 @@ class RedisCache(CacheBackend):
         self._check_open()
         if not ops:
             return []
-        with self._errors:
-            if atomic:
-                keys, args = encode_atomic(ops, self._prefix)
-                replies = await self._atomic_batch(keys=keys, args=args)
-            else:
-                replies = await self._pipelined(ops)
+        prefix = self._prefix
+        touched = [prefix + key for op in ops for key in _op_keys(op)] if self._near else []
+        self._forget(*touched)
+        try:
+            with self._errors:
+                if atomic:
+                    keys, args = encode_atomic(ops, self._prefix)
+                    replies = await self._atomic_batch(keys=keys, args=args)
+                else:
+                    replies = await self._pipelined(ops)
+        finally:
+            self._forget(*touched)  # see `_forget`: this went on a pool connection
         return [typed_result(op, reply) for op, reply in zip(ops, replies, strict=True)]
 
     async def ping(self) -> None:
@@ -228,6 +296,8 @@ class RedisCache(CacheBackend):
         if self._closed:
             return
         self._closed = True
+        if self._tracking is not None:
+            await self._tracking.close()
         await self._mux.aclose()
         await self._client.aclose()
 
@@ -238,6 +308,23 @@ class RedisCache(CacheBackend):
             raise self._closed_error()
         with self._errors:
             return await self._execute(*args)
+
+    async def _write(self, command: str, key: str, *args: Any) -> Any:
+        """A command that may change `key`: the near cache forgets it before it is sent,
+        so a read after the reply sees the write (Redis's invalidation comes later)."""
+        self._forget(key)
+        return await self._call(command, key, *args)
+
+    def _forget(self, *keys: str) -> None:
+        """Drop `keys` from the near cache and cancel reads of them in flight.
+
+        A write on the multiplexed connection needs this once, before it is sent: Redis
+        runs that connection's commands in order. A write on a pool connection needs it
+        after the reply too: a GET sent meanwhile may have been run before the write, and
+        Redis's invalidation of it may come after the reply.
+        """
+        if self._near is not None:
+            self._near.invalidate(keys)
 
     def _keys(self, keys: Sequence[str]) -> list[str]:
         prefix = self._prefix
@@ -282,3 +369,7 @@ class RedisCache(CacheBackend):
         return Unavailable(
             "the Redis cache is closed", reason="BACKEND_CLOSED", metadata={"target": self._name}
         )
+
+
+def _op_keys(op: CacheOp) -> tuple[str, ...]:
+    return op.keys if isinstance(op, DeleteOp) else (op.key,)

@@ -35,9 +35,9 @@ from typing import Any
 from redis.asyncio import Redis
 
 from sidecar.backends._redis import glob_escape, redis_errors
+from sidecar.backends._redis_link import Key, SubscriberLink
 from sidecar.backends._redis_mux import Multiplexer
 from sidecar.backends.pubsub import _envelope
-from sidecar.backends.pubsub._redis_link import Key, SubscriberLink
 from sidecar.backends.pubsub.base import (
     Message,
     PubSubBackend,

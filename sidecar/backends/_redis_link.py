@@ -1,4 +1,5 @@
-"""`SubscriberLink`: the one Redis connection a `RedisBroker` receives every message on.
+"""`SubscriberLink`: a Redis connection that receives messages: a `RedisBroker`'s one
+subscriber connection, and the invalidation channel of a cache's client-side caching.
 
 It owns the connection's whole life: connecting (with its own CLIENT SETNAME), sending
 (P)(UN)SUBSCRIBE and PING in order through one writer task, reading replies in one reader
@@ -53,6 +54,7 @@ class SubscriberLink:
         on_message: called with (key, channel without prefix, data) for every message.
         keepalive: seconds of silence before a PING; 3 silent periods mean a dead link.
         delays: (first, most) seconds between reconnection attempts.
+        on_change: called when a name is confirmed and when the connection is lost.
     """
 
     def __init__(
@@ -66,6 +68,7 @@ class SubscriberLink:
         on_message: Callable[[Key, str, bytes], None],
         keepalive: float,
         delays: tuple[float, float],
+        on_change: Callable[[], None] | None = None,
     ) -> None:
         self._client = client
         self._name = name
@@ -76,6 +79,9 @@ class SubscriberLink:
         self._on_message = on_message
         self._keepalive = keepalive
         self._delays = delays
+        self._on_change = on_change
+        self.client_id: int | None = None
+        """CLIENT ID of the current connection (what CLIENT TRACKING ... REDIRECT names)."""
         self.up = False
         """Connected, and everything wanted has been (re)requested on the connection."""
         self.failure: BaseException | None = None
@@ -153,6 +159,8 @@ class SubscriberLink:
             failure: BaseException
             try:
                 await conn.connect()
+                await conn.send_command("CLIENT", "ID")
+                self.client_id = int(await conn.read_response())
                 self.up, self.failure, delay = True, None, self._delays[0]
                 for key in self._wanted():
                     self.subscribe(key)
@@ -161,7 +169,7 @@ class SubscriberLink:
             except Exception as exc:
                 failure = exc
             finally:
-                self.up = False
+                self.up, self.client_id = False, None
                 with contextlib.suppress(Exception):
                     await conn.disconnect(nowait=True)
             self._lost(failure)
@@ -191,6 +199,8 @@ class SubscriberLink:
         self._unacked.clear()
         self.confirmed.clear()
         self._outbox.clear()
+        if self._on_change is not None:
+            self._on_change()
 
     async def _serve(self, conn: Any) -> None:
         reader = asyncio.create_task(self._read(conn))
@@ -244,6 +254,8 @@ class SubscriberLink:
 
     def _acked(self, key: Key) -> None:
         self.confirmed.add(key)
+        if self._on_change is not None:
+            self._on_change()
         left = self._unacked.get(key, 0) - 1
         if left > 0:
             self._unacked[key] = left
