@@ -16,6 +16,10 @@ Single commands (every operation but `batch` and `set_many` with a TTL) go throu
 auto-pipelined connection shared by all callers (`Multiplexer`); the rest use the client's
 pool. The hot path (`get`) is one GET on it: one string concatenation for the prefix, one
 reusable error-mapping context, one future.
+
+With a `NearCache` (opt-in), `get` first looks there, and a miss sends GET and PTTL together
+so the reply can be held; `RedisTracking` has Redis invalidate what is held. Every write
+drops its keys from the near cache first (see `_forget`).
 """
 
 from __future__ import annotations
