@@ -190,7 +190,10 @@ async def test_losing_either_connection_empties_it_until_tracking_is_back(
 
 
 async def test_without_tracking_permission_it_reads_through(
-    owned_redis: OwnedRedis, other: aioredis.Redis, key_prefix: str
+    owned_redis: OwnedRedis,
+    other: aioredis.Redis,
+    key_prefix: str,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     await other.acl_setuser(
         "app",
@@ -218,6 +221,7 @@ async def test_without_tracking_permission_it_reads_through(
             await asyncio.sleep(0.01)
         assert not active(cache)
         assert len(near) == 0
+        assert "client-side caching unavailable" in caplog.text  # refused, not just slow
     finally:
         await cache.close()
         await other.acl_deluser("app")

@@ -111,11 +111,6 @@ class NearCache:
             entries.pop(key, None)
             tickets.pop(key, None)
 
-    def invalidate_one(self, key: str) -> None:
-        """`invalidate` of a single key, without building a list on the write path."""
-        self._entries.pop(key, None)
-        self._tickets.pop(key, None)
-
     def clear(self) -> None:
         """Forget everything (FLUSHDB, FLUSHALL, or tracking state lost)."""
         self._entries.clear()

@@ -141,12 +141,14 @@ class RedisTracking:
             return
         try:
             await self._mux.call("CLIENT", "TRACKING", "ON", "REDIRECT", subscriber)
-        except rex.RedisError as exc:
+        except rex.ResponseError as exc:  # refused: Redis < 6, or an ACL without it
             _log.warning(
                 "redis client-side caching unavailable; reading through",
                 extra={"integration": self._name, "error": repr(exc)},
             )
             return
+        except rex.RedisError:
+            return  # the connection went; `link_up` points the next one
         if generation == self._generation and subscriber == self._listening():
             self._pointed_at = subscriber
             self._near.activate()
