@@ -1,9 +1,13 @@
-"""Shared test helpers: decoding rich error details and locating the grpcurl binary."""
+"""Shared test helpers: decoding rich error details, waiting for a condition, and locating
+the grpcurl binary."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -37,6 +41,16 @@ def retry_delay(error: grpc.aio.AioRpcError) -> float | None:
         if detail.Unpack(info):
             return info.retry_delay.seconds + info.retry_delay.nanos / 1e9
     return None
+
+
+async def eventually(condition: Callable[[], bool], seconds: float = 5.0) -> None:
+    """Return once `condition()` holds or `seconds` have passed (the caller asserts): for
+    effects the sidecar completes asynchronously, bounded generously for a loaded machine."""
+    deadline = time.monotonic() + seconds
+    for _ in iter(condition, True):
+        if time.monotonic() >= deadline:
+            return
+        await asyncio.sleep(0.01)
 
 
 def grpcurl_path() -> str:

@@ -3,13 +3,14 @@ side), so the inbound layer can wrap any handler without caring about its shape.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from collections.abc import Callable
 from typing import Any, TypeAlias
 
 import grpc
 
-__all__ = ["Handler", "behavior_of", "is_async_generator", "replace_behavior"]
+__all__ = ["Handler", "as_writer", "behavior_of", "replace_behavior"]
 
 Behavior = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Any]
 # grpc.RpcMethodHandler is generic only in the type stubs, hence the string aliases.
@@ -46,6 +47,20 @@ def replace_behavior(handler: Handler, behavior: Behavior) -> Handler:
     return result
 
 
-def is_async_generator(behavior: Behavior) -> bool:
-    """True when a streaming behavior yields its responses rather than calling write()."""
-    return inspect.isasyncgenfunction(behavior)
+def as_writer(behavior: Behavior) -> Behavior:
+    """A streaming behavior that writes its responses with `context.write`.
+
+    grpc.aio drives an async-generator handler itself and, when the call is cancelled during
+    a write, leaves the generator suspended: its `finally` (freeing a subscription, a
+    cursor) waits for garbage collection. Written responses put the cancellation inside the
+    handler, which closes the generator at once.
+    """
+    if not inspect.isasyncgenfunction(behavior):
+        return behavior
+
+    async def write_all(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        async with contextlib.aclosing(behavior(request, context)) as responses:
+            async for response in responses:
+                await context.write(response)
+
+    return write_all

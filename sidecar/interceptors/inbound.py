@@ -19,15 +19,15 @@ import itertools
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import grpc
 
 from sidecar.interceptors._handlers import (
     Handler,
+    as_writer,
     behavior_of,
-    is_async_generator,
     replace_behavior,
 )
 from sidecar.interceptors.auth import BearerAuth
@@ -134,26 +134,7 @@ class InboundLayer:
 
             return replace_behavior(handler, unary)
 
-        if is_async_generator(inner):
-
-            async def stream(request: Any, context: Context) -> AsyncIterator[Any]:
-                call = begin(context, method)
-                responses = None
-                try:
-                    if guard is not None:
-                        guard(call.metadata)
-                    responses = inner(request, context)
-                    async for response in responses:
-                        yield response
-                except BaseException as exc:
-                    await fail(exc, context, call, service, operation)
-                    raise
-                finally:
-                    if responses is not None:
-                        await responses.aclose()
-                finish(call, "OK", service, operation)
-
-            return replace_behavior(handler, stream)
+        inner = as_writer(inner)
 
         async def writer(request: Any, context: Context) -> None:
             call = begin(context, method)

@@ -3,8 +3,11 @@ rate limits, gzip."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
+from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 import httpx
@@ -13,10 +16,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from prometheus_client.parser import text_string_to_metric_families
 from redis_server import free_port
-from support import error_info, retry_delay
+from support import error_info, eventually, retry_delay
 
 from generated.integration.v1 import cache_pb2, cache_pb2_grpc, pubsub_pb2, pubsub_pb2_grpc
 from sidecar.config import parse_config
+from sidecar.interceptors.inbound import InboundLayer
 from sidecar.server import RunningServer, ServerStartError, start_server
 from sidecar.testing import FakeClock, serve_for_test
 
@@ -237,3 +241,36 @@ async def test_a_failed_start_leaves_no_metrics_listener_behind() -> None:
             await start_server(config, listen=busy)
     with socket.socket() as again:  # the metrics port was given back
         again.bind(("127.0.0.1", metrics_port))
+
+
+async def test_a_cancelled_stream_closes_its_generator_within_the_call() -> None:
+    # grpc.aio leaves a generator handler cancelled mid-write suspended until garbage
+    # collection; the layer's handler must close it itself, on the call's own task.
+    closed_on: list[asyncio.Task[Any] | None] = []
+    started_on: list[asyncio.Task[Any] | None] = []
+
+    async def numbers(_request: bytes, _context: object) -> AsyncIterator[bytes]:
+        started_on.append(asyncio.current_task())
+        try:
+            for _ in range(100):
+                yield bytes(1 << 20)  # the caller reads none: flow control holds the write
+        finally:
+            closed_on.append(asyncio.current_task())
+
+    handler = grpc.unary_stream_rpc_method_handler(numbers)
+    server = grpc.aio.server()
+    InboundLayer(None, access_log=False).registrar(server).add_registered_method_handlers(
+        "test.Numbers", {"Stream": handler}
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            call = channel.unary_stream("/test.Numbers/Stream")(b"")
+            await asyncio.wait_for(call.read(), 5)
+            await asyncio.sleep(0.1)  # the server is now inside a held write
+            call.cancel()
+            await eventually(lambda: bool(closed_on))
+    finally:
+        await server.stop(None)
+    assert closed_on == started_on

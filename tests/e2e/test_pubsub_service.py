@@ -6,6 +6,7 @@ import asyncio
 
 import grpc
 import pytest
+from support import eventually
 
 from generated.integration.v1 import pubsub_pb2
 from generated.integration.v1.pubsub_pb2_grpc import PubSubServiceStub
@@ -80,10 +81,23 @@ async def test_cancelling_a_subscription_frees_it(
     call, _ = await subscribe(pubsub, channels=["a"])
     assert broker.subscriber_count() == 1
     call.cancel()
-    for _ in range(100):
-        if broker.subscriber_count() == 0:
-            break
-        await asyncio.sleep(0.01)
+    await eventually(lambda: broker.subscriber_count() == 0)
     assert broker.subscriber_count() == 0
     reply = await pubsub.Publish(pubsub_pb2.PublishRequest(channel="a", payload=b"x"))
     assert reply.receivers == 0
+
+
+async def test_cancelling_a_subscription_whose_reader_has_stopped_reading_frees_it(
+    sidecar: RunningServer, pubsub: PubSubServiceStub
+) -> None:
+    # The caller reads nothing after `started`, so HTTP/2 flow control holds the sidecar's
+    # write of the first large message: the cancel arrives while the write is in progress.
+    broker = sidecar.integrations.resolve("pubsub", "").backend
+    call = pubsub.Subscribe(pubsub_pb2.SubscribeRequest(channels=["stalled"]))
+    assert (await asyncio.wait_for(call.read(), 5)).WhichOneof("event") == "started"
+    for _ in range(4):
+        await pubsub.Publish(pubsub_pb2.PublishRequest(channel="stalled", payload=bytes(1 << 20)))
+    await asyncio.sleep(0.2)  # let the sidecar start writing; nothing below depends on it
+    call.cancel()
+    await eventually(lambda: broker.subscriber_count() == 0)
+    assert broker.subscriber_count() == 0
