@@ -290,8 +290,10 @@ class PostgresBackend:
         return pool
 
     async def _acquire(self, pool: Any) -> _Connection:
+        # With a connection idle, none of asyncpg's timeout wrapper: it costs a task per call.
+        timeout = None if pool.get_idle_size() else self._options.acquire_timeout
         try:
-            conn: _Connection = await pool.acquire(timeout=self._options.acquire_timeout)
+            conn: _Connection = await pool.acquire(timeout=timeout)
         except TimeoutError:
             if pool.get_size() >= pool.get_max_size() and pool.get_idle_size() == 0:
                 raise ResourceExhausted(
@@ -516,7 +518,7 @@ async def _execute(
 
 async def _release(pool: Any, conn: _Connection) -> None:
     try:
-        await pool.release(conn)
+        await pool.release(conn, timeout=_CLEANUP_TIMEOUT)
     except (OSError, pg_errors.PostgresError, pg_errors.InterfaceError) as exc:
         # asyncpg has already dropped a connection it could not reset; the pool replaces it.
         _log.debug("releasing a connection failed", extra={"error": repr(exc)})
