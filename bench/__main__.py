@@ -8,7 +8,8 @@ Server CPU per call comes from /proc/<pid>/stat (utime + stime).
 
 The Redis cases run Cache.Get/Set through the sidecar against a `backend: redis` cache, and
 the same GET/SET with redis-py used directly (what an app without the sidecar would do):
-"vs floor" compares with the no-op gRPC server, "vs redis-py" with the direct client. Get
+"vs floor" compares with the no-op gRPC server (medians; "range" is the lowest and highest
+ratio of one repeat to the floor measured beside it), "vs direct" with the direct client. Get
 runs twice: every call a Redis round trip, and on a cache with `near_cache` enabled, where
 repeated Gets of the (unchanging) key are answered locally. The Redis is the one on
 127.0.0.1:6379, or a redis-server started for the run.
@@ -229,7 +230,7 @@ def main() -> int:
             print(f"# unary round trips, {SECONDS:.0f}s x {REPEATS} interleaved repeats, medians")
             print(
                 f"{'case':<28}{'callers':>8}{'ops/s':>10}{'p50 us':>9}{'p99 us':>9}"
-                f"{'srv cpu us':>12}{'vs floor':>10}{'vs direct':>13}"
+                f"{'srv cpu us':>12}{'vs floor':>10}{'range':>11}{'vs direct':>11}"
             )
             for callers in CALLERS:
                 runs: dict[str, list[dict[str, float]]] = {w: [] for _, _, w in cases}
@@ -237,6 +238,14 @@ def main() -> int:
                     for server, address, workload in cases:
                         runs[workload].append(measure(server, address, workload, callers))
                 ops = {w: statistics.median(r["ops"] for r in runs[w]) for w in runs}
+                # Each repeat's ratio to the floor measured next to it: the machine drifts
+                # between repeats, so the range shows how far one figure can be trusted.
+                paired = {
+                    w: sorted(
+                        r["ops"] / f["ops"] for r, f in zip(runs[w], runs["noop"], strict=True)
+                    )
+                    for w in runs
+                }
                 for server, _, workload in cases:
                     p50 = statistics.median(r["p50_us"] for r in runs[workload])
                     p99 = statistics.median(r["p99_us"] for r in runs[workload])
@@ -247,9 +256,11 @@ def main() -> int:
                     )
                     direct = DIRECT.get(workload)
                     versus = f"{ops[workload] / ops[direct]:.2f}" if direct else ""
+                    spread = f"{paired[workload][0]:.2f}-{paired[workload][-1]:.2f}"
                     print(
                         f"{LABELS[workload]:<28}{callers:>8}{ops[workload]:>10.0f}{p50:>9.0f}"
-                        f"{p99:>9.0f}{cpu:>12}{ops[workload] / ops['noop']:>10.2f}{versus:>13}"
+                        f"{p99:>9.0f}{cpu:>12}{ops[workload] / ops['noop']:>10.2f}{spread:>11}"
+                        f"{versus:>11}"
                     )
         finally:
             for process in processes:
