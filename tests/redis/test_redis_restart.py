@@ -40,13 +40,15 @@ services:
 
 
 async def publish_until_received(pubsub: PubSubServiceStub, payload: bytes) -> None:
-    """Publish until Redis is back and the sidecar has resubscribed (receivers >= 1)."""
+    """Publish until Redis is back and the sidecar has resubscribed both the channel and the
+    pattern (SUBSCRIBE and PSUBSCRIBE go out separately, so one may be back before the
+    other): Redis then counts two receivers."""
     loop = asyncio.get_running_loop()
     give_up = loop.time() + TIMEOUT
     while loop.time() < give_up:
         try:
             reply = await pubsub.Publish(pubsub_pb2.PublishRequest(channel="news", payload=payload))
-            if reply.receivers >= 1:
+            if reply.receivers >= 2:
                 return
         except grpc.aio.AioRpcError as error:
             assert error.code() == grpc.StatusCode.UNAVAILABLE
