@@ -34,6 +34,7 @@ from sidecar.interceptors.auth import BearerAuth
 from sidecar.interceptors.error_mapping import status_for
 from sidecar.interceptors.rate_limit import InboundRateLimits
 from sidecar.observability.call_context import CallInfo, set_current_call
+from sidecar.observability.logging import ACCESS_LOGGER
 from sidecar.observability.metrics import Metrics
 
 __all__ = ["REQUEST_ID_HEADER", "InboundLayer"]
@@ -46,7 +47,7 @@ _UNGUARDED_PREFIXES = ("/grpc.health.v1.Health/",)
 _ID_PREFIX = os.urandom(8).hex()
 _id_counter = itertools.count(1)
 _MAX_REQUEST_ID = 128
-_access = logging.getLogger("sidecar.access")
+_access = logging.getLogger(ACCESS_LOGGER)
 _errors = logging.getLogger("sidecar.errors")
 Context = grpc.aio.ServicerContext[Any, Any]
 Metadata = Sequence[tuple[str, str | bytes]]
@@ -200,15 +201,18 @@ class InboundLayer:
         if self._metrics is not None:
             self._metrics.record_request(call.target or service, operation, status, elapsed)
         if self._access_log and _access.isEnabledFor(logging.INFO):
-            _access.info(
-                "rpc",
-                extra={
-                    "method": call.method,
-                    "status": status,
-                    "duration_ms": round(elapsed * 1000, 3),
-                    "target": call.target,
-                    "request_id": call.request_id,
-                },
+            # makeRecord + handle is `info()` without the caller lookup (~3 µs per call).
+            fields = {
+                "method": call.method,
+                "status": status,
+                "duration_ms": round(elapsed * 1000, 3),
+                "target": call.target,
+                "request_id": call.request_id,
+            }
+            _access.handle(
+                _access.makeRecord(
+                    ACCESS_LOGGER, logging.INFO, "", 0, "rpc", (), None, extra=fields
+                )
             )
 
 

@@ -4,6 +4,7 @@ completes, the open Subscribe stream ends with a clean status, and the process e
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import socket
 import sys
@@ -101,3 +102,7 @@ async def test_sigterm_finishes_inflight_calls_ends_streams_and_exits_zero(
             await process.wait()
         stderr = await process.stderr.read() if process.stderr else b""
         assert b"Traceback" not in stderr, stderr.decode()
+    # Access lines are written in batches; the last ones leave when the process exits.
+    access = [json.loads(line) for line in stderr.splitlines() if b'"sidecar.access"' in line]
+    sets = [entry for entry in access if entry["method"] == "/integration.v1.CacheService/Set"]
+    assert [entry["status"] for entry in sets] == ["OK", "OK"]
