@@ -319,6 +319,40 @@ async def test_generated_consumer_name_leaves_the_group_when_it_holds_nothing(
     assert await client.xinfo_consumers(f"{prefix}tidy", "g") == []
 
 
+async def test_a_cancelled_reader_ends_its_consumer_even_if_the_read_ignores_the_cancel(
+    streams: RedisStreams, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # redis-py was seen to swallow the cancellation of a blocking XREADGROUP and finish the
+    # read first (seconds); no real server can make that happen on demand, so the real read
+    # is wrapped to do exactly that once, against the real Redis.
+    ops = streams._ops
+    real_read = ops.read_new
+    reading_now = asyncio.Event()
+
+    async def stubborn_read(*args: object, **kwargs: object) -> list[ReliableMessage]:
+        reading_now.set()
+        try:
+            return await real_read(*args, **kwargs)  # type: ignore[arg-type]
+        except asyncio.CancelledError:
+            asyncio.current_task().uncancel()  # type: ignore[union-attr]
+            await asyncio.sleep(3)
+            return []
+
+    monkeypatch.setattr(ops, "read_new", stubborn_read)
+    subscription = await streams.consume(["stubborn"], "g", "c", max_in_flight=5)
+
+    async def pump() -> None:
+        async for _ in subscription:
+            pass
+
+    reader = asyncio.create_task(pump())
+    await asyncio.wait_for(reading_now.wait(), TIMEOUT)
+    reader.cancel()
+    done, _ = await asyncio.wait({reader}, timeout=1)
+    assert done == {reader} and reader.cancelled()
+    assert streams.consumer_count() == 0
+
+
 async def test_closing_the_backend_ends_open_consumers(streams: RedisStreams) -> None:
     subscription = await streams.consume(["end"], "g", "c", max_in_flight=5)
     seen: list[ReliableMessage] = []

@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from sidecar.backends.pubsub._streams_ops import StreamOps
 from sidecar.backends.pubsub.reliable import ReliableMessage, ReliableSubscription
@@ -32,6 +32,12 @@ __all__ = ["StreamConsumer"]
 T = TypeVar("T")
 _MIN_INTERVAL = 0.05
 _MAX_INTERVAL = 5.0
+
+
+def _outcome_seen(task: asyncio.Future[Any]) -> None:
+    """Mark an abandoned step's error as retrieved (nobody awaits it any more)."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _order(entry_id: str) -> tuple[int, int]:
@@ -145,7 +151,15 @@ class StreamConsumer(ReliableSubscription):
             self._close_now()
 
     async def _until_closed(self, step: Awaitable[T]) -> T | None:
-        """Run `step`, or cancel it and return None as soon as the consumer closes."""
+        """Run `step`, or cancel it and return None as soon as the consumer closes (or the
+        reading task is cancelled: then the cancellation propagates).
+
+        A cancelled step is not waited for: redis-py may swallow the cancellation of a
+        blocking XREADGROUP and finish the read first (up to one maintenance interval, 5 s
+        at most), and the consumer must not outlive its reader that long. Whatever such a
+        read takes stays pending in Redis and is delivered again after the visibility
+        timeout, as after a crash.
+        """
         task = asyncio.ensure_future(step)
         closing = asyncio.ensure_future(self._closing.wait())
         try:
@@ -154,9 +168,8 @@ class StreamConsumer(ReliableSubscription):
             closing.cancel()
             if not task.done():
                 task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-        return None if task.cancelled() else task.result()
+                task.add_done_callback(_outcome_seen)
+        return task.result() if task.done() and not task.cancelled() else None
 
     def _room(self) -> int:
         return max(0, self._max_in_flight - self.in_flight)
