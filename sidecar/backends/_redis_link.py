@@ -4,8 +4,8 @@ subscriber connection, and the invalidation channel of a cache's client-side cac
 It owns the connection's whole life: connecting (with its own CLIENT SETNAME), sending
 (P)(UN)SUBSCRIBE and PING in order through one writer task, reading replies in one reader
 task, and on any loss reconnecting with exponential backoff and jitter, then resubscribing
-whatever the broker still wants. It knows nothing of subscriptions: messages go to the
-broker's `on_message` callback.
+whatever its owner still wants. It knows nothing of subscriptions: messages go to the
+owner's `on_message` callback.
 
 Acknowledgements are tracked per channel or pattern. A SUBSCRIBE sent for a name is
 "unacked" until Redis confirms it; `waiter(key)` is a future resolved once every SUBSCRIBE
@@ -43,10 +43,10 @@ _UNSUBSCRIBED = {b"unsubscribe": False, b"punsubscribe": True}
 
 
 class SubscriberLink:
-    """The subscriber connection of one broker.
+    """One subscriber connection (of a broker, or of a cache's invalidations).
 
     Args:
-        client: the broker's client; the connection is made with its pool's settings.
+        client: the owner's client; the connection is made with its pool's settings.
         name: the service name, for errors and logs.
         connection_name: CLIENT SETNAME of the connection.
         prefixes: (channel prefix, glob-escaped pattern prefix) added on the wire.
