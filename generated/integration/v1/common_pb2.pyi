@@ -84,6 +84,26 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """An upstream stream broke off after it had started; what was streamed stays valid."""
     ERROR_REASON_TOKEN_LIMIT_EXCEEDED: _ErrorReason.ValueType  # 27
     """The request's estimated tokens exceed what any deployment's tokens_per_minute allows."""
+    ERROR_REASON_COMMIT_OUTCOME_UNKNOWN: _ErrorReason.ValueType  # 28
+    """The connection broke while COMMIT was in flight: the transaction may or may not have
+    committed. Check before retrying a write that is not idempotent.
+    """
+    ERROR_REASON_STREAM_IDLE_TIMEOUT: _ErrorReason.ValueType  # 29
+    """A stream's reader made no progress within the target's idle limit; the stream was ended
+    and its upstream resources (connection, transaction, cursor) released.
+    """
+    ERROR_REASON_RESULT_TOO_LARGE: _ErrorReason.ValueType  # 30
+    """The answer would exceed the response size limit; a Transaction was rolled back, so
+    nothing of it was written.
+    """
+    ERROR_REASON_STATEMENT_NOT_ALLOWED: _ErrorReason.ValueType  # 31
+    """The statement is not allowed here (transaction control inside Transaction, a statement
+    that would change the session's read-only mode or identity).
+    """
+    ERROR_REASON_BACKEND_CLOSED: _ErrorReason.ValueType  # 32
+    """The target's backend was closed (the sidecar is stopping or reloading it)."""
+    ERROR_REASON_UNSUPPORTED_BACKEND: _ErrorReason.ValueType  # 33
+    """The configured backend of a target is not one this build supports."""
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """ErrorReason lists the stable reasons the sidecar puts in google.rpc.ErrorInfo.reason.
@@ -148,6 +168,26 @@ ERROR_REASON_STREAM_INTERRUPTED: ErrorReason.ValueType  # 26
 """An upstream stream broke off after it had started; what was streamed stays valid."""
 ERROR_REASON_TOKEN_LIMIT_EXCEEDED: ErrorReason.ValueType  # 27
 """The request's estimated tokens exceed what any deployment's tokens_per_minute allows."""
+ERROR_REASON_COMMIT_OUTCOME_UNKNOWN: ErrorReason.ValueType  # 28
+"""The connection broke while COMMIT was in flight: the transaction may or may not have
+committed. Check before retrying a write that is not idempotent.
+"""
+ERROR_REASON_STREAM_IDLE_TIMEOUT: ErrorReason.ValueType  # 29
+"""A stream's reader made no progress within the target's idle limit; the stream was ended
+and its upstream resources (connection, transaction, cursor) released.
+"""
+ERROR_REASON_RESULT_TOO_LARGE: ErrorReason.ValueType  # 30
+"""The answer would exceed the response size limit; a Transaction was rolled back, so
+nothing of it was written.
+"""
+ERROR_REASON_STATEMENT_NOT_ALLOWED: ErrorReason.ValueType  # 31
+"""The statement is not allowed here (transaction control inside Transaction, a statement
+that would change the session's read-only mode or identity).
+"""
+ERROR_REASON_BACKEND_CLOSED: ErrorReason.ValueType  # 32
+"""The target's backend was closed (the sidecar is stopping or reloading it)."""
+ERROR_REASON_UNSUPPORTED_BACKEND: ErrorReason.ValueType  # 33
+"""The configured backend of a target is not one this build supports."""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 
 class _NullValue:
