@@ -3,6 +3,11 @@ details: an `ErrorInfo` always, a `RetryInfo` when coming back later may succeed
 
 Domain errors and resilience rejections map to the code that says what happened; anything
 else is a bug and answers INTERNAL with no internals in the message.
+
+Messages and metadata may echo a caller's input (an unknown target, a value quoted by an SQL
+error). Each text is cut to MAX_ECHO_LENGTH bytes and the ErrorInfo metadata to
+MAX_METADATA_SIZE in all, so a status always fits gRPC's 8 KiB metadata limit: past it, the
+client would see RESOURCE_EXHAUSTED instead of the real code.
 """
 
 from __future__ import annotations
@@ -25,9 +30,18 @@ from sidecar.resilience import (
     RateLimitedError,
 )
 
-__all__ = ["DOMAIN", "status_for"]
+__all__ = ["DOMAIN", "MAX_DETAILS_SIZE", "MAX_ECHO_LENGTH", "MAX_METADATA_SIZE", "status_for"]
 
 DOMAIN = "integration.v1"
+# The longest message, metadata key or value sent, in UTF-8 bytes (so also in characters).
+MAX_ECHO_LENGTH = 256
+# ErrorInfo metadata entries that would go past this many bytes in all are left out.
+MAX_METADATA_SIZE = 2048
+# What the bounds above add up to: the serialized google.rpc.Status never exceeds it.
+MAX_DETAILS_SIZE = 4096
+_ELLIPSIS = "…"
+# Bytes a map entry costs on the wire beyond its key and value: tags and length prefixes.
+_ENTRY_OVERHEAD = 9
 
 _CODES: Mapping[ErrorKind, grpc.StatusCode] = {
     kind: getattr(grpc.StatusCode, kind.value) for kind in ErrorKind
@@ -91,9 +105,13 @@ def _build(
     retry_after: float | None,
     field: str | None = None,
 ) -> grpc.Status:
-    details = [_pack(error_details_pb2.ErrorInfo(reason=reason, domain=DOMAIN, metadata=metadata))]
+    message = _bounded(message)
+    info = error_details_pb2.ErrorInfo(reason=reason, domain=DOMAIN, metadata=_fitted(metadata))
+    details = [_pack(info)]
     if field is not None:
-        violation = error_details_pb2.BadRequest.FieldViolation(field=field, description=message)
+        violation = error_details_pb2.BadRequest.FieldViolation(
+            field=_bounded(field), description=message
+        )
         details.append(_pack(error_details_pb2.BadRequest(field_violations=[violation])))
     if retry_after is not None:
         delay = duration_pb2.Duration()
@@ -102,6 +120,31 @@ def _build(
     status = status_pb2.Status(code=getattr(code_pb2, code.name), message=message, details=details)
     result: grpc.Status = rpc_status.to_status(status)
     return result
+
+
+def _bounded(text: str) -> str:
+    """`text`, cut to at most MAX_ECHO_LENGTH UTF-8 bytes with an ellipsis marking the cut."""
+    if len(text) <= MAX_ECHO_LENGTH // 4:  # short enough whatever the characters
+        return text
+    encoded = text.encode()
+    if len(encoded) <= MAX_ECHO_LENGTH:
+        return text
+    room = MAX_ECHO_LENGTH - len(_ELLIPSIS.encode())
+    return encoded[:room].decode(errors="ignore") + _ELLIPSIS
+
+
+def _fitted(metadata: Mapping[str, str]) -> dict[str, str]:
+    """`metadata` with bounded keys and values, keeping entries in order while they fit
+    MAX_METADATA_SIZE."""
+    fitted: dict[str, str] = {}
+    size = 0
+    for key, value in metadata.items():
+        entry = (_bounded(key), _bounded(value))
+        size += len(entry[0].encode()) + len(entry[1].encode()) + _ENTRY_OVERHEAD
+        if size > MAX_METADATA_SIZE:
+            break
+        fitted[entry[0]] = entry[1]
+    return fitted
 
 
 def _pack(
