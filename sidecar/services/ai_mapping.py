@@ -85,6 +85,15 @@ def _json(struct: struct_pb2.Struct) -> dict[str, Any]:
     return result
 
 
+def _known(values: dict[int, Any], number: int, field: str) -> Any:
+    """The domain value of an enum number; a number this build does not know (a newer
+    client's, or garbage) is the caller's error, not ours."""
+    value = values.get(number)
+    if value is None:
+        raise invalid(field, f"unknown value {number}")
+    return value
+
+
 def _message(proto: ai_pb2.ChatMessage, where: str) -> ChatMessage:
     role = _ROLES.get(proto.role)
     if role is None:
@@ -144,17 +153,18 @@ def chat_request(request: ai_pb2.CompleteRequest | ai_pb2.StreamCompleteRequest)
         tools.append(Tool(tool.name, tool.description, parameters, tool.strict))
     choice = None
     if request.HasField("tool_choice") and request.tool_choice.mode:
-        mode = _CHOICES[request.tool_choice.mode]
+        mode = _known(_CHOICES, request.tool_choice.mode, "tool_choice.mode")
         if mode == "function" and not request.tool_choice.function_name:
             raise invalid("tool_choice.function_name", "must name a tool with mode FUNCTION")
         choice = ToolChoice(mode, request.tool_choice.function_name)
     fmt = None
     if request.HasField("response_format") and request.response_format.type:
         given = request.response_format
+        kind = _known(_FORMATS, given.type, "response_format.type")
         schema = _json(given.json_schema) if given.HasField("json_schema") else None
-        if _FORMATS[given.type] == "json_schema" and schema is None:
+        if kind == "json_schema" and schema is None:
             raise invalid("response_format.json_schema", "must be set with type JSON_SCHEMA")
-        fmt = ResponseFormat(_FORMATS[given.type], given.schema_name, schema, given.strict)
+        fmt = ResponseFormat(kind, given.schema_name, schema, given.strict)
     return ChatRequest(
         messages=messages,
         tools=tuple(tools),
