@@ -1,16 +1,20 @@
 """Build gRPC method handlers of the same kind as a given one (unary or streaming on either
-side), so the inbound layer can wrap any handler without caring about its shape."""
+side), so the inbound layer can wrap any handler without caring about its shape, and decode
+their requests itself."""
 
 from __future__ import annotations
 
 import contextlib
 import inspect
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeAlias
 
 import grpc
+from google.protobuf.message import DecodeError
 
-__all__ = ["Handler", "as_writer", "behavior_of", "replace_behavior"]
+from sidecar.errors import InvalidArgument
+
+__all__ = ["Handler", "as_writer", "behavior_of", "replace_behavior", "request_decoder"]
 
 Behavior = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Any]
 # grpc.RpcMethodHandler is generic only in the type stubs, hence the string aliases.
@@ -37,14 +41,46 @@ def behavior_of(handler: Handler) -> Behavior:
 
 
 def replace_behavior(handler: Handler, behavior: Behavior) -> Handler:
-    """A handler like `handler` (same kind and (de)serializers) that calls `behavior`."""
+    """A handler like `handler` (same kind and response serializer) that calls `behavior`
+    with the request undecoded: bytes, or an iterator of bytes for a request stream.
+
+    grpc.aio decodes a unary request before any handler runs and answers a bad one with
+    UNKNOWN and a logged traceback; `behavior` decodes it and can say INVALID_ARGUMENT.
+    """
     factory: Any = _FACTORIES[kind_of(handler)]
     result: Handler = factory(
-        behavior,
-        request_deserializer=handler.request_deserializer,
-        response_serializer=handler.response_serializer,
+        behavior, request_deserializer=None, response_serializer=handler.response_serializer
     )
     return result
+
+
+def request_decoder(handler: Handler, method: str) -> Callable[[Any], Any]:
+    """What turns the undecoded request of `handler` (see `replace_behavior`) into the one
+    its behavior expects; a message that does not parse raises InvalidArgument."""
+    parse = handler.request_deserializer
+    if parse is None:  # the behavior takes bytes itself
+        return _unchanged
+
+    def decode(raw: bytes) -> Any:
+        try:
+            return parse(raw)
+        except DecodeError:
+            raise InvalidArgument(
+                f"the request is not a valid message for {method}", reason="INVALID_REQUEST"
+            ) from None
+
+    if not handler.request_streaming:
+        return decode
+
+    async def decode_each(raw_requests: AsyncIterator[bytes]) -> AsyncIterator[Any]:
+        async for raw in raw_requests:
+            yield decode(raw)
+
+    return decode_each
+
+
+def _unchanged(request: Any) -> Any:
+    return request
 
 
 def as_writer(behavior: Behavior) -> Behavior:

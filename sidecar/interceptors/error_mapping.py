@@ -94,6 +94,14 @@ def _status_for(exc: BaseException, extra: dict[str, str]) -> grpc.Status:
             extra,
             None,
         )
+    if isinstance(exc, NotImplementedError):  # what a generated servicer base raises
+        return _build(
+            grpc.StatusCode.UNIMPLEMENTED,
+            "the method is not implemented",
+            "UNSUPPORTED_OPERATION",
+            extra,
+            None,
+        )
     return _build(grpc.StatusCode.INTERNAL, "internal error", "INTERNAL", extra, None)
 
 
