@@ -1,14 +1,15 @@
 """Start-up, the grpc.aio server, and graceful shutdown.
 
 `start_server` builds everything inside the running loop and returns a handle; `serve` runs
-until SIGTERM or SIGINT, then: health turns NOT_SERVING, new calls are refused, open
-Subscribe streams end with OK, in-flight calls get `shutdown_grace` to finish, and the
-backends close.
+until SIGTERM or SIGINT, then: health turns NOT_SERVING, new calls are refused with
+UNAVAILABLE / SHUTTING_DOWN, open Subscribe streams end with OK, in-flight calls get
+`shutdown_grace` to finish, and the backends close.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 from collections.abc import Callable, Sequence
@@ -129,6 +130,7 @@ class RunningServer:
     integrations: Integrations
     health: health.aio.HealthServicer
     monitor: HealthMonitor
+    inbound: InboundLayer
     servicers: dict[str, Any]
     meter_provider: MeterProvider | None
     prometheus: PrometheusEndpoint | None = None
@@ -141,15 +143,22 @@ class RunningServer:
         self._stopped = True
         grace = self.config.server.shutdown_grace if grace is None else grace
         _log.info("shutting down", extra={"grace_seconds": grace})
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
         await self.health.enter_graceful_shutdown()
         await self.monitor.stop()
-        stopping = asyncio.create_task(self.server.stop(grace))
+        # The listener stays open while calls in flight finish, so that a new call is told
+        # why it is refused (SHUTTING_DOWN) rather than finding the port closed.
+        self.inbound.drain.refuse_new_calls()
         # Streams never end by themselves: end them now so they close with OK, while
         # unary calls already running keep their grace period.
         await asyncio.gather(
             *(s.end_streams() for s in self.servicers.values() if hasattr(s, "end_streams"))
         )
-        await stopping
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout_at(deadline):
+                await self.inbound.drain.wait_idle()
+        await self.server.stop(max(deadline - loop.time(), 0.0))
         await self.integrations.close()
         if self.meter_provider is not None:
             self.meter_provider.shutdown()
@@ -263,7 +272,8 @@ async def _start(
         compression=grpc.Compression.Gzip if config.server.compression == "gzip" else None,
     )
     # Everything registered through `registrar` gets the inbound concerns (see InboundLayer).
-    registrar: Any = _inbound_layer(config, metrics, clock).registrar(server)
+    inbound = _inbound_layer(config, metrics, clock)
+    registrar: Any = inbound.registrar(server)
     types = integrations.types()
     servicers = {
         service.name: service.add(integrations, registrar)
@@ -305,6 +315,7 @@ async def _start(
         integrations=integrations,
         health=health_servicer,
         monitor=monitor,
+        inbound=inbound,
         servicers=servicers,
         meter_provider=meter_provider,
         prometheus=prometheus,
