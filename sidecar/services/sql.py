@@ -18,6 +18,7 @@ from typing import Any
 
 from generated.integration.v1 import common_pb2, sql_pb2, sql_pb2_grpc
 from sidecar.backends.sql import IsolationLevel, Row, RowStream, Statement
+from sidecar.backends.sql.base import result_too_large
 from sidecar.resilience import SYSTEM_CLOCK, Deadline
 from sidecar.runtime import Integration, Integrations
 from sidecar.services._common import Context, call_through, invalid, resolve
@@ -29,8 +30,10 @@ _MAX_SQL_BYTES = 1024 * 1024
 _MAX_PARAMETERS = 32_767  # asyncpg's (and the wire protocol's signed int16) limit
 _MAX_STATEMENTS = 1_000
 _MAX_BATCH_SIZE = 10_000
-# A stream message stays well under the default 4 MiB gRPC message limit.
-_MAX_MESSAGE_BYTES = 1024 * 1024
+# A stream message stays well under the server's message limit, ...
+_MAX_STREAM_MESSAGE_BYTES = 1024 * 1024
+# ... and every answer leaves room for its envelope under that limit.
+_ENVELOPE_BYTES = 16 * 1024
 
 _ISOLATION = {
     sql_pb2.ISOLATION_LEVEL_UNSPECIFIED: IsolationLevel.DEFAULT,
@@ -43,8 +46,12 @@ _ISOLATION = {
 class SqlServicer(sql_pb2_grpc.SqlServiceServicer):
     """Serve SqlService over the configured SQL integrations."""
 
-    def __init__(self, integrations: Integrations) -> None:
+    def __init__(self, integrations: Integrations, *, max_message_bytes: int) -> None:
+        """`max_message_bytes` is the server's largest response message; no answer and no
+        stream message is built larger (RESOURCE_EXHAUSTED, RESULT_TOO_LARGE instead)."""
         self._integrations = integrations
+        self._max_result_bytes = max_message_bytes - min(_ENVELOPE_BYTES, max_message_bytes // 4)
+        self._max_stream_message_bytes = min(_MAX_STREAM_MESSAGE_BYTES, self._max_result_bytes)
 
     def _target(self, target: str) -> Integration[Any]:
         return resolve(self._integrations, "sql", target)
@@ -53,11 +60,14 @@ class SqlServicer(sql_pb2_grpc.SqlServiceServicer):
         sql = self._target(request.target)
         statement = _statement(request.sql, request.parameters, "")
         max_rows: int = sql.settings.max_rows_per_query
+        max_bytes = self._max_result_bytes
         deadline = _deadline(context)
         result = await call_through(
             sql,
             context,
-            lambda: sql.backend.query(statement, max_rows=max_rows, deadline=deadline),
+            lambda: sql.backend.query(
+                statement, max_rows=max_rows, deadline=deadline, max_bytes=max_bytes
+            ),
         )
         return sql_pb2.QueryResponse(
             columns=columns_to_proto(result.columns),
@@ -81,13 +91,12 @@ class SqlServicer(sql_pb2_grpc.SqlServiceServicer):
         )
         try:
             rows = await stream.fetch()
-            messages = _messages(rows)
-            messages[0].columns.extend(columns_to_proto(stream.columns))  # sent even if empty
+            messages = self._messages(rows, columns_to_proto(stream.columns))  # even if empty
             while messages:
                 for message in messages:
                     yield message
                 rows = await stream.fetch()
-                messages = _messages(rows) if rows else []
+                messages = self._messages(rows) if rows else []
         finally:
             # Shielded: a cancelled call still closes its cursor and transaction at once.
             await asyncio.shield(stream.close())
@@ -125,6 +134,7 @@ class SqlServicer(sql_pb2_grpc.SqlServiceServicer):
             raise invalid("isolation_level", "unknown isolation level")
         max_rows: int = sql.settings.max_rows_per_query
         read_only = request.read_only
+        max_bytes = self._max_result_bytes
         deadline = _deadline(context)
         results = await call_through(
             sql,
@@ -135,6 +145,7 @@ class SqlServicer(sql_pb2_grpc.SqlServiceServicer):
                 read_only=read_only,
                 max_rows=max_rows,
                 deadline=deadline,
+                max_bytes=max_bytes,
             ),
             idempotent=False,
         )
@@ -150,6 +161,26 @@ class SqlServicer(sql_pb2_grpc.SqlServiceServicer):
             ]
         )
 
+    def _messages(
+        self, rows: Sequence[Row], columns: Sequence[sql_pb2.Column] = ()
+    ) -> list[sql_pb2.QueryStreamResponse]:
+        """One message for `rows` (the first carries `columns`), or several when one would
+        be larger than a stream message should be; a single row may take a whole message.
+
+        Raises:
+            ResourceExhausted: a single row is too large to send (RESULT_TOO_LARGE).
+        """
+        message = sql_pb2.QueryStreamResponse(columns=columns, rows=rows_to_proto(rows))
+        size = message.ByteSize()
+        if size <= self._max_stream_message_bytes:
+            return [message]
+        if len(rows) <= 1:
+            if size > self._max_result_bytes:
+                raise result_too_large(self._max_result_bytes)
+            return [message]
+        half = len(rows) // 2
+        return [*self._messages(rows[:half], columns), *self._messages(rows[half:])]
+
 
 def _deadline(context: Context) -> Deadline | None:
     remaining = context.time_remaining()
@@ -164,12 +195,3 @@ def _statement(sql: str, parameters: Sequence[common_pb2.Value], prefix: str) ->
     if len(parameters) > _MAX_PARAMETERS:
         raise invalid(f"{prefix}parameters", f"at most {_MAX_PARAMETERS} parameters")
     return Statement(sql, parameters_from_proto(parameters, f"{prefix}parameters"))
-
-
-def _messages(rows: Sequence[Row]) -> list[sql_pb2.QueryStreamResponse]:
-    """One message for `rows`, or several when it would exceed `_MAX_MESSAGE_BYTES`."""
-    message = sql_pb2.QueryStreamResponse(rows=rows_to_proto(rows))
-    if len(rows) <= 1 or message.ByteSize() <= _MAX_MESSAGE_BYTES:
-        return [message]
-    half = len(rows) // 2
-    return [*_messages(rows[:half]), *_messages(rows[half:])]

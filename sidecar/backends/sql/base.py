@@ -35,11 +35,11 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from decimal import Decimal
-from typing import Protocol, TypeAlias
+from typing import Any, Protocol, TypeAlias
 from uuid import UUID
 
 from sidecar.errors import (
@@ -60,6 +60,7 @@ __all__ = [
     "Interval",
     "IsolationLevel",
     "Json",
+    "ResultBudget",
     "ResultSet",
     "Row",
     "RowStream",
@@ -67,6 +68,8 @@ __all__ = [
     "SqlValue",
     "Statement",
     "error_for_sqlstate",
+    "result_size",
+    "result_too_large",
     "rows_affected",
     "statement_timeout_ms",
     "time_left",
@@ -192,13 +195,20 @@ class SqlBackend(Protocol):
         ...
 
     async def query(
-        self, statement: Statement, *, max_rows: int, deadline: Deadline | None
+        self,
+        statement: Statement,
+        *,
+        max_rows: int,
+        deadline: Deadline | None,
+        max_bytes: int | None = None,
     ) -> ResultSet:
         """Run one statement and return all its rows.
 
         Raises:
             ResourceExhausted: more than `max_rows` rows (reason TOO_MANY_ROWS); no more than
-                `max_rows + 1` rows are ever held in memory.
+                `max_rows + 1` rows are ever held in memory. A result larger than
+                `max_bytes` when sent (see `result_size`; None: unbounded) has reason
+                RESULT_TOO_LARGE.
         """
         ...
 
@@ -223,11 +233,13 @@ class SqlBackend(Protocol):
         read_only: bool,
         max_rows: int,
         deadline: Deadline | None,
+        max_bytes: int | None = None,
     ) -> list[ResultSet]:
         """Run `statements` in order in one transaction and commit; any error rolls back all.
 
         A failing statement's error carries `metadata["statement_index"]`. A statement that
-        ends the transaction itself fails the call with `FailedPrecondition`.
+        ends the transaction itself fails the call with `FailedPrecondition`. Results that
+        together exceed `max_bytes` (see `query`) roll back before COMMIT.
         """
         ...
 
@@ -287,6 +299,118 @@ def too_many_rows(max_rows: int) -> ResourceExhausted:
         reason="TOO_MANY_ROWS",
         metadata={"max_rows": str(max_rows)},
     )
+
+
+def result_too_large(max_bytes: int) -> ResourceExhausted:
+    """The error of an answer that would not fit in one message of `max_bytes`."""
+    return ResourceExhausted(
+        f"the answer would take more than {max_bytes} bytes, the most one message may "
+        "carry; select fewer or smaller values, or use QueryStream",
+        reason="RESULT_TOO_LARGE",
+        metadata={"max_bytes": str(max_bytes)},
+    )
+
+
+class ResultBudget:
+    """The bytes an answer may take when sent, counted result by result as they arrive.
+
+    A Transaction counts each statement's result before the next one runs, and so before
+    COMMIT: an answer that could not be sent rolls back instead of committing unseen.
+    """
+
+    __slots__ = ("_used", "max_bytes")
+
+    def __init__(self, max_bytes: int | None) -> None:
+        self.max_bytes = max_bytes
+        self._used = 0
+
+    def charge(self, result: ResultSet) -> None:
+        """Count `result` in.
+
+        Raises:
+            ResourceExhausted: the answer so far exceeds `max_bytes` (RESULT_TOO_LARGE).
+        """
+        if self.max_bytes is None:
+            return
+        self._used += result_size(result)
+        if self._used > self.max_bytes:
+            raise result_too_large(self.max_bytes)
+
+
+def result_size(result: ResultSet) -> int:
+    """An upper bound of the bytes `result` takes in a response message.
+
+    It follows the protobuf encoding of `integration.v1` (each value a `Value` field of a
+    `Row`, with its tag and length) closely enough to be cheap and never to fall short.
+    """
+    size = _delimited(len(result.command_tag)) + _MAX_VARINT_FIELD
+    for column in result.columns:
+        size += _delimited(_text_field(column.name) + _text_field(column.type))
+    for row in result.rows:
+        size += _delimited(_row_size(row))
+    return _delimited(size)
+
+
+_MAX_VARINT_FIELD = 11  # a tag and a 64-bit varint (negative numbers take all ten bytes)
+# A Timestamp or Duration inside its field: seconds and nanos, negative ones ten bytes each.
+_TIME_FIELD = 24
+
+
+def _varint_size(number: int) -> int:
+    return max(1, (number.bit_length() + 6) // 7) if number >= 0 else 10
+
+
+def _delimited(size: int) -> int:
+    """A length-delimited field with a payload of `size` bytes: tag, length, payload."""
+    return 1 + _varint_size(size) + size
+
+
+def _text_field(text: str) -> int:
+    return _delimited(len(text) if text.isascii() else len(text.encode()))
+
+
+def _row_size(row: Row) -> int:
+    """Bytes of one `Row` message; the hot loop of `result_size`, hence written out."""
+    size = 0
+    for value in row:
+        sizer = _SIZERS.get(type(value))
+        value_size = _value_size(value) if sizer is None else sizer(value)
+        size += value_size + (2 if value_size < 0x80 else 1 + _varint_size(value_size))
+    return size
+
+
+def _value_size(value: object) -> int:
+    """Bytes of one `Value` message (its one field) for a domain value."""
+    sizer = _SIZERS.get(type(value))
+    if sizer is not None:
+        return sizer(value)
+    if isinstance(value, list | tuple):  # a composite row travels as a list too
+        return _list_size(value)
+    if isinstance(value, UUID):
+        return _delimited(36)
+    return _text_field(str(value))  # other types travel as their text
+
+
+def _list_size(values: Sequence[object]) -> int:
+    return _delimited(sum(_delimited(_value_size(item)) for item in values))
+
+
+_SIZERS: dict[type, Callable[[Any], int]] = {
+    type(None): lambda _: 2,
+    bool: lambda _: 2,
+    int: lambda v: 1 + _varint_size(v),
+    float: lambda _: 9,
+    Decimal: lambda v: _delimited(len(format(v, "f"))),
+    str: _text_field,
+    bytes: lambda v: _delimited(len(v)),
+    datetime: lambda _: _TIME_FIELD,
+    timedelta: lambda _: _TIME_FIELD,
+    date: lambda _: _delimited(10),
+    UUID: lambda _: _delimited(36),
+    Json: lambda v: _text_field(v.text),
+    Interval: lambda _: _delimited(3 * _MAX_VARINT_FIELD),
+    list: _list_size,
+}
 
 
 def error_for_sqlstate(

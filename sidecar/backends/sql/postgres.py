@@ -41,6 +41,7 @@ from sidecar.backends.sql.base import (
     Interval,
     IsolationLevel,
     Json,
+    ResultBudget,
     ResultSet,
     Row,
     SqlValue,
@@ -147,16 +148,23 @@ class PostgresBackend:
     # -- the four operations ---------------------------------------------------------------
 
     async def query(
-        self, statement: Statement, *, max_rows: int, deadline: Deadline | None
+        self,
+        statement: Statement,
+        *,
+        max_rows: int,
+        deadline: Deadline | None,
+        max_bytes: int | None = None,
     ) -> ResultSet:
-        """Run one statement; at most `max_rows` rows (see `SqlBackend.query`)."""
+        """Run one statement; at most `max_rows` rows and `max_bytes` (see `SqlBackend.query`)."""
         with _mapped():
             async with self._connection() as conn:
                 await self._set_session_timeout(conn, deadline)
                 columns, rows, tag = await self._run(conn, statement, max_rows + 1)
         if len(rows) > max_rows:
             raise too_many_rows(max_rows)
-        return ResultSet(columns, rows, tag, rows_affected(tag))
+        result = ResultSet(columns, rows, tag, rows_affected(tag))
+        ResultBudget(max_bytes).charge(result)
+        return result
 
     async def execute(self, statement: Statement, *, deadline: Deadline | None) -> ResultSet:
         """Run one statement for its effect."""
@@ -192,9 +200,11 @@ class PostgresBackend:
         read_only: bool,
         max_rows: int,
         deadline: Deadline | None,
+        max_bytes: int | None = None,
     ) -> list[ResultSet]:
         """Run `statements` atomically (see `SqlBackend.transaction`)."""
         results: list[ResultSet] = []
+        budget = ResultBudget(max_bytes)
         with _mapped():
             async with self._connection() as conn:
                 try:
@@ -202,6 +212,7 @@ class PostgresBackend:
                     for index, statement in enumerate(statements):
                         with _statement_index(index):
                             results.append(await self._step(conn, statement, max_rows))
+                            budget.charge(results[-1])
                     await conn.execute("COMMIT")
                 finally:
                     if not conn.is_closed() and conn.is_in_transaction():

@@ -43,6 +43,7 @@ from sidecar.backends.sql.base import (
     Interval,
     IsolationLevel,
     Json,
+    ResultBudget,
     ResultSet,
     Row,
     SqlValue,
@@ -104,14 +105,20 @@ class SqliteBackend:
         return self._options.read_only
 
     async def query(
-        self, statement: Statement, *, max_rows: int, deadline: Deadline | None
+        self,
+        statement: Statement,
+        *,
+        max_rows: int,
+        deadline: Deadline | None,
+        max_bytes: int | None = None,
     ) -> ResultSet:
-        """Run one statement; at most `max_rows` rows."""
+        """Run one statement; at most `max_rows` rows and `max_bytes`."""
         with _mapped():
             async with self._session() as conn:
                 result = await self._run(conn, statement, max_rows + 1, deadline)
         if len(result.rows) > max_rows:
             raise too_many_rows(max_rows)
+        ResultBudget(max_bytes).charge(result)
         return result
 
     async def execute(self, statement: Statement, *, deadline: Deadline | None) -> ResultSet:
@@ -149,11 +156,13 @@ class SqliteBackend:
         read_only: bool,
         max_rows: int,
         deadline: Deadline | None,
+        max_bytes: int | None = None,
     ) -> list[ResultSet]:
         """Run `statements` atomically; every isolation level is serializable here."""
         del isolation  # SQLite transactions are always serializable
         guard = read_only and not self._options.read_only
         results: list[ResultSet] = []
+        budget = ResultBudget(max_bytes)
         with _mapped():
             async with self._session() as conn:
                 if guard:
@@ -173,6 +182,7 @@ class SqliteBackend:
                                     reason="SQL_ERROR",
                                 )
                             results.append(result)
+                            budget.charge(result)
                     await self._bounded(conn, deadline, lambda: conn.execute("COMMIT"))
                 finally:
                     await asyncio.shield(self._finish(conn, guard))
