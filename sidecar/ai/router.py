@@ -29,6 +29,7 @@ from sidecar.ai.deployment import Deployment
 from sidecar.ai.response_cache import ResponseCache
 from sidecar.ai.route import Route
 from sidecar.ai.services import AliasService, ModelService
+from sidecar.config.services.ai import MAX_MODEL_NAME
 from sidecar.errors import InvalidArgument, NotFound
 from sidecar.resilience import SYSTEM_CLOCK, CircuitState, Clock, RetryBudget, RetryOptions
 
@@ -189,7 +190,12 @@ class AIRouter:
                     f"services.{name}.deployments[{index}].service: no ai_model service "
                     f"named {ref.service!r}"
                 )
-            deployments.append(self._deployment(ref.service, ref.model or service.backend.model))
+            model = ref.model or service.backend.model
+            try:
+                service.backend.provider.check_model(model)
+            except InvalidArgument as exc:
+                raise AIConfigError(f"services.{name}.deployments[{index}].model: {exc}") from exc
+            deployments.append(self._deployment(ref.service, model))
         cache = None
         if alias.cache_target is not None:
             integration = caches.get(alias.cache_target)
@@ -211,7 +217,15 @@ class AIRouter:
         )
 
     def _check_model(self, service_name: str, settings: ModelService, model: str) -> None:
-        """Allow a `service/model` target: a listed model, or a bounded number of others."""
+        """Allow a `service/model` target: a name the provider can send, and a listed model
+        or a bounded number of others."""
+        if len(model) > MAX_MODEL_NAME:
+            raise InvalidArgument(
+                f"target: a model name has at most {MAX_MODEL_NAME} characters",
+                reason="INVALID_REQUEST",
+                metadata={"field": "target"},
+            )
+        settings.provider.check_model(model)
         if settings.models:
             if model not in settings.models and model != settings.model:
                 raise InvalidArgument(

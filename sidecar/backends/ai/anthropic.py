@@ -104,6 +104,9 @@ class AnthropicProvider:
             metadata={"provider": self.provider},
         )
 
+    def check_model(self, model: str) -> None:
+        """Any name will do: it travels only inside the JSON body."""
+
     async def ping(self) -> None:
         """GET /v1/models; a 404 still proves the server is there."""
         try:

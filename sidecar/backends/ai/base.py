@@ -258,6 +258,15 @@ class ChatProvider(Protocol):
         """
         ...
 
+    def check_model(self, model: str) -> None:
+        """Refuse a model name this provider cannot send safely (before any deployment is
+        made for it).
+
+        Raises:
+            InvalidArgument: The name would change the URL it is sent to (field `target`).
+        """
+        ...
+
     async def ping(self) -> None:
         """Cheap reachability check for health monitoring."""
         ...

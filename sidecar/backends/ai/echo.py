@@ -88,6 +88,9 @@ class EchoProvider:
         vectors = [_vector(text, size) for text in inputs]
         return EmbedResult(vectors, model or "echo", Usage(sum(_tokens(t) for t in inputs), 0))
 
+    def check_model(self, model: str) -> None:
+        """Any name will do: it travels only inside the JSON body."""
+
     async def ping(self) -> None:
         """Always reachable."""
 

@@ -9,7 +9,10 @@ are OpenAI-compatible: use the `openai` provider for those).
 
 `{model}` in the endpoint is replaced by the deployment's model, so one service can serve
 several models of the serverless API:
-`https://router.huggingface.co/hf-inference/models/{model}`.
+`https://router.huggingface.co/hf-inference/models/{model}`. The model comes from the
+caller's target, so it must never change the scheme, host, port or path shape: the config
+allows `{model}` only as whole path segments, names must be Hugging Face ids
+(`org/name`, see `huggingface_model_problem`), and each segment is percent-encoded.
 
 Chat messages are rendered into one prompt (`System:`/`User:`/`Assistant:` turns) since the
 native route takes text; models with their own chat template are better served by TGI's
@@ -26,6 +29,7 @@ import contextlib
 import json
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -49,6 +53,8 @@ from sidecar.backends.ai.errors import (
 from sidecar.backends.ai.openai_wire import finish_reason
 from sidecar.backends.ai.sse import SSEError
 from sidecar.backends.ai.sse_stream import SSEChatStream
+from sidecar.config.services.ai import huggingface_model_problem
+from sidecar.errors import InvalidArgument
 
 __all__ = ["HuggingFaceProvider", "render_prompt"]
 
@@ -149,8 +155,18 @@ class HuggingFaceProvider:
             sent["authorization"] = f"Bearer {api_key}"
         self._client = httpx.AsyncClient(headers=sent, params=dict(query or {}), limits=_LIMITS)
 
+    def check_model(self, model: str) -> None:
+        """Refuse a name that is not a Hugging Face model id (see the module docstring)."""
+        problem = huggingface_model_problem(model)
+        if problem is not None:
+            raise InvalidArgument(
+                f"target: {problem}", reason="INVALID_REQUEST", metadata={"field": "target"}
+            )
+
     def _url(self, model: str) -> str:
-        return self._endpoint.replace("{model}", model)
+        self.check_model(model)  # also here: no URL is ever built from an unchecked name
+        path = "/".join(quote(segment, safe="") for segment in model.split("/"))
+        return self._endpoint.replace("{model}", path)
 
     async def _post(
         self, url: str, body: dict[str, Any], timeouts: UpstreamTimeouts
@@ -209,7 +225,8 @@ class HuggingFaceProvider:
     async def ping(self) -> None:
         """GET `{endpoint}/health` (TGI); any answer but 401, 403 or 5xx means reachable."""
         with _mapped(opening=True):
-            response = await self._client.get(self._url("") + "/health", timeout=5.0)
+            root = self._endpoint.replace("{model}", "")
+            response = await self._client.get(root + "/health", timeout=5.0)
         if response.status_code in (401, 403) or response.status_code >= 500:
             raise status_error(_PROVIDER, response.status_code)
 

@@ -130,6 +130,9 @@ class OpenAIProvider:
         tokens = int(usage.get("prompt_tokens") or 0)
         return EmbedResult(vectors, data.get("model") or model, Usage(tokens, 0))
 
+    def check_model(self, model: str) -> None:
+        """Any name will do: it travels only inside the JSON body."""
+
     async def ping(self) -> None:
         """GET /models; a 404 still proves the server is there (not every one lists models).
 

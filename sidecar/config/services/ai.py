@@ -26,10 +26,12 @@ the shared policy overrides applies: breakers, limits and timeouts belong to the
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from .._common import AtLeastOne, AtLeastZero, ConfigModel, PositiveRate, ServiceName
@@ -37,6 +39,7 @@ from .._units import DurationSeconds
 from .base import ServiceBase
 
 __all__ = [
+    "MAX_MODEL_NAME",
     "AIAliasServiceConfig",
     "AIAuthConfig",
     "AIDeploymentConfig",
@@ -44,7 +47,17 @@ __all__ = [
     "AIModelServiceConfig",
     "AIRateLimitConfig",
     "AIResponseCacheConfig",
+    "huggingface_model_problem",
 ]
+
+MAX_MODEL_NAME: Final = 256
+"""Characters in a model name at most (a `service/model` target's model part)."""
+_HUGGINGFACE_MODEL: Final = re.compile(
+    r"[A-Za-z0-9_-][A-Za-z0-9._-]*(?:/[A-Za-z0-9_-][A-Za-z0-9._-]*)*"
+)
+"""`org/name` ids: segments of letters, digits, `._-`, none starting with a dot (so no `.`
+or `..`), joined by single slashes. Nothing that could end the path (`?`, `#`), escape it
+(`%`, `\\`) or name a host (`@`, `:`)."""
 
 DEFAULT_MODELS: Mapping[str, str] = {
     "openai": "gpt-4o-mini",
@@ -52,6 +65,32 @@ DEFAULT_MODELS: Mapping[str, str] = {
     "echo": "echo",
 }
 """The model of a service that names none (huggingface has no sensible default)."""
+
+
+def huggingface_model_problem(model: str) -> str | None:
+    """Why `model` may not go into a huggingface endpoint's `{model}`, or None if it may."""
+    if len(model) > MAX_MODEL_NAME:
+        return f"a model name has at most {MAX_MODEL_NAME} characters"
+    if _HUGGINGFACE_MODEL.fullmatch(model) is None:
+        return (
+            f"{model!r} is not a Hugging Face model id: segments of letters, digits, '.', "
+            "'_' and '-' (not starting with '.') joined by single '/'"
+        )
+    return None
+
+
+def _model_placeholder_problem(endpoint: str) -> str | None:
+    """`{model}` may only fill whole path segments: anywhere else a caller's model could
+    choose the host, the query or the path's shape."""
+    if "{model}" not in endpoint:
+        return None
+    parts = urlsplit(endpoint)
+    if any("{model}" in part for part in (parts.scheme, parts.netloc, parts.query, parts.fragment)):
+        return "{model} may only appear in the URL's path"
+    if any("{model}" in segment and segment != "{model}" for segment in parts.path.split("/")):
+        return "{model} must be a whole path segment (as in /models/{model})"
+    return None
+
 
 Temperature = Annotated[float, Field(ge=0, le=2)]
 TopP = Annotated[float, Field(gt=0, le=1)]
@@ -116,8 +155,8 @@ class AIModelServiceConfig(ServiceBase):
     endpoint: str | None = Field(
         default=None,
         description="Base URL (https://api.openai.com/v1, https://api.anthropic.com, a TGI "
-        "server, or a URL with {model}). Default null: the provider's public API; required "
-        "for huggingface.",
+        "server, or for huggingface a URL with {model} as whole path segments). Default "
+        "null: the provider's public API; required for huggingface.",
     )
     auth: AIAuthConfig = Field(default_factory=AIAuthConfig, description="Credentials.")
     # The spec's per-minute limits sit under `rate_limit`, where other service types keep a
@@ -166,6 +205,26 @@ class AIModelServiceConfig(ServiceBase):
         default_factory=dict,
         description="Extra query parameters on every request (Azure's api-version).",
     )
+
+    @field_validator("endpoint")
+    @classmethod
+    def _model_only_in_the_path(cls, value: str | None) -> str | None:
+        problem = _model_placeholder_problem(value) if value is not None else None
+        if problem is not None:
+            raise PydanticCustomError("model_placeholder", problem)
+        return value
+
+    @field_validator("model", "models")
+    @classmethod
+    def _huggingface_model_ids(cls, value: Any, info: ValidationInfo) -> Any:
+        """A huggingface model goes into the endpoint's URL: the caller's rule applies."""
+        if info.data.get("provider") != "huggingface" or value is None:
+            return value
+        for name in (value,) if isinstance(value, str) else value:
+            problem = huggingface_model_problem(name)
+            if problem is not None:
+                raise PydanticCustomError("model_name", problem)
+        return value
 
     @field_validator("limits", mode="before")
     @classmethod
