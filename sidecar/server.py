@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -58,6 +59,7 @@ def _full_name(module: Any, service: str) -> str:
 
 
 HEALTH_SERVICE = "grpc.health.v1.Health"
+_SOCKET_PROBE_TIMEOUT = 1.0
 
 
 @dataclass(frozen=True)
@@ -286,6 +288,8 @@ async def _start(
         enable_reflection((*servicers, HEALTH_SERVICE), registrar)
 
     address = listen or config.server.listen
+    if address.startswith("unix:"):
+        _refuse_live_socket(address)
     try:
         port = server.add_insecure_port(address)
     except RuntimeError as exc:
@@ -320,6 +324,25 @@ async def _start(
         meter_provider=meter_provider,
         prometheus=prometheus,
     )
+
+
+def _refuse_live_socket(address: str) -> None:
+    """Raise ServerStartError when a live process answers on the Unix socket `address`.
+
+    gRPC unlinks whatever socket file is at the path and binds its own: a second sidecar
+    would silently take the path over from a running one. A file nobody answers on (left by
+    a killed process) is stale, and gRPC reuses it. Two sidecars starting at the same
+    instant can still both pass this check.
+    """
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(_SOCKET_PROBE_TIMEOUT)
+        try:
+            probe.connect(address.removeprefix("unix:"))
+        except TimeoutError:
+            pass  # a live process too busy to accept at once
+        except OSError:  # no file, a stale socket (ECONNREFUSED), not a socket: bind decides
+            return
+    raise ServerStartError(f"cannot listen on {address}: another process is serving there")
 
 
 async def serve(config: Config, *, listen: str | None = None) -> int:

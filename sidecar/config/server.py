@@ -75,7 +75,8 @@ class ServerConfig(ConfigModel):
     listen: ListenAddress = Field(
         default="127.0.0.1:50051",
         description="host:port or unix:/path. Default loopback only, since the app shares "
-        "the pod: 127.0.0.1:50051.",
+        "the pod: 127.0.0.1:50051. A Unix socket a live process answers on is refused at "
+        "start; a stale socket file (left by a killed process) is reused.",
     )
     max_receive_message_size: GrpcMessageSize = Field(
         default=4 * MiB,
