@@ -65,32 +65,37 @@ _SOCKET_PROBE_TIMEOUT = 1.0
 @dataclass(frozen=True)
 class _Service:
     """One proto service: its full name, the capability type whose default integration its
-    health follows (None: always up), and how to add its servicer to a server."""
+    health follows (None: always up), and how to add its servicer to a server (some read
+    the server's own settings, such as its largest message)."""
 
     name: str
     capability: str | None
-    add: Callable[[Integrations, grpc.aio.Server], Any]
+    add: Callable[[Integrations, grpc.aio.Server, Config], Any]
 
 
-def _add_cache(integrations: Integrations, server: grpc.aio.Server) -> CacheServicer:
+def _add_cache(
+    integrations: Integrations, server: grpc.aio.Server, config: Config
+) -> CacheServicer:
     servicer = CacheServicer(integrations)
     cache_pb2_grpc.add_CacheServiceServicer_to_server(servicer, server)
     return servicer
 
 
-def _add_pubsub(integrations: Integrations, server: grpc.aio.Server) -> PubSubServicer:
+def _add_pubsub(
+    integrations: Integrations, server: grpc.aio.Server, config: Config
+) -> PubSubServicer:
     servicer = PubSubServicer(integrations)
     pubsub_pb2_grpc.add_PubSubServiceServicer_to_server(servicer, server)
     return servicer
 
 
-def _add_sql(integrations: Integrations, server: grpc.aio.Server) -> SqlServicer:
-    servicer = SqlServicer(integrations)
+def _add_sql(integrations: Integrations, server: grpc.aio.Server, config: Config) -> SqlServicer:
+    servicer = SqlServicer(integrations, max_message_bytes=config.server.max_send_message_size)
     sql_pb2_grpc.add_SqlServiceServicer_to_server(servicer, server)
     return servicer
 
 
-def _add_ai(integrations: Integrations, server: grpc.aio.Server) -> AIServicer:
+def _add_ai(integrations: Integrations, server: grpc.aio.Server, config: Config) -> AIServicer:
     from sidecar.ai import AIConfigError
 
     try:
@@ -101,7 +106,9 @@ def _add_ai(integrations: Integrations, server: grpc.aio.Server) -> AIServicer:
     return servicer
 
 
-def _add_admin(integrations: Integrations, server: grpc.aio.Server) -> AdminServicer:
+def _add_admin(
+    integrations: Integrations, server: grpc.aio.Server, config: Config
+) -> AdminServicer:
     servicer = AdminServicer(integrations)
     admin_pb2_grpc.add_AdminServiceServicer_to_server(servicer, server)
     return servicer
@@ -278,7 +285,7 @@ async def _start(
     registrar: Any = inbound.registrar(server)
     types = integrations.types()
     servicers = {
-        service.name: service.add(integrations, registrar)
+        service.name: service.add(integrations, registrar, config)
         for service in SERVICES
         if service.capability is None or service.capability in types
     }
