@@ -213,9 +213,9 @@ class PostgresBackend:
                         with _statement_index(index):
                             results.append(await self._step(conn, statement, max_rows))
                             budget.charge(results[-1])
-                    await conn.execute("COMMIT")
+                    await _commit(conn)
                 finally:
-                    if not conn.is_closed() and conn.is_in_transaction():
+                    if _in_open_transaction(conn):
                         await asyncio.shield(_rollback(conn))
         return results
 
@@ -420,7 +420,7 @@ class _PostgresStream:
                 # The last batch: commit now and free the connection before it is sent.
                 self._conn = None
                 try:
-                    await conn.execute("COMMIT")
+                    await _commit(conn)
                 finally:
                     await asyncio.shield(self._release(conn))
         return rows
@@ -432,7 +432,7 @@ class _PostgresStream:
 
     async def _release(self, conn: _Connection) -> None:
         try:
-            if not conn.is_closed() and conn.is_in_transaction():
+            if _in_open_transaction(conn):
                 await _rollback(conn)
         finally:
             self._cursor = None
@@ -533,6 +533,33 @@ async def _release(pool: Any, conn: _Connection) -> None:
     except (OSError, pg_errors.PostgresError, pg_errors.InterfaceError) as exc:
         # asyncpg has already dropped a connection it could not reset; the pool replaces it.
         _log.debug("releasing a connection failed", extra={"error": repr(exc)})
+
+
+def _in_open_transaction(conn: _Connection) -> bool:
+    """Whether `conn` is alive and inside a transaction. A pooled connection that died has
+    already gone back to the pool, and its proxy then refuses every call."""
+    try:
+        return bool(not conn.is_closed() and conn.is_in_transaction())
+    except pg_errors.InterfaceError:
+        return False
+
+
+async def _commit(conn: _Connection) -> None:
+    """COMMIT. A connection lost on the way leaves the outcome unknown (the database may
+    have committed before its answer was lost): that is its own error, never retried here,
+    as a retry could apply the transaction twice. An answer from the database (a
+    serialization failure, a deferred constraint) means it did not commit, and says so."""
+    try:
+        with _mapped():
+            await conn.execute("COMMIT")
+    except (Unavailable, pg_errors.InterfaceError) as exc:
+        error = Unavailable(
+            "the database connection was lost during COMMIT: the transaction may or may not "
+            "have committed; check before running it again",
+            reason="COMMIT_OUTCOME_UNKNOWN",
+        )
+        error.transient = False  # so the pipeline never retries it
+        raise error from exc
 
 
 async def _rollback(conn: _Connection) -> None:
