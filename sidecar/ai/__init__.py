@@ -8,6 +8,7 @@ routes; the servicer (`sidecar.services.ai`) knows nothing of fallback.
     services.py         the backend objects of `ai_model` and `ai_alias` services
     deployment.py       one model on one service: breaker, rpm/tpm buckets, cooldown
     router.py           target -> route
+    limits.py           every size a caller controls, bounded (INVALID_ARGUMENT above)
     fallback.py         deployments in order, commit on the first chunk, cache
     unary.py            the same for embeddings
     relay.py            stream batches to a slower writer, merging what piles up

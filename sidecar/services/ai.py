@@ -38,6 +38,7 @@ from sidecar.services._common import Context
 from sidecar.services.ai_mapping import (
     Assembler,
     chat_request,
+    check_target,
     embed_inputs,
     stream_messages,
     usage_proto,
@@ -78,7 +79,7 @@ class AIServicer(ai_pb2_grpc.AIServiceServicer):
         return self._router
 
     def _route(self, target: str) -> Route:
-        route = self._router.route(target)
+        route = self._router.route(check_target(target))
         note_target(route.name)
         return route
 

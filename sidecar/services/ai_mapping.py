@@ -1,20 +1,22 @@
 """AIService protos <-> AI domain types, with request validation that names the field.
 
 `CompleteRequest` and `StreamCompleteRequest` have the same fields (a test pins that), so one
-function reads both. Batches of stream events become as few `StreamCompleteResponse`s as
-order allows: text pieces of one batch are joined, tool-call pieces follow them, and the
-end rides on the last message.
+function reads both. Every size a caller controls is checked against `sidecar.ai.limits`
+while reading, before any work is done for the request. Batches of stream events become as
+few `StreamCompleteResponse`s as order allows: text pieces of one batch are joined,
+tool-call pieces follow them, and the end rides on the last message.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 from google.protobuf import json_format, struct_pb2
 
 from generated.integration.v1 import ai_pb2
+from sidecar.ai import limits
 from sidecar.ai.fallback import RoutedCall
 from sidecar.backends.ai.base import (
     ChatEnd,
@@ -37,12 +39,12 @@ from sidecar.services._common import invalid
 __all__ = [
     "Assembler",
     "chat_request",
+    "check_target",
     "embed_inputs",
     "stream_messages",
 ]
 
-MAX_MESSAGES: Final = 10_000
-MAX_EMBED_INPUTS: Final = 2048
+_DETAILS: Final = frozenset({"", "auto", "low", "high"})
 _ROLES: Final = {
     ai_pb2.ROLE_SYSTEM: Role.SYSTEM,
     ai_pb2.ROLE_USER: Role.USER,
@@ -68,20 +70,47 @@ _FINISH: Final = {
 }
 
 
-def _json(struct: struct_pb2.Struct) -> dict[str, Any]:
-    """A Struct as plain JSON, whole numbers back as ints (Struct stores every number as a
-    double, and `"minimum": 1.0` in a schema reads oddly to an upstream)."""
+class _TextBudget:
+    """Characters of text one request may still carry (`limits.MAX_TEXT`, all fields)."""
 
-    def fix(value: Any) -> Any:
+    def __init__(self) -> None:
+        self._left = limits.MAX_TEXT
+
+    def take(self, text: str, field: str) -> str:
+        self._left -= len(text)
+        if self._left < 0:
+            raise invalid(field, f"the request holds over {limits.MAX_TEXT} characters of text")
+        return text
+
+
+def _name(value: str, field: str) -> str:
+    if len(value) > limits.MAX_NAME:
+        raise invalid(field, f"must be at most {limits.MAX_NAME} characters")
+    return value
+
+
+def _at_most(items: Sequence[Any], limit: int, field: str) -> None:
+    if len(items) > limit:
+        raise invalid(field, f"at most {limit} items")
+
+
+def _json(struct: struct_pb2.Struct, field: str) -> dict[str, Any]:
+    """A Struct as plain JSON, whole numbers back as ints (Struct stores every number as a
+    double, and `"minimum": 1.0` in a schema reads oddly to an upstream), at most
+    `limits.MAX_JSON_DEPTH` levels deep."""
+
+    def fix(value: Any, depth: int) -> Any:
         if isinstance(value, float) and value.is_integer():
             return int(value)
+        if isinstance(value, dict | list) and depth > limits.MAX_JSON_DEPTH:
+            raise invalid(field, f"nests deeper than {limits.MAX_JSON_DEPTH} levels")
         if isinstance(value, dict):
-            return {k: fix(v) for k, v in value.items()}
+            return {k: fix(v, depth + 1) for k, v in value.items()}
         if isinstance(value, list):
-            return [fix(v) for v in value]
+            return [fix(v, depth + 1) for v in value]
         return value
 
-    result: dict[str, Any] = fix(json_format.MessageToDict(struct))
+    result: dict[str, Any] = fix(json_format.MessageToDict(struct), 1)
     return result
 
 
@@ -94,25 +123,78 @@ def _known(values: dict[int, Any], number: int, field: str) -> Any:
     return value
 
 
-def _message(proto: ai_pb2.ChatMessage, where: str) -> ChatMessage:
+def _part(part: ai_pb2.ContentPart, where: str, text: _TextBudget) -> ContentPart:
+    kind = part.WhichOneof("part")
+    if kind == "text":
+        return text.take(part.text, f"{where}.text")
+    if kind == "image_url" and part.image_url.url:
+        if part.image_url.detail not in _DETAILS:
+            raise invalid(f"{where}.image_url.detail", "must be low, high, auto or empty")
+        url = text.take(part.image_url.url, f"{where}.image_url.url")
+        return ImagePart(url, part.image_url.detail or "auto")
+    raise invalid(where, "must hold text or an image_url with a url")
+
+
+def _tool_call(call: ai_pb2.ToolCall, where: str, text: _TextBudget) -> ToolCall:
+    return ToolCall(
+        _name(call.id, f"{where}.id"),
+        _name(call.name, f"{where}.name"),
+        text.take(call.arguments, f"{where}.arguments"),
+    )
+
+
+def _message(proto: ai_pb2.ChatMessage, where: str, text: _TextBudget) -> ChatMessage:
     role = _ROLES.get(proto.role)
     if role is None:
         raise invalid(f"{where}.role", "must be system, user, assistant or tool")
-    parts: list[ContentPart] = [proto.content] if proto.content else []
-    for i, part in enumerate(proto.parts):
-        kind = part.WhichOneof("part")
-        if kind == "text":
-            parts.append(part.text)
-        elif kind == "image_url" and part.image_url.url:
-            parts.append(ImagePart(part.image_url.url, part.image_url.detail or "auto"))
-        else:
-            raise invalid(f"{where}.parts[{i}]", "must hold text or an image_url with a url")
-    calls = tuple(ToolCall(c.id, c.name, c.arguments) for c in proto.tool_calls)
+    _at_most(proto.parts, limits.MAX_PARTS, f"{where}.parts")
+    _at_most(proto.tool_calls, limits.MAX_TOOL_CALLS, f"{where}.tool_calls")
+    parts: list[ContentPart] = []
+    if proto.content:
+        parts.append(text.take(proto.content, f"{where}.content"))
+    parts += [_part(part, f"{where}.parts[{i}]", text) for i, part in enumerate(proto.parts)]
+    calls = tuple(
+        _tool_call(call, f"{where}.tool_calls[{i}]", text)
+        for i, call in enumerate(proto.tool_calls)
+    )
     if role is Role.TOOL and not proto.tool_call_id:
         raise invalid(f"{where}.tool_call_id", "must be set on tool messages")
     if not parts and not calls:
         raise invalid(f"{where}.content", "must not be empty")
-    return ChatMessage(role, tuple(parts), proto.name, calls, proto.tool_call_id)
+    name = _name(proto.name, f"{where}.name")
+    call_id = _name(proto.tool_call_id, f"{where}.tool_call_id")
+    return ChatMessage(role, tuple(parts), name, calls, call_id)
+
+
+def _tool(tool: ai_pb2.Tool, where: str, text: _TextBudget) -> Tool:
+    if not tool.name:
+        raise invalid(f"{where}.name", "must not be empty")
+    parameters = (
+        _json(tool.parameters, f"{where}.parameters") if tool.HasField("parameters") else None
+    )
+    description = text.take(tool.description, f"{where}.description")
+    return Tool(_name(tool.name, f"{where}.name"), description, parameters, tool.strict)
+
+
+def _stop(stop: Sequence[str]) -> tuple[str, ...]:
+    _at_most(stop, limits.MAX_STOP, "stop")
+    for i, sequence in enumerate(stop):
+        if len(sequence) > limits.MAX_STOP_LENGTH:
+            raise invalid(f"stop[{i}]", f"must be at most {limits.MAX_STOP_LENGTH} characters")
+    return tuple(stop)
+
+
+def _metadata(metadata: Mapping[str, str]) -> dict[str, str]:
+    if len(metadata) > limits.MAX_METADATA:
+        raise invalid("metadata", f"at most {limits.MAX_METADATA} pairs")
+    for key, value in metadata.items():
+        if len(key) > limits.MAX_METADATA_KEY or len(value) > limits.MAX_METADATA_VALUE:
+            raise invalid(
+                "metadata",
+                f"keys have at most {limits.MAX_METADATA_KEY} characters and values at most "
+                f"{limits.MAX_METADATA_VALUE}",
+            )
+    return dict(metadata)
 
 
 def _sampling(request: Any) -> dict[str, Any]:
@@ -126,8 +208,8 @@ def _sampling(request: Any) -> dict[str, Any]:
             raise invalid("top_p", "must be greater than 0 and at most 1")
         values["top_p"] = request.top_p
     if request.HasField("max_tokens"):
-        if request.max_tokens < 1:
-            raise invalid("max_tokens", "must be at least 1")
+        if not 1 <= request.max_tokens <= limits.MAX_MAX_TOKENS:
+            raise invalid("max_tokens", f"must be between 1 and {limits.MAX_MAX_TOKENS}")
         values["max_tokens"] = request.max_tokens
     if request.HasField("seed"):
         values["seed"] = request.seed
@@ -142,57 +224,78 @@ def chat_request(request: ai_pb2.CompleteRequest | ai_pb2.StreamCompleteRequest)
     """
     if not request.messages:
         raise invalid("messages", "must not be empty")
-    if len(request.messages) > MAX_MESSAGES:
-        raise invalid("messages", f"at most {MAX_MESSAGES} messages")
-    messages = tuple(_message(m, f"messages[{i}]") for i, m in enumerate(request.messages))
-    tools = []
-    for i, tool in enumerate(request.tools):
-        if not tool.name:
-            raise invalid(f"tools[{i}].name", "must not be empty")
-        parameters = _json(tool.parameters) if tool.HasField("parameters") else None
-        tools.append(Tool(tool.name, tool.description, parameters, tool.strict))
+    _at_most(request.messages, limits.MAX_MESSAGES, "messages")
+    _at_most(request.tools, limits.MAX_TOOLS, "tools")
+    text = _TextBudget()
+    messages = tuple(_message(m, f"messages[{i}]", text) for i, m in enumerate(request.messages))
+    tools = tuple(_tool(tool, f"tools[{i}]", text) for i, tool in enumerate(request.tools))
     choice = None
     if request.HasField("tool_choice") and request.tool_choice.mode:
         mode = _known(_CHOICES, request.tool_choice.mode, "tool_choice.mode")
         if mode == "function" and not request.tool_choice.function_name:
             raise invalid("tool_choice.function_name", "must name a tool with mode FUNCTION")
-        choice = ToolChoice(mode, request.tool_choice.function_name)
+        choice = ToolChoice(
+            mode, _name(request.tool_choice.function_name, "tool_choice.function_name")
+        )
     fmt = None
     if request.HasField("response_format") and request.response_format.type:
         given = request.response_format
         kind = _known(_FORMATS, given.type, "response_format.type")
-        schema = _json(given.json_schema) if given.HasField("json_schema") else None
+        schema_field = "response_format.json_schema"
+        schema = _json(given.json_schema, schema_field) if given.HasField("json_schema") else None
         if kind == "json_schema" and schema is None:
-            raise invalid("response_format.json_schema", "must be set with type JSON_SCHEMA")
-        fmt = ResponseFormat(kind, given.schema_name, schema, given.strict)
+            raise invalid(schema_field, "must be set with type JSON_SCHEMA")
+        schema_name = _name(given.schema_name, "response_format.schema_name")
+        fmt = ResponseFormat(kind, schema_name, schema, given.strict)
     return ChatRequest(
         messages=messages,
-        tools=tuple(tools),
+        tools=tools,
         tool_choice=choice,
         response_format=fmt,
-        stop=tuple(request.stop),
-        user=request.user,
-        metadata=dict(request.metadata),
+        stop=_stop(request.stop),
+        user=_name(request.user, "user"),
+        metadata=_metadata(request.metadata),
         **_sampling(request),
     )
+
+
+def check_target(target: str) -> str:
+    """The target, if it is not too long to be one.
+
+    Raises:
+        InvalidArgument: Over `limits.MAX_TARGET` characters.
+    """
+    if len(target) > limits.MAX_TARGET:
+        raise invalid("target", f"must be at most {limits.MAX_TARGET} characters")
+    return target
 
 
 def embed_inputs(request: ai_pb2.EmbedRequest) -> tuple[list[str], int | None]:
     """The inputs and dimensions of an Embed call.
 
     Raises:
-        InvalidArgument: No inputs, too many, an empty one, or negative dimensions.
+        InvalidArgument: No inputs, too many, an empty one, too much text, or dimensions
+            out of range (see `sidecar.ai.limits`).
     """
-    if not request.inputs:
+    inputs = request.inputs
+    if not inputs:
         raise invalid("inputs", "must not be empty")
-    if len(request.inputs) > MAX_EMBED_INPUTS:
-        raise invalid("inputs", f"at most {MAX_EMBED_INPUTS} inputs per call")
-    for i, text in enumerate(request.inputs):
-        if not text:
+    if len(inputs) > limits.MAX_EMBED_INPUTS:
+        raise invalid("inputs", f"at most {limits.MAX_EMBED_INPUTS} inputs per call")
+    text = _TextBudget()
+    for i, item in enumerate(inputs):
+        if not item:
             raise invalid(f"inputs[{i}]", "must not be empty")
-    if request.dimensions < 0:
-        raise invalid("dimensions", "must not be negative")
-    return list(request.inputs), request.dimensions or None
+        text.take(item, f"inputs[{i}]")
+    dimensions = request.dimensions
+    if not 0 <= dimensions <= limits.MAX_EMBED_DIMENSIONS:
+        raise invalid("dimensions", f"must be between 0 and {limits.MAX_EMBED_DIMENSIONS}")
+    if len(inputs) * dimensions > limits.MAX_EMBED_VALUES:
+        raise invalid(
+            "dimensions",
+            f"inputs times dimensions must be at most {limits.MAX_EMBED_VALUES}",
+        )
+    return list(inputs), dimensions or None
 
 
 def usage_proto(usage: Usage | None) -> ai_pb2.Usage | None:

@@ -2,8 +2,11 @@
 
 It is not a model. It streams the last user message back word by word, honours
 `max_tokens` (one word is one token; cut short it finishes with LENGTH), counts tokens as
-words, and returns deterministic embeddings (a SHA-256 of the text stretched over the
+words, and returns deterministic embeddings (a SHAKE-256 of the text as long as the
 requested dimensions and normalised), so the same text always gets the same vector.
+
+It runs on the event loop, so its work is linear in what it is asked for (the servicer
+bounds that) and a long answer gives the loop a turn every `_WORDS_PER_TURN` words.
 
 Usage:
 
@@ -13,6 +16,7 @@ Usage:
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import math
 import re
@@ -34,6 +38,8 @@ __all__ = ["DEFAULT_DIMENSIONS", "EchoProvider"]
 
 DEFAULT_DIMENSIONS = 16
 _WORDS = re.compile(r"\S+\s*")
+_WORDS_PER_TURN = 256
+"""Words yielded between two turns of the loop (a word never waits for I/O here)."""
 
 
 def _tokens(text: str) -> int:
@@ -51,8 +57,10 @@ class _EchoStream:
         return self._batches()
 
     async def _batches(self) -> AsyncIterator[list[ChatEvent]]:
-        for word in self._words:
+        for count, word in enumerate(self._words, 1):
             yield [word]
+            if count % _WORDS_PER_TURN == 0:
+                await asyncio.sleep(0)
         yield [self._end]
 
     async def aclose(self) -> None:
@@ -83,7 +91,7 @@ class EchoProvider:
     async def embed(
         self, inputs: Sequence[str], model: str, dimensions: int | None, timeouts: UpstreamTimeouts
     ) -> EmbedResult:
-        """A unit vector per text, derived from its SHA-256 and nothing else."""
+        """A unit vector per text, derived from its SHAKE-256 and nothing else."""
         size = dimensions or DEFAULT_DIMENSIONS
         vectors = [_vector(text, size) for text in inputs]
         return EmbedResult(vectors, model or "echo", Usage(sum(_tokens(t) for t in inputs), 0))
@@ -99,11 +107,8 @@ class EchoProvider:
 
 
 def _vector(text: str, size: int) -> list[float]:
-    digest = b""
-    counter = 0
-    while len(digest) < size:
-        digest += hashlib.sha256(f"{counter}:{text}".encode()).digest()
-        counter += 1
-    raw = [byte / 127.5 - 1.0 for byte in digest[:size]]
+    # SHAKE-256 stretches one hash to any length in one linear pass.
+    digest = hashlib.shake_256(text.encode()).digest(size)
+    raw = [byte / 127.5 - 1.0 for byte in digest]
     norm = math.sqrt(sum(value * value for value in raw)) or 1.0
     return [value / norm for value in raw]
