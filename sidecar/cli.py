@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import sys
 from collections.abc import Sequence
 
@@ -48,6 +49,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return uvloop.run(serve(config, listen=args.listen))
         return asyncio.run(serve(config, listen=args.listen))
-    except ServerStartError as exc:
-        print(f"integration-sidecar: {exc}", file=sys.stderr)
+    except ServerStartError as exc:  # logged: once logging is set up, stderr is JSON only
+        logging.getLogger("sidecar.server").error(str(exc))
         return 1

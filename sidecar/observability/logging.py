@@ -15,6 +15,7 @@ import logging
 import sys
 import threading
 import time
+from types import TracebackType
 from typing import Any, TextIO
 
 __all__ = ["ACCESS_LOGGER", "BatchingHandler", "JsonFormatter", "configure_logging"]
@@ -125,7 +126,13 @@ class BatchingHandler(logging.Handler):
 
 
 def configure_logging(level: str = "info") -> None:
-    """Route every `sidecar.*` logger to stderr as JSON at `level`."""
+    """Route every log record of the process to stderr as one JSON line.
+
+    `sidecar.*` loggers write from `level` up; third-party libraries (asyncpg, grpc, httpx,
+    ...) from warning up, since httpx alone logs every request at info. Python warnings and
+    uncaught exceptions become records too, so no traceback reaches stderr as raw lines.
+    gRPC's C core writes its own lines (errors only, by default) past Python's logging.
+    """
     # Records need no thread or process names (the lines carry neither): the logging
     # HOWTO's switches for skipping them, about 1 µs per record.
     logging.logThreads = False
@@ -133,9 +140,38 @@ def configure_logging(level: str = "info") -> None:
     logging.logMultiprocessing = False
     handler = BatchingHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
-    root = logging.getLogger("sidecar")
+    root = logging.getLogger()
     for old in root.handlers:
         old.close()
     root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    root.propagate = False
+    threshold = logging.getLevelName(level.upper())
+    root.setLevel(max(threshold, logging.WARNING))
+    sidecar = logging.getLogger("sidecar")
+    for old in sidecar.handlers:  # from an earlier call that gave `sidecar` its own
+        old.close()
+    sidecar.handlers.clear()
+    sidecar.setLevel(threshold)
+    sidecar.propagate = True
+    logging.captureWarnings(True)
+    _log_uncaught_exceptions(sidecar)
+
+
+def _log_uncaught_exceptions(log: logging.Logger) -> None:
+    """Uncaught exceptions, in the main thread or any other, go to `log` as records."""
+
+    def main_thread(
+        kind: type[BaseException], exc: BaseException, traceback: TracebackType | None
+    ) -> None:
+        log.critical("uncaught exception", exc_info=(kind, exc, traceback))
+
+    def other_thread(args: threading.ExceptHookArgs) -> None:
+        if args.exc_type is SystemExit:  # ends the thread quietly, as by default
+            return
+        log.critical(
+            "uncaught exception in a thread",
+            exc_info=args.exc_value,
+            extra={"thread_name": args.thread.name if args.thread else None},
+        )
+
+    sys.excepthook = main_thread
+    threading.excepthook = other_thread
