@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import math
 import re
 from collections.abc import AsyncIterator, Sequence
@@ -79,7 +80,9 @@ class EchoProvider:
     ) -> ChatStream:
         """Echo the last user message, word by word."""
         text = next((m.text for m in reversed(request.messages) if m.role is Role.USER), "")
-        words = _WORDS.findall(text.strip())
+        # Only the words that will be sent are cut out (one more tells that some are left).
+        limit = request.max_tokens + 1 if request.max_tokens is not None else None
+        words = [m.group() for m in itertools.islice(_WORDS.finditer(text.strip()), limit)]
         finish = FinishReason.STOP
         if request.max_tokens is not None and len(words) > request.max_tokens:
             words, finish = words[: request.max_tokens], FinishReason.LENGTH
