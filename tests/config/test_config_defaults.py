@@ -152,6 +152,7 @@ EXPECTED_DEFAULTS = {
             "password": None,
             "path": ":memory:",
             "read_only": False,
+            "allow_privileged_role": False,
             "statement_cache_size": 100,
             "max_rows_per_query": 10_000,
             "stream_batch_size": 500,

@@ -41,7 +41,9 @@ from sidecar.resilience import Deadline, FakeClock
         ("40P01", Aborted, "SQL_ERROR"),
         ("57014", DeadlineExceeded, "SQL_ERROR"),
         ("08006", Unavailable, "UPSTREAM_UNAVAILABLE"),
-        ("57P01", Unavailable, "UPSTREAM_UNAVAILABLE"),
+        ("57P01", Aborted, "SQL_ERROR"),  # this session was ended, not the database
+        ("57P03", Unavailable, "UPSTREAM_UNAVAILABLE"),
+        ("08P01", InvalidArgument, "SQL_ERROR"),
         ("53300", Unavailable, "SQL_ERROR"),
         ("53100", ResourceExhausted, "SQL_ERROR"),
         ("XX000", Unavailable, "SQL_ERROR"),

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import asyncpg
 import grpc
 import pytest
+from pg_roles import login_role, with_user
 
 from generated.integration.v1 import sql_pb2, sql_pb2_grpc
 from sidecar.testing import serve_for_test
@@ -29,9 +30,13 @@ async def seeded(pg_dsn: str, table: str) -> str:
 
 
 @pytest.fixture
-async def reader(make_config: Callable[..., str]) -> AsyncIterator[sql_pb2_grpc.SqlServiceStub]:
+async def reader(
+    pg_dsn: str, config_for: Callable[..., str]
+) -> AsyncIterator[sql_pb2_grpc.SqlServiceStub]:
+    # A plain role: a read-only target refuses a superuser (see test_sql_hardening_security).
     async with (
-        serve_for_test(make_config(read_only="true")) as running,
+        login_role(pg_dsn) as role,
+        serve_for_test(config_for(with_user(pg_dsn, role), read_only="true")) as running,
         grpc.aio.insecure_channel(running.address) as channel,
     ):
         yield sql_pb2_grpc.SqlServiceStub(channel)

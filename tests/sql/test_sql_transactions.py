@@ -129,7 +129,7 @@ async def test_a_read_only_transaction_cannot_be_switched_to_read_write(
     assert await count(sql, table) == 0
 
 
-async def test_a_statement_that_ends_the_transaction_fails_it(
+async def test_a_statement_that_ends_the_transaction_is_refused(
     sql: sql_pb2_grpc.SqlServiceStub, table: str, expect_error: ExpectError
 ) -> None:
     await sql.Execute(sql_pb2.ExecuteRequest(sql=f"CREATE TABLE {table} (id int)"))
@@ -142,8 +142,8 @@ async def test_a_statement_that_ends_the_transaction_fails_it(
                 ]
             )
         ),
-        grpc.StatusCode.FAILED_PRECONDITION,
-        "SQL_ERROR",
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "STATEMENT_NOT_ALLOWED",
         statement_index="0",
     )
     assert await count(sql, table) == 0

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import enum
 import math
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
@@ -67,6 +68,8 @@ __all__ = [
     "SqlBackend",
     "SqlValue",
     "Statement",
+    "check_statement",
+    "check_statements",
     "error_for_sqlstate",
     "result_size",
     "result_too_large",
@@ -427,7 +430,9 @@ def error_for_sqlstate(
     | 25006 read-only transaction  | PermissionDenied, reason READ_ONLY           |
     | 40001, 40P01, other 40       | Aborted (retry the transaction)              |
     | 57014 query canceled         | DeadlineExceeded                             |
-    | 08 connection, 57P0x         | Unavailable, reason UPSTREAM_UNAVAILABLE     |
+    | 57P01 session terminated     | Aborted (the server ended this session only) |
+    | 08P01 protocol violation     | InvalidArgument (the request was malformed)  |
+    | 08 connection, other 57P0x   | Unavailable, reason UPSTREAM_UNAVAILABLE     |
     | 53300 too many connections   | Unavailable                                  |
     | 53 insufficient resources    | ResourceExhausted                            |
     | 58, XX system / internal     | Unavailable                                  |
@@ -447,6 +452,12 @@ def error_for_sqlstate(
         error_type = PermissionDenied
     elif sqlstate == "57014":
         error_type = DeadlineExceeded
+    elif sqlstate == "57P01":
+        # An administrator, a shutdown or the caller's own pg_terminate_backend ended this
+        # one session: a lost session, not a lost database (the next call reconnects).
+        error_type = Aborted
+    elif sqlstate == "08P01":
+        error_type = InvalidArgument
     elif cls == "08" or sqlstate.startswith("57P"):
         error_type, reason = Unavailable, "UPSTREAM_UNAVAILABLE"
     elif sqlstate == "53300" or cls in ("58", "XX"):
@@ -462,3 +473,138 @@ def error_for_sqlstate(
     else:
         error_type = FailedPrecondition
     return error_type(message, reason=reason, metadata=meta)
+
+
+# -- the statement check -----------------------------------------------------------------------
+
+# Statements a caller may not run, by their leading keyword: the backend owns the transaction
+# (a COMMIT AND CHAIN would end a READ ONLY transaction and start one without its snapshot)
+# and resets the session after every call (DISCARD ALL / DEALLOCATE ALL would also drop the
+# driver's own prepared statements).
+_TRANSACTION_CONTROL = frozenset({"BEGIN", "START", "COMMIT", "END", "ABORT", "ROLLBACK"})
+_SESSION_CONTROL = frozenset({"DISCARD", "DEALLOCATE"})
+_WORD = re.compile(r"[^\W\d][\w$]*")
+_SPACE = frozenset(" \t\n\r\f\v")
+
+
+def check_statement(
+    statement: Statement, *, nested_comments: bool, metadata: Mapping[str, str] | None = None
+) -> None:
+    """Refuse what must never reach the database, before it does.
+
+    - A NUL character in the SQL or in a text parameter (PostgreSQL cannot carry it and
+      answers with a protocol error).
+    - Transaction control (BEGIN, START, COMMIT, END, ABORT, ROLLBACK other than ROLLBACK TO
+      a savepoint, PREPARE TRANSACTION) and session control (DISCARD, DEALLOCATE), read from
+      the statement's leading keywords after comments and empty statements.
+      `nested_comments` follows the dialect: PostgreSQL nests `/* */`, SQLite does not.
+
+    Raises:
+        InvalidArgument: reason INVALID_REQUEST for a NUL, STATEMENT_NOT_ALLOWED for the rest.
+    """
+    extra = dict(metadata or {})
+    if "\x00" in statement.sql:
+        raise InvalidArgument(
+            "the SQL contains a NUL character",
+            reason="INVALID_REQUEST",
+            metadata={**extra, "field": "sql"},
+        )
+    for index, value in enumerate(statement.parameters):
+        if _holds_nul(value):
+            raise InvalidArgument(
+                f"parameters[{index}] contains a NUL character, which SQL text cannot hold",
+                reason="INVALID_REQUEST",
+                metadata={**extra, "field": f"parameters[{index}]"},
+            )
+    words = leading_words(statement.sql, 3, nested_comments=nested_comments)
+    refusal = _refusal(words)
+    if refusal is not None:
+        raise InvalidArgument(
+            f"{' '.join(words)} is not allowed: {refusal}",
+            reason="STATEMENT_NOT_ALLOWED",
+            metadata={**extra, "field": "sql"},
+        )
+
+
+def check_statements(statements: Sequence[Statement], *, nested_comments: bool) -> None:
+    """`check_statement` for each statement of a transaction, naming the one refused."""
+    for index, statement in enumerate(statements):
+        check_statement(
+            statement,
+            nested_comments=nested_comments,
+            metadata={"statement_index": str(index)},
+        )
+
+
+def leading_words(sql: str, count: int, *, nested_comments: bool) -> list[str]:
+    """The first `count` keywords of `sql`, upper-cased, skipping whitespace, `--` and `/* */`
+    comments, and empty statements before the first. Stops early at anything that is not a
+    word (a quoted identifier, a literal, punctuation)."""
+    words: list[str] = []
+    position = 0
+    while len(words) < count:
+        position = _skip_blanks(sql, position, nested_comments, semicolons=not words)
+        match = _WORD.match(sql, position)
+        if match is None:
+            break
+        words.append(match.group().upper())
+        position = match.end()
+    return words
+
+
+def _skip_blanks(sql: str, position: int, nested_comments: bool, *, semicolons: bool) -> int:
+    """The position of the first character that is not whitespace, a comment, or (before
+    the first word) a `;`. An unterminated comment runs to the end, as in both dialects."""
+    end = len(sql)
+    while position < end:
+        char = sql[position]
+        if char in _SPACE or (semicolons and char == ";"):
+            position += 1
+        elif sql.startswith("--", position):
+            newline = sql.find("\n", position)
+            position = end if newline < 0 else newline + 1
+        elif sql.startswith("/*", position):
+            position = _comment_end(sql, position, nested_comments)
+        else:
+            break
+    return position
+
+
+def _comment_end(sql: str, position: int, nested: bool) -> int:
+    """The position just after the `/* */` comment that starts at `position`."""
+    depth = 0
+    end = len(sql)
+    while position < end:
+        if sql.startswith("/*", position) and (nested or depth == 0):
+            depth += 1
+            position += 2
+        elif sql.startswith("*/", position):
+            depth -= 1
+            position += 2
+            if depth == 0:
+                return position
+        else:
+            position += 1
+    return end
+
+
+def _refusal(words: Sequence[str]) -> str | None:
+    """Why a statement starting with `words` is refused, or None."""
+    first = words[0] if words else ""
+    if first == "ROLLBACK" and "TO" in words[1:3]:
+        return None  # ROLLBACK [WORK | TRANSACTION] TO SAVEPOINT: savepoints are fine
+    if first in _TRANSACTION_CONTROL or words[:2] == ["PREPARE", "TRANSACTION"]:
+        return "the sidecar runs each call's transaction itself; use Transaction (and savepoints)"
+    if first in _SESSION_CONTROL:
+        return "the sidecar resets the session after every call itself"
+    return None
+
+
+def _holds_nul(value: SqlValue) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, Json):
+        return "\x00" in value.text
+    if isinstance(value, list):
+        return any(_holds_nul(item) for item in value)
+    return False

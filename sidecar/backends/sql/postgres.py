@@ -2,8 +2,8 @@
 
 - **Pool**: created on first use inside the running loop; `min_size`/`max_size` connections,
   idle ones closed after `idle_timeout`, a call waits at most `acquire_timeout` for one
-  (then `ResourceExhausted(reason="POOL_EXHAUSTED")`). Each connection is reset (`RESET ALL`,
-  `CLOSE ALL`, ...) before it goes back to the pool, so no session state leaks between calls.
+  (then `ResourceExhausted(reason="POOL_EXHAUSTED")`). Each connection is reset before it
+  goes back to the pool (`_RESET_SESSION`), so no session state leaks between calls.
 - **Statement cache**: each connection keeps its last `statement_cache_size` prepared
   statements (asyncpg's own cache, which also drops plans a schema change invalidated), so
   a repeated statement costs one round trip.
@@ -11,7 +11,9 @@
   database cancels the statement and its error reaches the caller in time. Without a deadline
   the session default (the request timeout) applies.
 - **Read-only targets**: every session starts with `default_transaction_read_only = on` and
-  every transaction is `READ ONLY`, enforced by PostgreSQL, not by reading the SQL.
+  every call runs in a `READ ONLY` transaction block, enforced by PostgreSQL, not by reading
+  the SQL; a role that can act on the server is refused (`_check_role`).
+- **Statements** are checked first (`check_statement`): no NUL, no transaction control.
 - **Errors**: `_mapped()` is the one place asyncpg's exceptions become `sidecar.errors`
   (see `error_for_sqlstate`).
 
@@ -46,6 +48,8 @@ from sidecar.backends.sql.base import (
     Row,
     SqlValue,
     Statement,
+    check_statement,
+    check_statements,
     error_for_sqlstate,
     rows_affected,
     statement_timeout_ms,
@@ -91,6 +95,8 @@ class PostgresOptions:
         dsn: a `postgresql://` URL; when set it wins over host, port, database and user.
         host, port, database, user, password: the connection, when no dsn is given.
         read_only: every session and transaction is read-only.
+        allow_privileged_role: serve a read-only target even when its role can act on the
+            server (superuser, pg_execute_server_program, ...); see `_check_role`.
         min_size, max_size: pool bounds.
         acquire_timeout: seconds a call waits for a free connection.
         idle_timeout: seconds after which an idle connection is closed.
@@ -107,6 +113,7 @@ class PostgresOptions:
     user: str | None = None
     password: str | None = field(default=None, repr=False)
     read_only: bool = False
+    allow_privileged_role: bool = False
     min_size: int = 2
     max_size: int = 10
     acquire_timeout: float = 10.0
@@ -137,6 +144,7 @@ class PostgresBackend:
         self._pool: Any = None
         self._pool_lock = asyncio.Lock()
         self._closed = False
+        self._refused_role: tuple[str, str] | None = None  # (role, privileges) if refused
         self._releasing: set[asyncio.Task[None]] = set()
         self._default_timeout_ms = statement_timeout_ms(max(options.request_timeout, 0.001))
 
@@ -156,9 +164,10 @@ class PostgresBackend:
         max_bytes: int | None = None,
     ) -> ResultSet:
         """Run one statement; at most `max_rows` rows and `max_bytes` (see `SqlBackend.query`)."""
+        check_statement(statement, nested_comments=True)
         with _mapped():
             async with self._connection() as conn:
-                await self._set_session_timeout(conn, deadline)
+                await self._open_call(conn, deadline)
                 columns, rows, tag = await self._run(conn, statement, max_rows + 1)
         if len(rows) > max_rows:
             raise too_many_rows(max_rows)
@@ -168,9 +177,10 @@ class PostgresBackend:
 
     async def execute(self, statement: Statement, *, deadline: Deadline | None) -> ResultSet:
         """Run one statement for its effect."""
+        check_statement(statement, nested_comments=True)
         with _mapped():
             async with self._connection() as conn:
-                await self._set_session_timeout(conn, deadline)
+                await self._open_call(conn, deadline)
                 _, _, tag = await self._run(conn, statement, 0)
         return ResultSet((), (), tag, rows_affected(tag))
 
@@ -178,6 +188,7 @@ class PostgresBackend:
         self, statement: Statement, *, batch_size: int, deadline: Deadline | None
     ) -> _PostgresStream:
         """Open a cursor inside its own transaction; the stream owns the connection."""
+        check_statement(statement, nested_comments=True)
         with _mapped():
             pool = await self._get_pool()
             conn = await self._acquire(pool)
@@ -203,6 +214,7 @@ class PostgresBackend:
         max_bytes: int | None = None,
     ) -> list[ResultSet]:
         """Run `statements` atomically (see `SqlBackend.transaction`)."""
+        check_statements(statements, nested_comments=True)
         results: list[ResultSet] = []
         budget = ResultBudget(max_bytes)
         with _mapped():
@@ -260,6 +272,8 @@ class PostgresBackend:
             return self._pool
         if self._closed:
             raise Unavailable("the SQL backend is closed", reason="UPSTREAM_UNAVAILABLE")
+        if self._refused_role is not None:
+            raise _privileged_role_refused(*self._refused_role)
         async with self._pool_lock:
             if self._pool is None:
                 try:
@@ -292,13 +306,39 @@ class PostgresBackend:
             statement_cache_size=options.statement_cache_size,
             server_settings=settings,
             init=_init_connection,
+            reset=_reset_session,
         )
         try:
             await pool
+            await self._check_role(pool)
         except BaseException:
             pool.terminate()
             raise
         return pool
+
+    async def _check_role(self, pool: Any) -> None:
+        """Warn when the database role can act on the server (run programs, read or write its
+        files, signal other sessions): READ ONLY transactions do not stop that, only the
+        role does. A read-only target refuses such a role unless `allow_privileged_role`."""
+        async with pool.acquire() as conn:
+            role, superuser, members = await conn.fetchrow(_ROLE_POWERS, list(_SERVER_ROLES))
+        privileges = "superuser" if superuser else ",".join(members)
+        if not privileges:
+            return
+        details = {"role": role, "privileges": privileges, "read_only": self.read_only}
+        if self.read_only and not self._options.allow_privileged_role:
+            self._refused_role = (role, privileges)
+            _log.error(
+                f"refusing a read_only SQL target: its role {role} can act on the server "
+                f"({privileges}); use a plain role, or set allow_privileged_role: true",
+                extra=details,
+            )
+            raise _privileged_role_refused(role, privileges)
+        _log.warning(
+            f"the SQL target's role {role} can act on the server ({privileges}), whatever "
+            "read_only says: the database role is the real boundary",
+            extra=details,
+        )
 
     async def _acquire(self, pool: Any) -> _Connection:
         # With a connection idle, none of asyncpg's timeout wrapper: it costs a task per call.
@@ -335,8 +375,14 @@ class PostgresBackend:
         self._releasing.add(task)
         task.add_done_callback(self._releasing.discard)
 
-    async def _set_session_timeout(self, conn: _Connection, deadline: Deadline | None) -> None:
-        """Lower this session's statement_timeout to the caller's deadline (reset on release)."""
+    async def _open_call(self, conn: _Connection, deadline: Deadline | None) -> None:
+        """Before a Query or Execute: lower statement_timeout to the caller's deadline (reset
+        on release). On a read-only target, open a READ ONLY transaction with its snapshot
+        taken instead (rolled back on release): inside a transaction block no statement, not
+        even a DO block or procedure, can COMMIT and go on in a read-write transaction."""
+        if self._options.read_only:
+            await conn.execute(self._begin(IsolationLevel.DEFAULT, True, deadline))
+            return
         ms = self._timeout_ms(deadline)
         if ms is not None:
             await conn.execute(f"SET statement_timeout = {ms:d}")
@@ -529,6 +575,8 @@ async def _execute(
 
 async def _release(pool: Any, conn: _Connection) -> None:
     try:
+        if _in_open_transaction(conn):
+            await _rollback(conn)  # a read-only target's call leaves its READ ONLY transaction
         await pool.release(conn, timeout=_CLEANUP_TIMEOUT)
     except (OSError, pg_errors.PostgresError, pg_errors.InterfaceError) as exc:
         # asyncpg has already dropped a connection it could not reset; the pool replaces it.
@@ -542,6 +590,11 @@ def _in_open_transaction(conn: _Connection) -> bool:
         return bool(not conn.is_closed() and conn.is_in_transaction())
     except pg_errors.InterfaceError:
         return False
+
+
+async def _reset_session(conn: _Connection) -> None:
+    """The pool's reset, run before a connection is reused (one round trip)."""
+    await conn.execute(_RESET_SESSION)
 
 
 async def _commit(conn: _Connection) -> None:
@@ -616,10 +669,56 @@ def _mapped() -> Iterator[None]:
         ) from exc
 
 
+# Everything a call can leave in its session, cleared before the next call: DISCARD ALL
+# without its DEALLOCATE ALL, which would also drop asyncpg's cached statements (one more
+# round trip per call to prepare again). Session authorization first: it also resets the
+# role, and the rest runs as the login role. A session holding the caller's own PREPAREd
+# statements fails the last line (division by zero), and the pool replaces the connection:
+# dropping them one by one would need a DO block, which costs every call ~45 us.
+_RESET_SESSION = """
+SET SESSION AUTHORIZATION DEFAULT;
+RESET ALL;
+CLOSE ALL;
+UNLISTEN *;
+SELECT pg_catalog.pg_advisory_unlock_all();
+DISCARD TEMP;
+DISCARD SEQUENCES;
+SELECT 1 / (NOT EXISTS (SELECT FROM pg_catalog.pg_prepared_statements WHERE from_sql))::int;
+"""
+
+# Predefined roles that act on the server itself, beyond the database's data.
+_SERVER_ROLES = (
+    "pg_execute_server_program",
+    "pg_read_server_files",
+    "pg_signal_backend",
+    "pg_write_server_files",
+)
+_ROLE_POWERS = """
+SELECT r.rolname::text, r.rolsuper, ARRAY(
+    SELECT p.rolname::text FROM pg_catalog.pg_roles p
+    WHERE p.rolname = ANY($1::text[]) AND pg_catalog.pg_has_role(r.oid, p.oid, 'MEMBER')
+    ORDER BY 1)
+FROM pg_catalog.pg_roles r WHERE r.rolname = session_user
+"""
+
+
+def _privileged_role_refused(role: str, privileges: str) -> FailedPrecondition:
+    return FailedPrecondition(
+        f"this read_only target is refused: its database role {role} can act on the server "
+        f"({privileges}), which READ ONLY transactions do not stop",
+        reason="READ_ONLY",
+        metadata={"role": role, "privileges": privileges},
+    )
+
+
 _DETAIL_FIELDS = ("schema_name", "table_name", "column_name", "constraint_name", "data_type_name")
 
 
 def _from_postgres(exc: pg_errors.PostgresError) -> SidecarError:
+    if isinstance(exc.__cause__, pg_errors.PostgresError):
+        # "connection was closed in the middle of operation" (08003) carries the server's
+        # own reason when it ended the session (57P01): classify by that.
+        exc = exc.__cause__
     sqlstate = getattr(exc, "sqlstate", None) or "XX000"
     metadata = {
         name.removesuffix("_name"): str(value)

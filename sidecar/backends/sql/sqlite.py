@@ -4,7 +4,8 @@
   which lives as long as the process). SQLite runs one statement at a time, so calls take
   turns: a call waits at most `acquire_timeout` for the connection, then gets
   `ResourceExhausted(reason="POOL_EXHAUSTED")`, exactly as with an exhausted pool. A
-  QueryStream holds the connection until it ends or is cancelled.
+  QueryStream holds the connection until it ends or is cancelled. TEMP tables, views and
+  triggers a call creates are dropped when it ends, as they would outlive it otherwise.
 - **Deadline**: SQLite has no statement timeout, so the statement is interrupted
   (`sqlite3_interrupt`) when the caller's time is up.
 - **Read-only**: an authorizer, installed on the connection, denies every write (INSERT,
@@ -48,6 +49,8 @@ from sidecar.backends.sql.base import (
     Row,
     SqlValue,
     Statement,
+    check_statement,
+    check_statements,
     error_for_sqlstate,
     rows_affected,
     statement_timeout_ms,
@@ -98,6 +101,7 @@ class SqliteBackend:
         self._conn: aiosqlite.Connection | None = None
         self._turn = asyncio.Lock()
         self._closed = False
+        self._temp_created = False  # by the call holding the turn; see `_authorize`
 
     @property
     def read_only(self) -> bool:
@@ -113,6 +117,7 @@ class SqliteBackend:
         max_bytes: int | None = None,
     ) -> ResultSet:
         """Run one statement; at most `max_rows` rows and `max_bytes`."""
+        check_statement(statement, nested_comments=False)
         with _mapped():
             async with self._session() as conn:
                 result = await self._run(conn, statement, max_rows + 1, deadline)
@@ -123,6 +128,7 @@ class SqliteBackend:
 
     async def execute(self, statement: Statement, *, deadline: Deadline | None) -> ResultSet:
         """Run one statement for its effect."""
+        check_statement(statement, nested_comments=False)
         with _mapped():
             async with self._session() as conn:
                 result = await self._run(conn, statement, 0, deadline)
@@ -132,6 +138,7 @@ class SqliteBackend:
         self, statement: Statement, *, batch_size: int, deadline: Deadline | None
     ) -> _SqliteStream:
         """Open a cursor; the stream holds the connection until it is closed."""
+        check_statement(statement, nested_comments=False)
         with _mapped():
             await self._take_turn()
             stream = _SqliteStream(self, batch_size, deadline)
@@ -160,6 +167,7 @@ class SqliteBackend:
     ) -> list[ResultSet]:
         """Run `statements` atomically; every isolation level is serializable here."""
         del isolation  # SQLite transactions are always serializable
+        check_statements(statements, nested_comments=False)
         guard = read_only and not self._options.read_only
         results: list[ResultSet] = []
         budget = ResultBudget(max_bytes)
@@ -215,7 +223,7 @@ class SqliteBackend:
             timeout=self._options.busy_timeout,
             uri=path.startswith("file:"),
         )
-        authorizer = _read_only_authorizer if self._options.read_only else _authorizer
+        authorizer = _read_only_authorizer if self._options.read_only else self._authorize
         await conn.set_authorizer(authorizer)
         self._conn = conn
         return conn
@@ -231,8 +239,27 @@ class SqliteBackend:
                 metadata={"max_connections": "1"},
             ) from None
 
-    def _give_turn(self) -> None:
-        self._turn.release()
+    async def _give_turn(self) -> None:
+        """Drop the TEMP objects the call made (every call shares the one connection, so
+        they would outlive it), then let the next call in."""
+        try:
+            conn = self._conn
+            if self._temp_created and conn is not None:
+                self._temp_created = False
+                await _drop_temp_objects(conn)
+        finally:
+            self._turn.release()
+
+    def _authorize(
+        self, action: int, arg1: str | None, arg2: str | None, db: str | None, src: str | None
+    ) -> int:
+        """The read-write authorizer: ATTACH and DETACH denied; a TEMP object noted, so
+        that the end of the call drops it."""
+        if action in _NEVER:
+            return sqlite3.SQLITE_DENY
+        if action in _CREATES_TEMP:
+            self._temp_created = True
+        return sqlite3.SQLITE_OK
 
     @contextlib.asynccontextmanager
     async def _session(self) -> AsyncIterator[aiosqlite.Connection]:
@@ -240,7 +267,7 @@ class SqliteBackend:
         try:
             yield await self._connection()
         finally:
-            self._give_turn()
+            await self._give_turn()
 
     async def _bounded(
         self,
@@ -298,7 +325,7 @@ class SqliteBackend:
                     await asyncio.wait_for(conn.execute("ROLLBACK"), _CLEANUP_TIMEOUT)
         finally:
             if guard:
-                await conn.set_authorizer(_authorizer)
+                await conn.set_authorizer(self._authorize)
 
 
 class _SqliteStream:
@@ -354,7 +381,7 @@ class _SqliteStream:
         finally:
             if self._holding:
                 self._holding = False
-                self._backend._give_turn()
+                await self._backend._give_turn()
 
 
 # -- values ------------------------------------------------------------------------------------
@@ -479,10 +506,27 @@ _READING_PRAGMAS = frozenset(
 )
 
 
-def _authorizer(
-    action: int, arg1: str | None, arg2: str | None, db: str | None, src: str | None
-) -> int:
-    return sqlite3.SQLITE_DENY if action in _NEVER else sqlite3.SQLITE_OK
+_CREATES_TEMP = frozenset(
+    {
+        sqlite3.SQLITE_CREATE_TEMP_INDEX,
+        sqlite3.SQLITE_CREATE_TEMP_TABLE,
+        sqlite3.SQLITE_CREATE_TEMP_TRIGGER,
+        sqlite3.SQLITE_CREATE_TEMP_VIEW,
+    }
+)
+# Triggers and views first: they may depend on the tables.
+_TEMP_OBJECTS = (
+    "SELECT type, name FROM temp.sqlite_master WHERE type IN ('trigger', 'view', 'table') "
+    "ORDER BY CASE type WHEN 'trigger' THEN 0 WHEN 'view' THEN 1 ELSE 2 END"
+)
+
+
+async def _drop_temp_objects(conn: aiosqlite.Connection) -> None:
+    """Drop every TEMP table, view and trigger (indexes go with their tables)."""
+    with contextlib.suppress(sqlite3.Error, ValueError):
+        for kind, name in await conn.execute_fetchall(_TEMP_OBJECTS):
+            quoted = '"' + str(name).replace('"', '""') + '"'
+            await conn.execute(f"DROP {str(kind).upper()} IF EXISTS temp.{quoted}")
 
 
 def _read_only_authorizer(
