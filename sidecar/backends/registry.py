@@ -45,6 +45,7 @@ def _sql_postgres(settings: Any, policies: Any) -> Any:
             user=settings.username,
             password=settings.password.get_secret_value() if settings.password else None,
             read_only=settings.read_only,
+            allow_privileged_role=settings.allow_privileged_role,
             min_size=pool.min_connections,
             max_size=pool.max_connections,
             acquire_timeout=pool.acquire_timeout,
@@ -52,7 +53,6 @@ def _sql_postgres(settings: Any, policies: Any) -> Any:
             connect_timeout=timeouts.connect,
             request_timeout=timeouts.request,
             statement_cache_size=settings.statement_cache_size,
-            max_stream_connections=settings.max_stream_connections,
         )
     )
 

@@ -28,7 +28,6 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_core import PydanticCustomError
 
 from .._common import AtLeastOne, AtLeastZero
-from .._units import DurationSeconds
 from .base import ServiceBase
 
 __all__ = ["SqlServiceConfig"]
@@ -40,7 +39,7 @@ _POSTGRES_ONLY = (
     "database",
     "username",
     "password",
-    "max_stream_connections",
+    "allow_privileged_role",
 )
 _SQLITE_ONLY = ("path",)
 
@@ -93,9 +92,17 @@ class SqlServiceConfig(ServiceBase):
     )
     read_only: bool = Field(
         default=False,
-        description="Refuse every write, enforced by the database session (PostgreSQL: "
-        "default_transaction_read_only and READ ONLY transactions; SQLite: an authorizer), "
-        "not by reading the SQL. Default false.",
+        description="Refuse every write, enforced by the database (PostgreSQL: every call "
+        "runs in a READ ONLY transaction; SQLite: an authorizer), not by reading the SQL. "
+        "PostgreSQL: a role that can act on the server (superuser, pg_execute_server_program, "
+        "pg_read_server_files, pg_write_server_files, pg_signal_backend) is refused, see "
+        "allow_privileged_role. Default false.",
+    )
+    allow_privileged_role: bool = Field(
+        default=False,
+        description="Serve a read_only target (backend: postgres) even though its role can "
+        "act on the server, which READ ONLY transactions do not stop (a warning is logged). "
+        "Default false.",
     )
     statement_cache_size: AtLeastZero = Field(
         default=100,
@@ -113,19 +120,6 @@ class SqlServiceConfig(ServiceBase):
         le=10_000,
         description="Rows per QueryStream message when the request does not say (1-10000). "
         "Default 500.",
-    )
-    stream_idle_timeout: DurationSeconds = Field(
-        default=30.0,
-        description="A QueryStream whose reader takes no message for this long ends with "
-        "ABORTED (STREAM_IDLE_TIMEOUT), rolling back its transaction and freeing its "
-        "connection. Default 30s.",
-    )
-    max_stream_connections: AtLeastOne | None = Field(
-        default=None,
-        description="Most pooled connections open QueryStreams may hold at once (backend: "
-        "postgres); more wait up to acquire_timeout, then fail with RESOURCE_EXHAUSTED "
-        "(POOL_EXHAUSTED), so streams never take the whole pool. Default null: "
-        "max_connections - 1 (at least 1).",
     )
 
     @model_validator(mode="after")
