@@ -53,6 +53,7 @@ def _sql_postgres(settings: Any, policies: Any) -> Any:
             connect_timeout=timeouts.connect,
             request_timeout=timeouts.request,
             statement_cache_size=settings.statement_cache_size,
+            max_stream_connections=settings.max_stream_connections,
         )
     )
 

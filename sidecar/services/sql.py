@@ -6,20 +6,23 @@ knowledge lives here.
   Execute and Transaction are retried only when the call carries an idempotency key.
 - The caller's deadline is handed to the backend, which makes it the statement timeout.
 - QueryStream opens its cursor through the pipeline, then streams outside it; whatever ends
-  the stream (the last row, an error, the client cancelling), the cursor and its
-  transaction are closed in `finally`, and cancellation is re-raised, never swallowed.
+  the stream (the last row, an error, the client cancelling, a reader that took no message
+  for `stream_idle_timeout`), the cursor and its transaction are closed in `finally`, and
+  cancellation is re-raised, never swallowed. It writes with `context.write`, so each
+  write can be timed: flow control holds a write as long as the reader does not read.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from generated.integration.v1 import common_pb2, sql_pb2, sql_pb2_grpc
 from sidecar.backends.sql import IsolationLevel, Row, RowStream, Statement
 from sidecar.backends.sql.base import result_too_large
-from sidecar.resilience import SYSTEM_CLOCK, Deadline
+from sidecar.errors import Aborted
+from sidecar.resilience import SYSTEM_CLOCK, Deadline, ExecutionTimeout, run_with_timeout
 from sidecar.runtime import Integration, Integrations
 from sidecar.services._common import Context, call_through, invalid, resolve
 from sidecar.services._sql_values import columns_to_proto, parameters_from_proto, rows_to_proto
@@ -75,9 +78,9 @@ class SqlServicer(sql_pb2_grpc.SqlServiceServicer):
             command_tag=result.command_tag,
         )
 
-    async def QueryStream(
+    async def QueryStream(  # type: ignore[override]  # write-style streaming handler
         self, request: sql_pb2.QueryStreamRequest, context: Context
-    ) -> AsyncIterator[sql_pb2.QueryStreamResponse]:
+    ) -> None:
         sql = self._target(request.target)
         statement = _statement(request.sql, request.parameters, "")
         if not 0 <= request.batch_size <= _MAX_BATCH_SIZE:
@@ -89,12 +92,13 @@ class SqlServicer(sql_pb2_grpc.SqlServiceServicer):
             context,
             lambda: sql.backend.stream(statement, batch_size=batch_size, deadline=deadline),
         )
+        idle_timeout: float = sql.settings.stream_idle_timeout
         try:
             rows = await stream.fetch()
             messages = self._messages(rows, columns_to_proto(stream.columns))  # even if empty
             while messages:
                 for message in messages:
-                    yield message
+                    await self._write(context, message, idle_timeout)
                 rows = await stream.fetch()
                 messages = self._messages(rows) if rows else []
         finally:
@@ -160,6 +164,25 @@ class SqlServicer(sql_pb2_grpc.SqlServiceServicer):
                 for result in results
             ]
         )
+
+    async def _write(
+        self, context: Context, message: sql_pb2.QueryStreamResponse, idle_timeout: float
+    ) -> None:
+        """Send one message, waiting at most `idle_timeout` for the reader to take it."""
+        try:
+            await run_with_timeout(
+                lambda: context.write(message),
+                idle_timeout,
+                self._integrations.clock,
+                caller_deadline=False,
+            )
+        except ExecutionTimeout:
+            raise Aborted(
+                f"the reader took no message for {idle_timeout:g}s: the stream ended and its "
+                "transaction was rolled back",
+                reason="STREAM_IDLE_TIMEOUT",
+                metadata={"idle_timeout_seconds": f"{idle_timeout:g}"},
+            ) from None
 
     def _messages(
         self, rows: Sequence[Row], columns: Sequence[sql_pb2.Column] = ()

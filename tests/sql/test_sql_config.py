@@ -47,6 +47,8 @@ def test_every_default_matches_the_documented_value() -> None:
         "statement_cache_size": 100,
         "max_rows_per_query": 10_000,
         "stream_batch_size": 500,
+        "stream_idle_timeout": 30.0,
+        "max_stream_connections": None,
         "retry_policy": None,
         "circuit_breaker": None,
         "rate_limit": None,

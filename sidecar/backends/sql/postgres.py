@@ -103,6 +103,8 @@ class PostgresOptions:
         connect_timeout: seconds to establish one connection.
         request_timeout: the statement timeout of a call that carries no deadline.
         statement_cache_size: prepared statements kept per connection (0: none).
+        max_stream_connections: most connections open streams may hold at once, so that
+            other calls always find one (None: `max_size - 1`, at least 1).
         application_name: shown in `pg_stat_activity`.
     """
 
@@ -121,6 +123,7 @@ class PostgresOptions:
     connect_timeout: float = 10.0
     request_timeout: float = 30.0
     statement_cache_size: int = 100
+    max_stream_connections: int | None = None
     application_name: str = "integration-sidecar"
 
 
@@ -146,6 +149,9 @@ class PostgresBackend:
         self._closed = False
         self._refused_role: tuple[str, str] | None = None  # (role, privileges) if refused
         self._releasing: set[asyncio.Task[None]] = set()
+        streams = options.max_stream_connections or options.max_size - 1
+        self._max_streams = max(1, min(streams, options.max_size))
+        self._stream_slots = asyncio.Semaphore(self._max_streams)
         self._default_timeout_ms = statement_timeout_ms(max(options.request_timeout, 0.001))
 
     @property
@@ -187,12 +193,18 @@ class PostgresBackend:
     async def stream(
         self, statement: Statement, *, batch_size: int, deadline: Deadline | None
     ) -> _PostgresStream:
-        """Open a cursor inside its own transaction; the stream owns the connection."""
+        """Open a cursor inside its own transaction; the stream owns the connection, and one
+        of the `max_stream_connections` slots, until it ends or is closed."""
         check_statement(statement, nested_comments=True)
         with _mapped():
-            pool = await self._get_pool()
-            conn = await self._acquire(pool)
-            stream = _PostgresStream(pool, conn, batch_size)
+            await self._take_stream_slot()
+            try:
+                pool = await self._get_pool()
+                conn = await self._acquire(pool)
+            except BaseException:
+                self._stream_slots.release()
+                raise
+            stream = _PostgresStream(pool, conn, batch_size, self._stream_slots.release)
             try:
                 await conn.execute(self._begin(IsolationLevel.DEFAULT, False, deadline))
                 prepared = await self._prepare(conn, statement.sql)
@@ -340,6 +352,19 @@ class PostgresBackend:
             extra=details,
         )
 
+    async def _take_stream_slot(self) -> None:
+        """Wait up to `acquire_timeout` for a stream slot: a stream holds its connection for
+        as long as its reader takes, so streams get at most `max_stream_connections`."""
+        try:
+            await asyncio.wait_for(self._stream_slots.acquire(), self._options.acquire_timeout)
+        except TimeoutError:
+            raise ResourceExhausted(
+                f"{self._max_streams} open QueryStreams hold every connection streams may use, "
+                f"and none ended within {self._options.acquire_timeout:g}s",
+                reason="POOL_EXHAUSTED",
+                metadata={"max_stream_connections": str(self._max_streams)},
+            ) from None
+
     async def _acquire(self, pool: Any) -> _Connection:
         # With a connection idle, none of asyncpg's timeout wrapper: it costs a task per call.
         timeout = None if pool.get_idle_size() else self._options.acquire_timeout
@@ -441,9 +466,12 @@ class PostgresBackend:
 class _PostgresStream:
     """An open cursor and the connection (and transaction) it lives in."""
 
-    def __init__(self, pool: Any, conn: _Connection, batch_size: int) -> None:
+    def __init__(
+        self, pool: Any, conn: _Connection, batch_size: int, free_slot: Callable[[], None]
+    ) -> None:
         self._pool = pool
         self._conn: _Connection | None = conn
+        self._free_slot = free_slot
         self._batch_size = batch_size
         self._cursor: Any = None
         self._columns: tuple[Column, ...] = ()
@@ -482,7 +510,10 @@ class _PostgresStream:
                 await _rollback(conn)
         finally:
             self._cursor = None
-            await self._pool.release(conn)
+            try:
+                await self._pool.release(conn)
+            finally:
+                self._free_slot()
 
 
 # -- helpers -----------------------------------------------------------------------------------

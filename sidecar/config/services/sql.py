@@ -28,6 +28,7 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_core import PydanticCustomError
 
 from .._common import AtLeastOne, AtLeastZero
+from .._units import DurationSeconds
 from .base import ServiceBase
 
 __all__ = ["SqlServiceConfig"]
@@ -40,6 +41,7 @@ _POSTGRES_ONLY = (
     "username",
     "password",
     "allow_privileged_role",
+    "max_stream_connections",
 )
 _SQLITE_ONLY = ("path",)
 
@@ -120,6 +122,19 @@ class SqlServiceConfig(ServiceBase):
         le=10_000,
         description="Rows per QueryStream message when the request does not say (1-10000). "
         "Default 500.",
+    )
+    stream_idle_timeout: DurationSeconds = Field(
+        default=30.0,
+        description="A QueryStream whose reader takes no message for this long ends with "
+        "ABORTED (STREAM_IDLE_TIMEOUT), rolling back its transaction and freeing its "
+        "connection. Default 30s.",
+    )
+    max_stream_connections: AtLeastOne | None = Field(
+        default=None,
+        description="Most pooled connections open QueryStreams may hold at once (backend: "
+        "postgres); more wait up to acquire_timeout, then fail with RESOURCE_EXHAUSTED "
+        "(POOL_EXHAUSTED), so streams never take the whole pool. Default null: "
+        "max_connections - 1 (at least 1).",
     )
 
     @model_validator(mode="after")
