@@ -37,9 +37,10 @@ from .policies import (
     RateLimitConfig,
     RetryPolicyConfig,
     TimeoutsConfig,
+    with_service_type_defaults,
 )
 from .server import ServerConfig
-from .services import ServiceBase, ServiceConfig, default_services
+from .services import ServiceConfig, default_services
 
 __all__ = ["Config", "ServicePolicies"]
 
@@ -152,7 +153,7 @@ class _Unresolved(Exception):
 
 def _resolve(
     integration: IntegrationConfig,
-    service: ServiceBase,
+    service: ServiceConfig,
     where: tuple[str],
     errors: list[InitErrorDetails],
 ) -> ServicePolicies:
@@ -160,6 +161,7 @@ def _resolve(
 
     def merge(field: str, base: _M, override: BaseModel | None) -> _M:
         nonlocal failed
+        base = with_service_type_defaults(field, service.type, base)
         if override is None:
             return base
         changes = override.model_dump(exclude_none=True)

@@ -7,13 +7,18 @@ absent or null field is inherited. `Config.policies_for` returns the merged resu
 
 Each override model must list exactly the fields of its full policy model, with the same
 bounds (both use the types of `_common`); a test checks the field lists match.
+
+Some defaults depend on the service type (`SERVICE_TYPE_DEFAULTS`): a cache call that has
+not answered in 5 s is dead, a SQL statement may legitimately run for 30. They apply where
+neither `integration:` nor the service sets the field.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Mapping
+from typing import Literal, TypeVar
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import BaseModel, Field, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
 from ._address import HostPort
@@ -29,6 +34,7 @@ from ._common import (
 from ._units import DurationSeconds
 
 __all__ = [
+    "SERVICE_TYPE_DEFAULTS",
     "BulkheadConfig",
     "BulkheadOverride",
     "CircuitBreakerConfig",
@@ -46,6 +52,7 @@ __all__ = [
     "RetryPolicyOverride",
     "TimeoutsConfig",
     "TimeoutsOverride",
+    "with_service_type_defaults",
 ]
 
 RateLimitStore = Literal["local", "redis"]
@@ -164,6 +171,20 @@ class CircuitBreakerConfig(ConfigModel):
     half_open_max_calls: AtLeastOne = Field(
         default=1, description="Probe calls let through while half-open. Default 1."
     )
+    slow_call_duration: DurationSeconds = Field(
+        default=10.0,
+        description="A call that takes this long is slow. One its caller gave up on (deadline "
+        "passed, or cancelled) after waiting this long is also a failure, like a timeout, so "
+        "a hung upstream opens the breaker even when every caller's deadline is shorter than "
+        "timeouts.request; a caller giving up sooner is never counted. Default 1s for cache "
+        "and pubsub services, 10s otherwise.",
+    )
+    slow_call_ratio: Fraction = Field(
+        default=1.0,
+        description="Fraction of slow calls in the window (once minimum_throughput calls are "
+        "in it) that opens the breaker; 0 turns this rule off (calls cut off after "
+        "slow_call_duration still count as failures). Default 1.0 (every call slow).",
+    )
 
 
 class RateLimitConfig(ConfigModel):
@@ -236,7 +257,9 @@ class TimeoutsConfig(ConfigModel):
         default=10.0, description="Establishing a connection. Default 10s."
     )
     request: DurationSeconds = Field(
-        default=30.0, description="One whole call, retries included. Default 30s."
+        default=30.0,
+        description="One attempt: a Redis command, a SQL statement, an AI response's first "
+        "chunk. Default 5s for cache and pubsub services, 30s otherwise.",
     )
     read: DurationSeconds = Field(
         default=30.0, description="Waiting for the next bytes of a response. Default 30s."
@@ -338,6 +361,8 @@ class CircuitBreakerOverride(ConfigModel):
     failure_ratio: Fraction | None = Field(default=None, description=_INHERIT)
     minimum_throughput: AtLeastOne | None = Field(default=None, description=_INHERIT)
     half_open_max_calls: AtLeastOne | None = Field(default=None, description=_INHERIT)
+    slow_call_duration: DurationSeconds | None = Field(default=None, description=_INHERIT)
+    slow_call_ratio: Fraction | None = Field(default=None, description=_INHERIT)
 
 
 class RateLimitOverride(ConfigModel):
@@ -366,3 +391,34 @@ class TimeoutsOverride(ConfigModel):
     connect: DurationSeconds | None = Field(default=None, description=_INHERIT)
     request: DurationSeconds | None = Field(default=None, description=_INHERIT)
     read: DurationSeconds | None = Field(default=None, description=_INHERIT)
+
+
+# --------------------------------------------------------------------------------------------
+# Defaults that depend on the service type
+# --------------------------------------------------------------------------------------------
+
+_REDIS_DEFAULTS: Mapping[str, Mapping[str, float]] = {
+    # A Redis command answers in well under a millisecond: one that has not answered in 5 s
+    # is lost, and calls that all take 1 s mean a hung server or a black-holed network.
+    "timeouts": {"request": 5.0},
+    "circuit_breaker": {"slow_call_duration": 1.0},
+}
+
+SERVICE_TYPE_DEFAULTS: Mapping[str, Mapping[str, Mapping[str, float]]] = {
+    "cache": _REDIS_DEFAULTS,
+    "pubsub": _REDIS_DEFAULTS,
+}
+"""service type -> policy section -> field -> the default for that type. Types not listed
+(sql, ai_model, ai_alias) keep the `integration:` models' own defaults."""
+
+_Section = TypeVar("_Section", bound=BaseModel)
+
+
+def with_service_type_defaults(section: str, service_type: str, inherited: _Section) -> _Section:
+    """`inherited` (a section of `integration:`) with the service type's own defaults for
+    the fields `integration:` leaves unset; the service's override is merged over this."""
+    defaults = SERVICE_TYPE_DEFAULTS.get(service_type, {}).get(section, {})
+    unset = {
+        name: value for name, value in defaults.items() if name not in inherited.model_fields_set
+    }
+    return inherited.model_copy(update=unset) if unset else inherited

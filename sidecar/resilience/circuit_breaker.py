@@ -2,10 +2,12 @@
 
 Three parts, as in Polly's `CircuitBreaker/{Health,Controller}`:
 
-- a rolling window of clock buckets (`RollingWindow`) that counts calls and failures over
-  `sampling_duration`;
+- a rolling window of clock buckets (`RollingWindow`) that counts calls, failures and slow
+  calls over `sampling_duration`;
 - a trip rule (`_TripRule`): `failure_threshold` consecutive failures (Dapr's rule), or a
-  failure ratio of at least `failure_ratio` once `minimum_throughput` calls are in the window;
+  failure ratio of at least `failure_ratio`, or a slow-call ratio of at least
+  `slow_call_ratio` (resilience4j's slow-call rule), once `minimum_throughput` calls are in
+  the window;
 - the state machine (`CircuitBreaker`): CLOSED -> OPEN -> HALF_OPEN -> CLOSED or OPEN again,
   plus ISOLATED (held open by an operator) and `reset()` back to CLOSED.
 
@@ -16,12 +18,22 @@ Usage:
 
     breaker = CircuitBreaker(CircuitBreakerOptions(failure_threshold=3), clock)
     breaker.acquire()                # raises CircuitOpenError when not admitted
+    started = breaker.attempt_started()
     try:
         result = await call()
     except UpstreamError:
-        breaker.record_failure()
+        breaker.record_failure(started)
         raise
-    breaker.record_success()
+    except asyncio.CancelledError:   # the caller gave up: slow, or its own choice
+        breaker.record_cancelled(started)
+        raise
+    breaker.record_success(started)
+
+A slow call is an attempt that took at least `slow_call_duration`, whatever its outcome. One
+the caller cut off (its deadline passed, or it cancelled) after waiting that long is also a
+failure, as an attempt timeout would be: a hung upstream trips the breaker even when every
+caller's deadline is shorter than any attempt timeout. An attempt the caller cut off sooner
+is the caller's choice and not counted.
 """
 
 from __future__ import annotations
@@ -29,11 +41,12 @@ from __future__ import annotations
 import enum
 import logging
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from sidecar.resilience._window import RollingWindow
-from sidecar.resilience.clock import SYSTEM_CLOCK, Clock
+from sidecar.resilience.clock import SYSTEM_CLOCK, Clock, SystemClock
 from sidecar.resilience.errors import CircuitOpenError
 
 __all__ = [
@@ -45,6 +58,9 @@ __all__ = [
 ]
 
 _log = logging.getLogger(__name__)
+
+# The rolling window's counters.
+_CALLS, _FAILURES, _SLOW = 0, 1, 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +76,11 @@ class CircuitBreakerOptions:
         sampling_duration: Length of the rolling window in seconds (the spec's
             `monitoring_period`).
         half_open_max_calls: Probes admitted while half-open; all must succeed to close.
+        slow_call_duration: Seconds after which an attempt counts as slow; one the caller cut
+            off after waiting that long also counts as a failure. None turns both off.
+        slow_call_ratio: Slow-call ratio in the window that trips it, once
+            `minimum_throughput` calls are in the window; 0 disables this rule (calls cut off
+            after `slow_call_duration` still count as failures).
     """
 
     enabled: bool = True
@@ -69,6 +90,8 @@ class CircuitBreakerOptions:
     minimum_throughput: int = 20
     sampling_duration: float = 10.0
     half_open_max_calls: int = 1
+    slow_call_duration: float | None = None
+    slow_call_ratio: float = 1.0
 
     def __post_init__(self) -> None:
         if self.failure_threshold < 0:
@@ -83,6 +106,11 @@ class CircuitBreakerOptions:
             raise ValueError("sampling_duration must be > 0")
         if self.half_open_max_calls < 1:
             raise ValueError("half_open_max_calls must be >= 1")
+        slow = self.slow_call_duration
+        if slow is not None and not (math.isfinite(slow) and slow > 0):
+            raise ValueError("slow_call_duration must be > 0 or None")
+        if not 0.0 <= self.slow_call_ratio <= 1.0:
+            raise ValueError("slow_call_ratio must be between 0 and 1")
 
 
 class CircuitState(enum.Enum):
@@ -107,6 +135,7 @@ class CircuitBreakerSnapshot:
         consecutive_failures: Failures since the last success.
         failure_ratio: Failures / calls in the rolling window (0.0 when empty).
         total_in_window: Calls in the rolling window.
+        slow_call_ratio: Slow calls / calls in the rolling window (0.0 when empty).
         retry_after: Seconds until the breaker admits calls again, or None when it admits
             them now (closed) or nobody knows (half-open with a probe in flight).
     """
@@ -116,6 +145,7 @@ class CircuitBreakerSnapshot:
     failure_ratio: float
     total_in_window: int
     retry_after: float | None
+    slow_call_ratio: float = 0.0
 
 
 TransitionListener = Callable[[CircuitState, CircuitState], None]
@@ -128,15 +158,20 @@ class _TripRule:
 
     failure_threshold: int
     failure_ratio: float
+    slow_call_ratio: float
     minimum_throughput: int
 
     def tripped(self, consecutive: int, window: RollingWindow) -> bool:
         if self.failure_threshold and consecutive >= self.failure_threshold:
             return True
-        if not self.failure_ratio:
+        if not (self.failure_ratio or self.slow_call_ratio):
             return False
-        total, failures = window.totals()
-        return total >= self.minimum_throughput and failures >= self.failure_ratio * total
+        total, failures, slow = window.totals()
+        if total < self.minimum_throughput:
+            return False
+        if self.failure_ratio and failures >= self.failure_ratio * total:
+            return True
+        return bool(self.slow_call_ratio) and slow >= self.slow_call_ratio * total
 
 
 class CircuitBreaker:
@@ -151,11 +186,13 @@ class CircuitBreaker:
         "_clock",
         "_consecutive",
         "_listeners",
+        "_monotonic",
         "_open_until",
         "_options",
         "_probes_in_flight",
         "_probes_succeeded",
         "_rule",
+        "_slow_after",
         "_state",
         "_window",
     )
@@ -163,11 +200,18 @@ class CircuitBreaker:
     def __init__(self, options: CircuitBreakerOptions, clock: Clock = SYSTEM_CLOCK) -> None:
         self._options = options
         self._clock = clock
-        self._window = RollingWindow(options.sampling_duration, clock)
+        # The system clock read without a Python-level call: timing runs on every attempt.
+        self._monotonic: Callable[[], float] = (
+            time.monotonic if type(clock) is SystemClock else clock.monotonic
+        )
+        self._window = RollingWindow(options.sampling_duration, clock, counters=3)
         enabled = options.enabled
+        slow_after = options.slow_call_duration if enabled else None
+        self._slow_after = slow_after
         self._rule = _TripRule(
             failure_threshold=options.failure_threshold if enabled else 0,
             failure_ratio=options.failure_ratio if enabled else 0.0,
+            slow_call_ratio=options.slow_call_ratio if slow_after is not None else 0.0,
             minimum_throughput=options.minimum_throughput,
         )
         self._state = CircuitState.CLOSED
@@ -212,29 +256,56 @@ class CircuitBreaker:
             raise CircuitOpenError("circuit breaker is half-open; probe in flight")
         self._probes_in_flight += 1
 
-    def record_success(self) -> None:
-        """The admitted call succeeded."""
+    def attempt_started(self) -> float | None:
+        """Mark the start of an admitted attempt; pass the result to the `record_*` call
+        that ends it. None (and no clock read) when the slow-call rule is off."""
+        return None if self._slow_after is None else self._monotonic()
+
+    def record_success(self, started: float | None = None) -> None:
+        """The admitted call succeeded (slowly, if it took `slow_call_duration` or more)."""
         state = self._state
+        slow = started is not None and self._is_slow(started)
         if state is CircuitState.CLOSED:
             self._consecutive = 0
-            self._window.add(1, 0)
+            self._window.add(_CALLS)
+            if slow:
+                self._count_slow()
         elif state is CircuitState.HALF_OPEN and self._probes_in_flight:
+            if slow:  # the upstream answers, but too slowly to trust again
+                self._open()
+                return
             self._probes_in_flight -= 1
             self._probes_succeeded += 1
             if self._probes_succeeded >= self._options.half_open_max_calls:
                 self._close()
         # OPEN or ISOLATED: a late result of a call admitted earlier says nothing new.
 
-    def record_failure(self) -> None:
+    def record_failure(self, started: float | None = None) -> None:
         """The admitted call failed because of the upstream."""
         state = self._state
         if state is CircuitState.CLOSED:
             self._consecutive += 1
-            self._window.add(1, 1)
-            if self._rule.tripped(self._consecutive, self._window):
+            window = self._window
+            window.add(_CALLS)
+            window.add(_FAILURES)
+            if started is not None and self._is_slow(started):
+                window.add(_SLOW)
+            if self._rule.tripped(self._consecutive, window):
                 self._open()
         elif state is CircuitState.HALF_OPEN and self._probes_in_flight:
             self._open()
+
+    def record_cancelled(self, started: float | None) -> None:
+        """The caller gave up on the admitted call: its deadline passed, or it cancelled.
+
+        After `slow_call_duration` or more the upstream had all that time to answer: like an
+        attempt timeout, a failure (and a slow call). Sooner, it is the caller's choice and
+        counts as `record_ignored`.
+        """
+        if started is None or not self._is_slow(started):
+            self.record_ignored()
+        else:
+            self.record_failure(started)
 
     def record_ignored(self) -> None:
         """The admitted call ended in a way that says nothing about upstream health.
@@ -261,7 +332,7 @@ class CircuitBreaker:
 
     def snapshot(self) -> CircuitBreakerSnapshot:
         """A consistent read-only view of the breaker now."""
-        total, failures = self._window.totals()
+        total, failures, slow = self._window.totals()
         state = self._state
         retry_after: float | None = None
         if state is CircuitState.OPEN:
@@ -274,7 +345,18 @@ class CircuitBreaker:
             failure_ratio=failures / total if total else 0.0,
             total_in_window=total,
             retry_after=retry_after,
+            slow_call_ratio=slow / total if total else 0.0,
         )
+
+    def _is_slow(self, started: float) -> bool:
+        limit = self._slow_after
+        return limit is not None and self._monotonic() - started >= limit
+
+    def _count_slow(self) -> None:
+        """One more slow call in the window (already counted as a call); trip if due."""
+        self._window.add(_SLOW)
+        if self._rule.tripped(self._consecutive, self._window):
+            self._open()
 
     def _isolated_hint(self) -> float:
         # Nobody knows when an operator resets an isolated breaker; one break duration is

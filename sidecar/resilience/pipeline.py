@@ -12,7 +12,9 @@ Outermost first (Microsoft's standard pipeline, Dapr's `pkg/resiliency`):
   retried; anything else is recorded as ignored and re-raised at once.
 - Retry never sleeps past the deadline, honours a server's `retry_after`, skips
   non-idempotent operations and asks the retry budget first.
-- `asyncio.CancelledError` is never swallowed and never counted as a failure.
+- `asyncio.CancelledError` is never swallowed and never counted as a failure; like an
+  attempt cut off by the deadline, it counts as a slow call if the attempt had already
+  waited the breaker's `slow_call_duration`.
 
 All per-target state is built once in `__init__`; `execute` allocates little, and events are
 only built when somebody listens.
@@ -254,23 +256,24 @@ class Pipeline:
             try:
                 if admit and not self._admit(attempt, weight, deadline):
                     await self._wait_for_token(attempt, weight, deadline)
+                started = breaker.attempt_started() if breaker is not None else None
                 try:
                     result = await self._attempt(operation, deadline)
                 except Exception as exc:
                     if isinstance(exc, ExecutionTimeout):
                         strategy = "total_timeout" if exc.caller_deadline else "attempt_timeout"
                         self._emit(strategy, "timeout", attempt, exc.timeout)
-                    verdict = self._record(exc, breaker)
+                    verdict = self._record(exc, breaker, started)
                     delay = self._retry_delay(verdict, attempt, deadline) if idempotent else None
                     if delay is None:
                         raise
                 except BaseException:
                     if breaker is not None:
-                        breaker.record_ignored()
+                        breaker.record_cancelled(started)  # the caller gave up
                     raise
                 else:
                     if breaker is not None:
-                        breaker.record_success()
+                        breaker.record_success(started)
                     return result
             finally:
                 current_attempt.reset(token)
@@ -344,8 +347,14 @@ class Pipeline:
             return operation()
         return run_with_timeout(operation, seconds, self._clock, caller_deadline=final)
 
-    def _record(self, exc: Exception, breaker: CircuitBreaker | None) -> Classification:
-        """Tell the breaker how the attempt ended; say whether it may be retried."""
+    def _record(
+        self, exc: Exception, breaker: CircuitBreaker | None, started: float | None
+    ) -> Classification:
+        """Tell the breaker how the attempt ended; say whether it may be retried.
+
+        An attempt cut off by the deadline is recorded as the caller giving up: a slow call
+        if it waited `slow_call_duration`, so a hung upstream trips the breaker even when
+        every deadline is shorter than the attempt timeout."""
         try:
             verdict = judge(exc, self._classify)
         except BaseException:
@@ -353,8 +362,10 @@ class Pipeline:
                 breaker.record_ignored()  # a broken classifier must not pin a probe slot
             raise
         if breaker is not None:
-            if verdict.is_failure:
-                breaker.record_failure()
+            if isinstance(exc, ExecutionTimeout) and exc.caller_deadline:
+                breaker.record_cancelled(started)
+            elif verdict.is_failure:
+                breaker.record_failure(started)
             else:
                 breaker.record_ignored()
         return verdict

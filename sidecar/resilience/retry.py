@@ -97,6 +97,10 @@ def backoff_delay(options: RetryOptions, attempt: int, random: Callable[[], floa
     return delay
 
 
+# The budget window's counters.
+_REQUESTS, _RETRIES = 0, 1
+
+
 class RetryBudget:
     """Limits retries to `min_per_second * window + ratio * requests` within the window.
 
@@ -110,17 +114,16 @@ class RetryBudget:
     def __init__(self, options: RetryOptions, clock: Clock = SYSTEM_CLOCK) -> None:
         self._ratio = options.budget_ratio
         self._floor = options.budget_min_retries_per_second * options.budget_window
-        # Counters: (requests, retries).
-        self._window = RollingWindow(options.budget_window, clock)
+        self._window = RollingWindow(options.budget_window, clock, counters=2)
 
     def record_request(self) -> None:
         """Count one request (a call, not an attempt) toward the budget."""
-        self._window.add(1, 0)
+        self._window.add(_REQUESTS)
 
     def try_spend_retry(self) -> bool:
         """Take one retry from the budget; False (and nothing spent) when it is used up."""
         requests, retries = self._window.totals()
         if retries + 1 > self._floor + self._ratio * requests:
             return False
-        self._window.add(0, 1)
+        self._window.add(_RETRIES)
         return True

@@ -47,6 +47,8 @@ def pipeline_options(policies: ServicePolicies) -> PipelineOptions:
             minimum_throughput=breaker.minimum_throughput,
             sampling_duration=breaker.monitoring_period,
             half_open_max_calls=breaker.half_open_max_calls,
+            slow_call_duration=breaker.slow_call_duration,
+            slow_call_ratio=breaker.slow_call_ratio,
         )
         if breaker.enabled
         else None,

@@ -76,6 +76,8 @@ EXPECTED_DEFAULTS = {
             "failure_ratio": 0.5,
             "minimum_throughput": 20,
             "half_open_max_calls": 1,
+            "slow_call_duration": 10.0,
+            "slow_call_ratio": 1.0,
         },
         "rate_limiting": {"default": None},
         "bulkhead": {"max_concurrent_calls": 100, "max_queued_calls": 100},
