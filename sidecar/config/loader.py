@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from collections.abc import Iterable, Mapping
-from pathlib import Path
-from typing import Any
+from typing import Any, Final, NoReturn
 
 import yaml
 from pydantic import ValidationError
@@ -23,11 +23,34 @@ from ._paths import format_path
 from .models import Config
 from .services import SERVICE_TYPES
 
-__all__ = ["ConfigError", "load_config", "parse_config"]
+__all__ = [
+    "MAX_CONFIG_BYTES",
+    "MAX_EXPANDED_NODES",
+    "MAX_NESTING_DEPTH",
+    "MAX_SCALAR_CHARS",
+    "ConfigError",
+    "load_config",
+    "parse_config",
+]
+
+# Bounds on what the loader reads. A real config is a few KiB, a dozen levels deep and a few
+# hundred values; these leave room for that many times over and stop a hostile or generated
+# file before it costs seconds of CPU or gigabytes of memory.
+MAX_CONFIG_BYTES: Final = 1024 * 1024
+"""Size of the config file at most."""
+MAX_NESTING_DEPTH: Final = 64
+"""Mappings and lists nested inside each other at most (deeper would exhaust the stack)."""
+MAX_EXPANDED_NODES: Final = 100_000
+"""Keys and values in the document at most, counting each alias as a copy of what it names
+(the bound that stops a "billion laughs" alias bomb)."""
+MAX_SCALAR_CHARS: Final = 64 * 1024
+"""Characters in one key or value at most."""
 
 # The field a discriminated union reads its tag from; pydantic puts the tag value into error
 # locations, and the loader must skip it to get back to the path the user wrote.
 _DISCRIMINATOR = "type"
+_YAML_TAG = "tag:yaml.org,2002:"
+_INT_TAG = _YAML_TAG + "int"
 
 
 class ConfigError(Exception):
@@ -71,14 +94,19 @@ def load_config(
         return Config()
     source = os.fspath(path)
     try:
-        text = Path(source).read_text(encoding="utf-8")
+        with open(source, "rb") as file:
+            raw = file.read(MAX_CONFIG_BYTES + 1)  # never more, whatever the file holds
     except FileNotFoundError:
         raise ConfigError(source, [("", f"config file not found: {source}")]) from None
-    except UnicodeDecodeError as error:
-        message = f"config file {source} is not UTF-8 text (byte {error.start})"
-        raise ConfigError(source, [("", message)]) from None
     except OSError as error:
         message = f"cannot read config file {source}: {error.strerror or error}"
+        raise ConfigError(source, [("", message)]) from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise _too_large(source)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        message = f"config file {source} is not UTF-8 text (byte {error.start})"
         raise ConfigError(source, [("", message)]) from None
     return parse_config(text, environ, source=source)
 
@@ -96,8 +124,12 @@ def parse_config(
     Raises:
         ConfigError: with every problem found, env-var and validation problems together.
     """
+    if len(text.encode("utf-8")) > MAX_CONFIG_BYTES:
+        raise _too_large(source)
     try:
         document = yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass
+    except _Refused as refusal:
+        raise ConfigError(source, [refusal.problem(source)]) from None
     except yaml.YAMLError as error:
         raise ConfigError(source, [("", _yaml_message(error, source))]) from None
     if document is None:
@@ -166,8 +198,100 @@ def _document_positions(data: object) -> dict[str, int]:
 # --------------------------------------------------------------------------------------------
 
 
+def _too_large(source: str) -> ConfigError:
+    message = f"config file {source} is larger than {MAX_CONFIG_BYTES} bytes (1 MiB)"
+    return ConfigError(source, [("", message)])
+
+
+class _Refused(Exception):
+    """A document the loader will not build, named by the config path of the offending node."""
+
+    def __init__(
+        self, segments: Iterable[str | int | None], message: str, at: yaml.Node | yaml.Event
+    ) -> None:
+        super().__init__(message)
+        self.path = format_path(segment for segment in segments if segment is not None)
+        mark = at.start_mark
+        assert mark is not None  # the pure-Python parser marks every event
+        self.message = f"{message} (line {mark.line + 1}, column {mark.column + 1})"
+
+    def problem(self, source: str) -> tuple[str, str]:
+        """The `(path, message)` pair; a problem at the root names the file instead."""
+        return (self.path, self.message) if self.path else ("", f"{source}: {self.message}")
+
+
 class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that rejects duplicate keys, which plain YAML silently resolves to the last."""
+    """SafeLoader that rejects duplicate keys, which plain YAML silently resolves to the last,
+    and refuses documents beyond the bounds above while composing them, before any value is
+    built or copied: that is where the config path of each node is still known.
+    """
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        # The path to the node being composed; None for a mapping key (it has no path).
+        self._segments: list[str | int | None] = []
+        self._expanded_nodes = 0
+        self._anchored_sizes: dict[yaml.Node, int] = {}
+
+    def compose_node(self, parent: yaml.Node | None, index: object) -> yaml.Node | None:
+        self._segments.append(_segment(index))
+        event: yaml.NodeEvent = self.peek_event()  # type: ignore[no-untyped-call]
+        if len(self._segments) > MAX_NESTING_DEPTH:
+            self._refuse(f"nested deeper than {MAX_NESTING_DEPTH} levels", event)
+        counted_before = self._expanded_nodes
+        node = super().compose_node(parent, index)  # type: ignore[arg-type]
+        assert node is not None  # composing an event always yields a node
+        if isinstance(event, yaml.AliasEvent):
+            size = self._anchored_sizes.get(node)
+            if size is None:  # the anchor's own node is still open: a cycle
+                message = f"alias *{event.anchor} is used inside the value it names"
+                self._refuse(message, event)
+            self._expanded_nodes += size
+        else:
+            self._expanded_nodes += 1
+            if event.anchor is not None:
+                self._anchored_sizes[node] = self._expanded_nodes - counted_before
+        if self._expanded_nodes > MAX_EXPANDED_NODES:
+            message = f"more than {MAX_EXPANDED_NODES} values once aliases are expanded"
+            self._refuse(message, event)
+        self._segments.pop()
+        return node
+
+    def compose_scalar_node(self, anchor: Any) -> yaml.ScalarNode:
+        node = super().compose_scalar_node(anchor)
+        if len(node.value) > MAX_SCALAR_CHARS:
+            self._refuse(f"value longer than {MAX_SCALAR_CHARS} characters", node)
+        if node.tag not in self.yaml_constructors:
+            return node  # a merge key, or an unknown tag that construction reports
+        # Build it now, where its path is known; construction later reuses the result. PyYAML's
+        # scalar constructors raise plain Python errors for what they cannot read (an integer
+        # past Python's digit limit, `!!int abc`, `!!bool maybe`).
+        try:
+            self.construct_object(node)
+        except (ValueError, LookupError, AttributeError):
+            self._refuse(_unreadable_scalar(node), node)
+        return node
+
+    def _refuse(self, message: str, at: yaml.Node | yaml.Event) -> NoReturn:
+        raise _Refused(self._segments, message, at)
+
+
+def _segment(index: object) -> str | int | None:
+    """The path segment of a node from the `index` PyYAML composes it under."""
+    if isinstance(index, int):
+        return index  # a list item
+    if isinstance(index, yaml.ScalarNode):
+        return str(index.value)  # a mapping value, under its key
+    if index is None:
+        return None  # the root, or a mapping key
+    return "?"  # a value under a complex key (a list or mapping), as YAML writes those keys
+
+
+def _unreadable_scalar(node: yaml.ScalarNode) -> str:
+    digits = sum(character.isdigit() for character in node.value)
+    if node.tag == _INT_TAG and digits > sys.get_int_max_str_digits():
+        return f"integer too long: {digits} digits, at most {sys.get_int_max_str_digits()}"
+    return f"cannot read {_short_repr(node.value)} as {node.tag.replace(_YAML_TAG, '!!')}"
 
 
 def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[Any, Any]:
