@@ -6,7 +6,7 @@
         type: ai_model
         provider: openai                 # openai | anthropic | huggingface | echo
         endpoint: https://api.openai.com/v1
-        auth: {type: bearer, token: ${OPENAI_API_KEY}}
+        auth: {type: bearer, token: "${OPENAI_API_KEY}"}
         rate_limit: {requests_per_minute: 3500, tokens_per_minute: 90000}
         model: gpt-4o-mini               # what `target: openai` uses
         defaults: {temperature: 0.7, max_tokens: 2048}
