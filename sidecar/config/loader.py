@@ -124,7 +124,7 @@ def parse_config(
     Raises:
         ConfigError: with every problem found, env-var and validation problems together.
     """
-    if len(text.encode("utf-8")) > MAX_CONFIG_BYTES:
+    if _utf8_size(text) > MAX_CONFIG_BYTES:
         raise _too_large(source)
     try:
         document = yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass
@@ -196,6 +196,13 @@ def _document_positions(data: object) -> dict[str, int]:
 # --------------------------------------------------------------------------------------------
 # YAML
 # --------------------------------------------------------------------------------------------
+
+
+def _utf8_size(text: str) -> int:
+    if len(text) > MAX_CONFIG_BYTES:
+        return len(text)  # too large already; spare encoding a huge string
+    # A lone surrogate cannot be encoded; the YAML reader names it as an unacceptable character.
+    return len(text.encode("utf-8", "surrogatepass"))
 
 
 def _too_large(source: str) -> ConfigError:

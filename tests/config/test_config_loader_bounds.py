@@ -153,6 +153,17 @@ def test_a_scalar_at_the_root_names_the_file() -> None:
     )
 
 
+def test_text_over_the_size_bound_is_refused_and_a_lone_surrogate_is_named() -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config("#" * MAX_CONFIG_BYTES + "\n", environ={}, source="big.yaml")
+    assert (
+        str(caught.value) == f"config file big.yaml is larger than {MAX_CONFIG_BYTES} bytes (1 MiB)"
+    )
+    with pytest.raises(ConfigError) as caught:
+        parse_config("a: \ud800\n", environ={}, source="s.yaml")
+    assert str(caught.value).startswith("invalid YAML in s.yaml: unacceptable character #xd800")
+
+
 def test_oversized_file_is_refused_before_parsing(tmp_path: Path) -> None:
     path = tmp_path / "huge.yaml"
     path.write_text("# padding\n" * (MAX_CONFIG_BYTES // 10 + 1))
