@@ -24,13 +24,23 @@ exception types, so `redis_errors` maps them like any other:
 - an error reply: `redis.exceptions.ResponseError` for that command only.
 
 A caller cancelled while waiting (its deadline passed) simply abandons its future: the
-reply is still read, in order, and dropped.
+reply is still read, in order, and dropped. Matching replies by order alone trusts that no
+byte is ever lost inside the connection; plain TCP guarantees that, but a faulty proxy or
+middlebox may not, and after one lost reply every later reply would resolve the wrong
+caller. So once a caller has abandoned a command (the oldest command in flight was given
+up, or an abandoned command's reply was just dropped), the next write is prefixed with
+`ECHO <nonce>`; its reply must be the nonce. Anything else means replies and callers are out
+of step: a warning is logged, every command in flight fails with
+`redis.exceptions.ConnectionError`, and the next call reconnects. With nothing abandoned
+this costs one check per write.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import logging
+import os
 import ssl
 import time
 from collections.abc import Awaitable, Callable
@@ -41,6 +51,8 @@ from redis import exceptions as rex
 from redis.asyncio import Redis, SSLConnection
 
 __all__ = ["Multiplexer"]
+
+_log = logging.getLogger("sidecar.backends.redis")
 
 
 class _Link(asyncio.Protocol):
@@ -59,6 +71,13 @@ class _Link(asyncio.Protocol):
         self._flush_scheduled = False
         self.closed = False
         self.last_reply = time.monotonic()
+        # Alignment checks (see the module docstring): the ECHO in flight, and what it says.
+        self._probe: asyncio.Future[Any] | None = None
+        self._nonce = b""
+        self._nonce_prefix = b"sidecar-align:" + os.urandom(8).hex().encode()
+        self._probes_sent = 0
+        self._suspect = False
+        """An abandoned command's reply was dropped since the last ECHO was sent."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # A stream transport; uvloop's does not subclass asyncio.Transport, hence no check.
@@ -82,7 +101,25 @@ class _Link(asyncio.Protocol):
         self._flush_scheduled = False
         pending, self._pending = self._pending, []
         if self._transport is not None and not self.closed:
+            waiters = self._waiters
+            if self._probe is None and (self._suspect or (waiters and waiters[0].done())):
+                self._probe_ahead_of(pending)
             self._transport.write(b"".join(pending))
+
+    def _probe_ahead_of(self, pending: list[bytes]) -> None:
+        """Send `ECHO <nonce>` before the `pending` commands: its reply must be the nonce.
+
+        The probe's future is resolved from the start, so `data_received` looks for it only
+        among done futures, the rare branch it already takes for abandoned commands.
+        """
+        self._probes_sent += 1
+        self._nonce = b"%s:%d" % (self._nonce_prefix, self._probes_sent)
+        probe = self._probe = self._loop.create_future()
+        probe.set_result(None)
+        self._waiters.insert(len(self._waiters) - len(pending), probe)
+        echo: tuple[Any, ...] = ("ECHO", self._nonce)
+        pending.insert(0, hiredis.pack_command(echo))
+        self._suspect = False
 
     def data_received(self, data: bytes) -> None:
         reader, waiters = self._reader, self._waiters
@@ -93,7 +130,14 @@ class _Link(asyncio.Protocol):
                 if not waiters:
                     raise rex.InvalidResponse("a reply nobody asked for")
                 future = waiters.popleft()
-                if future.done():  # its caller gave up; the reply is dropped
+                if future.done():  # the alignment probe, or a command its caller gave up
+                    if future is not self._probe:
+                        self._suspect = True  # dropped: was it really that command's reply?
+                    elif reply == self._nonce:
+                        self._probe = None
+                    else:
+                        self._misaligned()
+                        return
                     continue
                 if isinstance(reply, rex.ResponseError):
                     future.set_exception(reply)
@@ -104,6 +148,13 @@ class _Link(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._fail(rex.ConnectionError(f"connection to Redis lost ({exc or 'closed'})"))
+
+    def _misaligned(self) -> None:
+        _log.warning(
+            "Redis replies are out of step with their commands (bytes were lost inside the "
+            "connection); resetting it"
+        )
+        self.abort(rex.ConnectionError("Redis replies were out of order; connection reset"))
 
     def abort(self, error: Exception) -> None:
         """Drop the connection; every command in flight fails with `error`."""
