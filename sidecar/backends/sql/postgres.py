@@ -505,15 +505,11 @@ class _PostgresStream:
             await self._release(conn)
 
     async def _release(self, conn: _Connection) -> None:
+        self._cursor = None
         try:
-            if _in_open_transaction(conn):
-                await _rollback(conn)
+            await _release(self._pool, conn)
         finally:
-            self._cursor = None
-            try:
-                await self._pool.release(conn)
-            finally:
-                self._free_slot()
+            self._free_slot()
 
 
 # -- helpers -----------------------------------------------------------------------------------
@@ -609,7 +605,12 @@ async def _release(pool: Any, conn: _Connection) -> None:
         if _in_open_transaction(conn):
             await _rollback(conn)  # a read-only target's call leaves its READ ONLY transaction
         await pool.release(conn, timeout=_CLEANUP_TIMEOUT)
-    except (OSError, pg_errors.PostgresError, pg_errors.InterfaceError) as exc:
+    except (
+        OSError,
+        pg_errors.PostgresError,
+        pg_errors.InterfaceError,
+        pg_errors.InternalClientError,  # a lost connection's holder went back on its own
+    ) as exc:
         # asyncpg has already dropped a connection it could not reset; the pool replaces it.
         _log.debug("releasing a connection failed", extra={"error": repr(exc)})
 
@@ -651,7 +652,9 @@ async def _rollback(conn: _Connection) -> None:
     try:
         await asyncio.wait_for(conn.execute("ROLLBACK"), _CLEANUP_TIMEOUT)
     except (TimeoutError, OSError, pg_errors.PostgresError, pg_errors.InterfaceError):
-        conn.terminate()
+        # A connection lost meanwhile is already back in the pool: nothing left to drop.
+        with contextlib.suppress(pg_errors.InterfaceError):
+            conn.terminate()
 
 
 @contextlib.contextmanager
