@@ -155,6 +155,8 @@ EXPECTED_DEFAULTS = {
             "path": ":memory:",
             "read_only": False,
             "allow_privileged_role": False,
+            "stream_idle_timeout": 30.0,
+            "max_stream_connections": None,
             "statement_cache_size": 100,
             "max_rows_per_query": 10_000,
             "stream_batch_size": 500,
