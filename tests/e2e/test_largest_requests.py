@@ -11,7 +11,6 @@ cancelled. The table must name every RPC of every service.
 from __future__ import annotations
 
 import asyncio
-import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -21,10 +20,10 @@ from typing import Any
 
 import grpc
 import pytest
-from e2e.test_shutdown import free_port, wait_until_serving
 from google.protobuf import duration_pb2, struct_pb2
 from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from sidecar_process import sidecar_process
 
 from generated.integration.v1 import (
     admin_pb2,
@@ -240,28 +239,8 @@ def test_the_table_names_every_rpc_of_every_service() -> None:
 
 @pytest.fixture
 async def sidecar_address(tmp_path: Path) -> AsyncIterator[str]:
-    address = f"127.0.0.1:{free_port()}"
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "sidecar",
-        "serve",
-        "--listen",
-        address,
-        cwd=tmp_path,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-    try:
-        await wait_until_serving(address)
-        yield address
-    finally:
-        if process.returncode is None:
-            process.terminate()
-            try:
-                await asyncio.wait_for(process.wait(), 10)
-            except TimeoutError:  # a frozen loop ignores SIGTERM
-                process.kill()
-                await process.wait()
+    async with sidecar_process(tmp_path) as sidecar:
+        yield sidecar.address
 
 
 async def _run(channel: grpc.aio.Channel, method: Any, request: Message) -> None:

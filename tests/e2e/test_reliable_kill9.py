@@ -11,18 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import socket
-import sys
-import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
 import pytest
 import redis.asyncio as aioredis
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from sidecar_process import sidecar_process
 from streams_support import delete_prefix, fresh_prefix, redis_address
 
 from generated.integration.v1 import pubsub_pb2
@@ -38,12 +34,6 @@ W1_WINDOW, ANON_WINDOW = 20, 10
 TIMEOUT = 15
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture
 def prefix() -> Iterator[str]:
     value = fresh_prefix()
@@ -52,11 +42,9 @@ def prefix() -> Iterator[str]:
 
 
 @pytest.fixture
-def config_file(tmp_path: Path, prefix: str) -> Path:
+def config(prefix: str) -> str:
     host, port = redis_address()
-    path = tmp_path / "sidecar.yaml"
-    path.write_text(
-        f"""
+    return f"""
 services:
   pubsub:
     type: pubsub
@@ -68,41 +56,6 @@ services:
     visibility_timeout: 2s
     max_deliveries: 5
 """
-    )
-    return path
-
-
-async def wait_until_serving(address: str) -> None:
-    deadline = time.monotonic() + TIMEOUT
-    async with grpc.aio.insecure_channel(address) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while True:
-            try:
-                reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.aio.AioRpcError:
-                if time.monotonic() > deadline:
-                    raise
-            await asyncio.sleep(0.05)
-
-
-@asynccontextmanager
-async def sidecar_process(config: Path) -> AsyncIterator[tuple[asyncio.subprocess.Process, str]]:
-    """A sidecar process serving `config`; killed (if still running) on exit."""
-    address = f"127.0.0.1:{free_port()}"
-    process = await asyncio.create_subprocess_exec(
-        *(sys.executable, "-m", "sidecar", "serve", "--config", str(config)),
-        *("--listen", address),
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-    try:
-        await wait_until_serving(address)
-        yield process, address
-    finally:
-        if process.returncode is None:
-            process.kill()
-        await process.wait()
 
 
 async def open_stream(
@@ -149,11 +102,11 @@ class Ledger:
         self.acked.add(message_id)
 
 
-async def run_until_killed(config: Path, ledger: Ledger) -> None:
+async def run_until_killed(tmp_path: Path, config: str, ledger: Ledger) -> None:
     """Publish, acknowledge some, hold the rest unacknowledged in two consumers, kill -9."""
     async with (
-        sidecar_process(config) as (process, address),
-        grpc.aio.insecure_channel(address) as channel,
+        sidecar_process(tmp_path, config) as sidecar,
+        grpc.aio.insecure_channel(sidecar.address) as channel,
     ):
         pubsub = PubSubServiceStub(channel)
         w1 = await open_stream(pubsub, "w1", W1_WINDOW)
@@ -173,15 +126,15 @@ async def run_until_killed(config: Path, ledger: Ledger) -> None:
                 await ledger.acknowledge(pubsub, message.message_id)
             else:
                 ledger.held[message.message_id] = "w1"
-        process.send_signal(signal.SIGKILL)
-        assert await asyncio.wait_for(process.wait(), TIMEOUT) == -signal.SIGKILL
+        sidecar.process.send_signal(signal.SIGKILL)
+        assert await asyncio.wait_for(sidecar.process.wait(), TIMEOUT) == -signal.SIGKILL
 
 
-async def run_after_restart(config: Path, ledger: Ledger) -> None:
+async def run_after_restart(tmp_path: Path, config: str, ledger: Ledger) -> None:
     """Start again, publish more, and let w1 acknowledge until every message is."""
     async with (
-        sidecar_process(config) as (_, address),
-        grpc.aio.insecure_channel(address) as channel,
+        sidecar_process(tmp_path, config) as sidecar,
+        grpc.aio.insecure_channel(sidecar.address) as channel,
     ):
         pubsub = PubSubServiceStub(channel)
         w1 = await open_stream(pubsub, "w1", W1_WINDOW)
@@ -195,11 +148,11 @@ async def run_after_restart(config: Path, ledger: Ledger) -> None:
 
 
 async def test_kill_9_loses_no_message_every_one_is_acknowledged_after_restart(
-    config_file: Path, prefix: str
+    tmp_path: Path, config: str, prefix: str
 ) -> None:
     ledger = Ledger()
-    await run_until_killed(config_file, ledger)
-    await run_after_restart(config_file, ledger)
+    await run_until_killed(tmp_path, config, ledger)
+    await run_after_restart(tmp_path, config, ledger)
 
     redelivered = [m for m in ledger.after_restart if m.message_id in ledger.held]
     counts = {

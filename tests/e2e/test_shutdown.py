@@ -6,14 +6,12 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import socket
-import sys
 import time
 from pathlib import Path
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from sidecar_process import sidecar_process
 
 from generated.integration.v1 import cache_pb2, cache_pb2_grpc, pubsub_pb2, pubsub_pb2_grpc
 
@@ -34,48 +32,13 @@ services:
 """
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-async def wait_until_serving(address: str, within: float = 15.0) -> None:
-    deadline = time.monotonic() + within
-    async with grpc.aio.insecure_channel(address) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while True:
-            try:
-                reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.aio.AioRpcError:
-                if time.monotonic() > deadline:
-                    raise
-            await asyncio.sleep(0.05)
-
-
 @pytest.mark.parametrize("event_loop", ["uvloop", "asyncio"])
 async def test_sigterm_finishes_inflight_calls_ends_streams_and_exits_zero(
     tmp_path: Path, event_loop: str
 ) -> None:
-    config = tmp_path / "sidecar.yaml"
-    config.write_text(CONFIG.replace("{event_loop}", event_loop))
-    address = f"127.0.0.1:{free_port()}"
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "sidecar",
-        "serve",
-        "--config",
-        str(config),
-        "--listen",
-        address,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        await wait_until_serving(address)
-        async with grpc.aio.insecure_channel(address) as channel:
+    async with sidecar_process(tmp_path, CONFIG.replace("{event_loop}", event_loop)) as sidecar:
+        process = sidecar.process
+        async with grpc.aio.insecure_channel(sidecar.address) as channel:
             cache = cache_pb2_grpc.CacheServiceStub(channel)
             pubsub = pubsub_pb2_grpc.PubSubServiceStub(channel)
             stream = pubsub.Subscribe(pubsub_pb2.SubscribeRequest(channels=["events"]))
@@ -96,12 +59,8 @@ async def test_sigterm_finishes_inflight_calls_ends_streams_and_exits_zero(
             exit_code = await asyncio.wait_for(process.wait(), 10)
             assert exit_code == 0
             assert time.monotonic() - started < 5.0
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-        stderr = await process.stderr.read() if process.stderr else b""
-        assert b"Traceback" not in stderr, stderr.decode()
+    stderr = sidecar.stderr_path.read_bytes()
+    assert b"Traceback" not in stderr, stderr.decode()
     # Access lines are written in batches; the last ones leave when the process exits.
     access = [json.loads(line) for line in stderr.splitlines() if b'"sidecar.access"' in line]
     sets = [entry for entry in access if entry["method"] == "/integration.v1.CacheService/Set"]

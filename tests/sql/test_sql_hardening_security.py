@@ -408,39 +408,36 @@ async def test_a_read_only_target_on_a_role_that_reads_server_files_is_refused(
             )
 
 
-async def test_allow_privileged_role_serves_the_read_only_target_and_warns(
-    pg_dsn: str, config_for: Callable[..., str], caplog: pytest.LogCaptureFixture
-) -> None:
-    config = config_for(pg_dsn, read_only="true", allow_privileged_role="true")
-    with caplog.at_level(logging.WARNING, logger="sidecar.backends.sql"):
-        async with sidecar(config) as (_, sql):
-            reply = await sql.Query(sql_pb2.QueryRequest(sql="SELECT 1"))
-    assert reply.rows[0].values[0].int_value == 1
-    assert any("superuser" in record.getMessage() for record in caplog.records)
-
-
-async def test_a_read_write_target_on_a_superuser_role_is_served_with_a_warning(
-    pg_dsn: str, config_for: Callable[..., str], caplog: pytest.LogCaptureFixture
-) -> None:
-    with caplog.at_level(logging.WARNING, logger="sidecar.backends.sql"):
-        async with sidecar(config_for(pg_dsn)) as (_, sql):
-            reply = await sql.Query(sql_pb2.QueryRequest(sql="SELECT 1"))
-    assert reply.rows[0].values[0].int_value == 1
-    assert any("superuser" in record.getMessage() for record in caplog.records)
-
-
-async def test_a_read_only_target_on_a_plain_role_is_served_without_a_warning(
+@pytest.mark.parametrize(
+    ("plain_role", "options", "warns"),
+    [
+        (False, {"read_only": "true", "allow_privileged_role": "true"}, True),
+        (False, {}, True),
+        (True, {"read_only": "true"}, False),
+    ],
+    ids=[
+        "allow_privileged_role serves a read-only superuser target, warning",
+        "a read-write superuser target is served, warning",
+        "a read-only plain role is served without a warning",
+    ],
+)
+async def test_a_served_target_warns_exactly_when_its_role_is_privileged(
     pg_dsn: str,
     app_role: str,
     config_for: Callable[..., str],
     caplog: pytest.LogCaptureFixture,
+    plain_role: bool,
+    options: dict[str, str],
+    warns: bool,
 ) -> None:
-    config = config_for(with_user(pg_dsn, app_role), read_only="true")
+    config = config_for(with_user(pg_dsn, app_role) if plain_role else pg_dsn, **options)
     with caplog.at_level(logging.WARNING, logger="sidecar.backends.sql"):
         async with sidecar(config) as (_, sql):
             reply = await sql.Query(sql_pb2.QueryRequest(sql="SELECT 1"))
     assert reply.rows[0].values[0].int_value == 1
-    assert not [r for r in caplog.records if r.name == "sidecar.backends.sql"]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "sidecar.backends.sql"]
+    assert any("superuser" in message for message in warnings) == warns
+    assert bool(warnings) == warns
 
 
 # -- item 9: a caller's bad SQL never counts against the upstream --------------------------------

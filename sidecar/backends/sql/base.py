@@ -33,6 +33,7 @@ of a stream gets what is left when it starts.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import math
 import re
@@ -302,6 +303,18 @@ def too_many_rows(max_rows: int) -> ResourceExhausted:
         reason="TOO_MANY_ROWS",
         metadata={"max_rows": str(max_rows)},
     )
+
+
+async def acquire_within(
+    slots: asyncio.Semaphore | asyncio.Lock, wait: float, why: str, metadata: Mapping[str, str]
+) -> None:
+    """Take a slot within `wait` seconds, or answer POOL_EXHAUSTED saying `why` none came."""
+    try:
+        await asyncio.wait_for(slots.acquire(), wait)
+    except TimeoutError:
+        raise ResourceExhausted(
+            f"{why} within {wait:g}s", reason="POOL_EXHAUSTED", metadata=dict(metadata)
+        ) from None
 
 
 def result_too_large(max_bytes: int) -> ResourceExhausted:

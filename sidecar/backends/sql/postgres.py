@@ -48,6 +48,7 @@ from sidecar.backends.sql.base import (
     Row,
     SqlValue,
     Statement,
+    acquire_within,
     check_statement,
     check_statements,
     error_for_sqlstate,
@@ -355,15 +356,13 @@ class PostgresBackend:
     async def _take_stream_slot(self) -> None:
         """Wait up to `acquire_timeout` for a stream slot: a stream holds its connection for
         as long as its reader takes, so streams get at most `max_stream_connections`."""
-        try:
-            await asyncio.wait_for(self._stream_slots.acquire(), self._options.acquire_timeout)
-        except TimeoutError:
-            raise ResourceExhausted(
-                f"{self._max_streams} open QueryStreams hold every connection streams may use, "
-                f"and none ended within {self._options.acquire_timeout:g}s",
-                reason="POOL_EXHAUSTED",
-                metadata={"max_stream_connections": str(self._max_streams)},
-            ) from None
+        await acquire_within(
+            self._stream_slots,
+            self._options.acquire_timeout,
+            f"{self._max_streams} open QueryStreams hold every connection streams may use, "
+            "and none ended",
+            {"max_stream_connections": str(self._max_streams)},
+        )
 
     async def _acquire(self, pool: Any) -> _Connection:
         # With a connection idle, none of asyncpg's timeout wrapper: it costs a task per call.

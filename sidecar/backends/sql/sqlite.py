@@ -49,6 +49,7 @@ from sidecar.backends.sql.base import (
     Row,
     SqlValue,
     Statement,
+    acquire_within,
     check_statement,
     check_statements,
     error_for_sqlstate,
@@ -61,7 +62,6 @@ from sidecar.errors import (
     DeadlineExceeded,
     FailedPrecondition,
     InvalidArgument,
-    ResourceExhausted,
     SidecarError,
     Unavailable,
 )
@@ -229,15 +229,12 @@ class SqliteBackend:
         return conn
 
     async def _take_turn(self) -> None:
-        try:
-            await asyncio.wait_for(self._turn.acquire(), self._options.acquire_timeout)
-        except TimeoutError:
-            raise ResourceExhausted(
-                f"the SQLite connection did not become free within "
-                f"{self._options.acquire_timeout:g}s",
-                reason="POOL_EXHAUSTED",
-                metadata={"max_connections": "1"},
-            ) from None
+        await acquire_within(
+            self._turn,
+            self._options.acquire_timeout,
+            "the SQLite connection did not become free",
+            {"max_connections": "1"},
+        )
 
     async def _give_turn(self) -> None:
         """Drop the TEMP objects the call made (every call shares the one connection, so
