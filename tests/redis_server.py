@@ -13,9 +13,10 @@ import socket
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
+import redis.asyncio as aioredis
 
 SHARED = ("127.0.0.1", 6379)
 
@@ -95,3 +96,23 @@ def redis_address() -> Iterator[tuple[str, int]]:
         yield ("127.0.0.1", server.port)
     finally:
         server.kill()
+
+
+@pytest.fixture
+def key_prefix() -> str:
+    """A key and channel prefix of the test's own."""
+    return unique_prefix()
+
+
+@pytest.fixture
+async def redis_client(
+    redis_address: tuple[str, int], key_prefix: str
+) -> AsyncIterator[aioredis.Redis]:
+    """A plain redis-py client on the test server, for looking behind the sidecar's back;
+    the test's keys are deleted afterwards."""
+    client = aioredis.Redis(host=redis_address[0], port=redis_address[1])
+    yield client
+    keys = await client.keys(key_prefix + "*")
+    if keys:
+        await client.delete(*keys)
+    await client.aclose()

@@ -13,7 +13,13 @@ from pathlib import Path
 import grpc
 from google.rpc import error_details_pb2, status_pb2
 
+from sidecar.connections.redis import RedisConnection
+
 ROOT = Path(__file__).resolve().parent.parent
+
+RedisConnect = Callable[..., RedisConnection]
+"""The `redis_connect` fixture: `connect(settings, name="cache", *, keepalive=1.0,
+**client_options)` makes a `RedisConnection`, closed after the test."""
 
 
 def rich_status(error: grpc.aio.AioRpcError) -> status_pb2.Status:

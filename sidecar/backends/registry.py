@@ -108,26 +108,10 @@ _POOLED_FACTORIES: dict[tuple[str, str], Callable[[Any, Any], Any]] = {
 }
 
 
-def _redis_client(settings: Any, policies: Any, name: str) -> Any:
-    """One client (one pool) per service, sized and bounded by its resolved policies."""
-    from sidecar.backends._redis import create_client
-
-    pool, timeouts = _pool_and_timeouts(policies)
-    return create_client(
-        settings,
-        max_connections=pool.max_connections,
-        acquire_timeout=pool.acquire_timeout,
-        connect_timeout=timeouts.connect,
-        socket_timeout=timeouts.read,
-        client_name=f"sidecar:{name}",
-    )
-
-
-def _redis_cache(settings: Any, policies: Any, name: str) -> Any:
+def _redis_cache(settings: Any, name: str, connection: Any) -> Any:
     from sidecar.backends.cache._near_cache import NearCache
     from sidecar.backends.cache.redis import RedisCache
 
-    client = _redis_client(settings, policies, name)
     near = settings.near_cache
     near_cache = (
         NearCache(
@@ -138,22 +122,21 @@ def _redis_cache(settings: Any, policies: Any, name: str) -> Any:
         if near.enabled
         else None
     )
-    return RedisCache(client, name=name, key_prefix=settings.key_prefix, near_cache=near_cache)
+    return RedisCache(connection, name=name, key_prefix=settings.key_prefix, near_cache=near_cache)
 
 
-def _redis_broker(settings: Any, policies: Any, name: str) -> Any:
+def _redis_broker(settings: Any, name: str, connection: Any) -> Any:
     from sidecar.backends.pubsub.redis import RedisBroker
     from sidecar.backends.pubsub.redis_streams import with_reliable_topics
 
-    client = _redis_client(settings, policies, name)
-    broker = RedisBroker(client, name=name, key_prefix=settings.key_prefix)
-    # The broker owns the shared client; reliable topics (if any) ride on it too.
-    return with_reliable_topics(broker, client, settings, name=name)
+    broker = RedisBroker(connection, name=name, key_prefix=settings.key_prefix)
+    # Reliable topics (if any) ride on the connection's client too.
+    return with_reliable_topics(broker, connection.client, settings, name=name)
 
 
-# Redis-backed services also take their service name: errors report it as `target`, and
-# connections carry it in CLIENT SETNAME (`sidecar:<name>`, `sidecar-sub:<name>:...`).
-_NAMED_FACTORIES: dict[tuple[str, str], Callable[[Any, Any, str], Any]] = {
+# Backends on a connection take their service name (errors report it as `target`) and the
+# connection they share with the other services naming it.
+_CONNECTED_FACTORIES: dict[tuple[str, str], Callable[[Any, str, Any], Any]] = {
     ("cache", "redis"): _redis_cache,
     ("pubsub", "redis"): _redis_broker,
 }
@@ -161,19 +144,21 @@ _NAMED_FACTORIES: dict[tuple[str, str], Callable[[Any, Any, str], Any]] = {
 
 def registered_backends() -> list[tuple[str, str]]:
     """Every (type, backend) pair the sidecar can build."""
-    return sorted({*_FACTORIES, *_POOLED_FACTORIES, *_NAMED_FACTORIES})
+    return sorted({*_FACTORIES, *_POOLED_FACTORIES, *_CONNECTED_FACTORIES})
 
 
-def create_backend(settings: Any, policies: Any = None, name: str | None = None) -> Any:
+def create_backend(
+    settings: Any, policies: Any = None, name: str | None = None, connection: Any = None
+) -> Any:
     """Build the backend for one service's settings (which carry `type` and `backend`).
 
     `policies` are the service's resolved policies (`Config.policies_for(name)`); backends
     that pool connections size their pool from them (defaults when None). `name` is the
-    service's name (default: its type).
+    service's name (default: its type); `connection` the connection it names or implies.
     """
-    named = _NAMED_FACTORIES.get((settings.type, settings.backend))
-    if named is not None:
-        return named(settings, policies, name or settings.type)
+    connected = _CONNECTED_FACTORIES.get((settings.type, settings.backend))
+    if connected is not None:
+        return connected(settings, name or settings.type, connection)
     pooled = _POOLED_FACTORIES.get((settings.type, settings.backend))
     if pooled is not None:
         return pooled(settings, policies)

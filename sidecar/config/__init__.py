@@ -8,12 +8,14 @@
 Durations are float seconds and sizes int bytes once loaded; secrets are `SecretStr`.
 
 Modules: `models` (`Config`, `ServicePolicies`, the policy merge), `server` (`server:`),
-`policies` (`integration:` and the per-service overrides), `services` (one module per service
-type; its docstring says how to add one), `loader` (YAML to `Config`, `ConfigError`), and the
-shared pieces `_common`, `_units`, `_address`, `_expand`, `_paths`.
+`policies` (`integration:` and the per-service overrides), `connections` (`connections:`),
+`services` (one module per service type; its docstring says how to add one), `loader`
+(YAML to `Config`, `ConfigError`), and the shared pieces `_common`, `_units`, `_address`,
+`_expand`, `_paths`.
 """
 
 from ._units import Bytes, DurationSeconds, parse_bytes, parse_duration
+from .connections import CONNECTION_TYPES, ConnectionConfig, RedisConnectionConfig
 from .loader import ConfigError, load_config, parse_config
 from .models import Config, ServicePolicies
 from .policies import (
@@ -41,11 +43,13 @@ from .services import (
     CacheServiceConfig,
     PubSubServiceConfig,
     RedisConnectionSettings,
+    RedisEndpoint,
     ServiceBase,
     ServiceConfig,
 )
 
 __all__ = [
+    "CONNECTION_TYPES",
     "SERVICE_TYPES",
     "AuthConfig",
     "BulkheadConfig",
@@ -56,6 +60,7 @@ __all__ = [
     "CircuitBreakerOverride",
     "Config",
     "ConfigError",
+    "ConnectionConfig",
     "ConnectionPoolConfig",
     "ConnectionPoolOverride",
     "ConnectionPoolsConfig",
@@ -69,7 +74,9 @@ __all__ = [
     "RateLimitConfig",
     "RateLimitOverride",
     "RateLimitingConfig",
+    "RedisConnectionConfig",
     "RedisConnectionSettings",
+    "RedisEndpoint",
     "RetryPolicyConfig",
     "RetryPolicyOverride",
     "ServerConfig",

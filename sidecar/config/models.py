@@ -29,6 +29,7 @@ from pydantic import (
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from ._common import ConfigModel, ServiceName
+from .connections import ConnectionConfig
 from .policies import (
     BulkheadConfig,
     CircuitBreakerConfig,
@@ -66,6 +67,12 @@ class Config(ConfigModel):
     server: ServerConfig = Field(default_factory=ServerConfig, description="The gRPC server.")
     integration: IntegrationConfig = Field(
         default_factory=IntegrationConfig, description="Policy defaults for outbound calls."
+    )
+    connections: Mapping[ServiceName, ConnectionConfig] = Field(
+        default_factory=dict,
+        description="Named upstream endpoints (type: redis), each with one client shared by "
+        "every service that names it (connection: <name>). Default none: services with "
+        "inline settings get a connection of their own.",
     )
     services: Mapping[ServiceName, ServiceConfig] = Field(
         default_factory=default_services,
@@ -113,6 +120,7 @@ class Config(ConfigModel):
             except _Unresolved:
                 continue
         errors += _redis_target_errors(self.services, resolved)
+        errors += _connection_reference_errors(self.connections, self.services, resolved)
         errors += _alias_reference_errors(self.services)
         if errors:
             raise ValidationError.from_exception_data(type(self).__name__, errors)
@@ -129,6 +137,37 @@ class Config(ConfigModel):
             return self._policies[service_name]
         except KeyError:
             raise KeyError(f"no service named {service_name!r}") from None
+
+    def connection_policies(self, name: str) -> tuple[ConnectionPoolConfig, TimeoutsConfig]:
+        """The pool and timeouts of the connection called `name`: its overrides merged over
+        `integration:` (a service's implicit connection has the service's own).
+
+        Raises:
+            KeyError: no connection or service has that name.
+        """
+        connection = self.connections.get(name)
+        if connection is None:
+            policies = self.policies_for(name)
+            return policies.connection_pool, policies.timeouts
+        pool, timeouts = self.integration.connection_pools.default, self.integration.timeouts
+        if connection.connection_pool is not None:
+            pool = type(pool).model_validate(
+                {**pool.model_dump(), **connection.connection_pool.model_dump(exclude_none=True)}
+            )
+        if connection.timeouts is not None:
+            timeouts = type(timeouts).model_validate(
+                {**timeouts.model_dump(), **connection.timeouts.model_dump(exclude_none=True)}
+            )
+        return pool, timeouts
+
+    def connection_of(self, service_name: str) -> str | None:
+        """The connection a `backend: redis` service uses: the one it names, else its own
+        implicit one (named like the service); None for services on no connection."""
+        service = self.services[service_name]
+        if getattr(service, "backend", None) != "redis":
+            return None
+        named: str | None = getattr(service, "connection", None)
+        return named or service_name
 
     def default_service(self, type_name: str) -> str | None:
         """The service that answers requests with an empty `target` for a service type.
@@ -251,7 +290,7 @@ def _redis_target_errors(
     errors: dict[tuple[str, ...], InitErrorDetails] = {}
     for name, policies in resolved.items():
         limit = policies.rate_limit
-        if limit is None or limit.store != "redis":
+        if limit is None or limit.store != "redis" or limit.connection is not None:
             continue
         target = services.get(limit.redis_target or "")
         if target is not None and getattr(target, "backend", None) == "redis":
@@ -272,6 +311,58 @@ def _redis_target_errors(
             input=limit.redis_target,
         )
     return list(errors.values())
+
+
+def _connection_reference_errors(
+    connections: Mapping[str, ConnectionConfig],
+    services: Mapping[str, ServiceConfig],
+    resolved: Mapping[str, ServicePolicies],
+) -> list[InitErrorDetails]:
+    """Every `connection:` names a configured connection of the right type, and no service's
+    implicit connection takes the name of a configured one."""
+    errors: list[InitErrorDetails] = []
+
+    def refused(where: tuple[str, ...], name: str, message: str) -> None:
+        errors.append(
+            InitErrorDetails(
+                type=PydanticCustomError("unknown_connection", message, {"name": repr(name)}),
+                loc=where,
+                input=name,
+            )
+        )
+
+    redis = sorted(name for name, c in connections.items() if c.type == "redis")
+    choices = ", ".join(redis) or "none configured"
+    for name, service in services.items():
+        if getattr(service, "backend", None) != "redis":
+            continue
+        named = getattr(service, "connection", None)
+        if named is None and name in connections:
+            refused(
+                ("services", name),
+                name,
+                "{name} has inline Redis settings, which make a connection named like the "
+                "service, but connections: has one of that name; name it with connection:",
+            )
+        elif named is not None and named not in redis:
+            refused(
+                ("services", name, "connection"),
+                named,
+                "{name} is not a configured redis connection (" + choices + ")",
+            )
+    for name, policies in resolved.items():
+        limit = policies.rate_limit
+        if limit is None or limit.store != "redis" or limit.connection is None:
+            continue
+        if limit.connection not in redis:
+            override = services[name].rate_limit
+            where: tuple[str, ...] = (
+                ("services", name, "rate_limit", "connection")
+                if override is not None and override.connection is not None
+                else ("integration", "rate_limiting", "default", "connection")
+            )
+            refused(where, limit.connection, "{name} is not a configured redis connection")
+    return errors
 
 
 def _rebased(error: ValidationError, prefix: tuple[str, ...]) -> list[InitErrorDetails]:

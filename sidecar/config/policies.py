@@ -208,21 +208,28 @@ class RateLimitConfig(ConfigModel):
         "the limit holds for the whole deployment (if Redis is unreachable each sidecar "
         "limits locally until it is back). Default local.",
     )
+    connection: ServiceName | None = Field(
+        default=None,
+        description="With store: redis, the name of a redis connection (under connections:) "
+        "that holds the bucket, at sidecar:ratelimit:<limited service>; it runs on that "
+        "connection's shared link and opens no connection of its own. Default null.",
+    )
     redis_target: ServiceName | None = Field(
         default=None,
         validate_default=True,
-        description="With store: redis, the name of a service with backend: redis whose "
-        "Redis holds the bucket (under that service's key_prefix, keyed by the limited "
-        "service's name). Required with store: redis; ignored otherwise. Default null.",
+        description="With store: redis and no connection, the name of a service with "
+        "backend: redis whose connection holds the bucket (under that service's key_prefix, "
+        "keyed by the limited service's name). Default null.",
     )
 
     @field_validator("redis_target")
     @classmethod
     def _redis_store_needs_target(cls, value: str | None, info: ValidationInfo) -> str | None:
-        if value is None and info.data.get("store") == "redis":
+        if value is None and info.data.get("store") == "redis" and not info.data.get("connection"):
             raise PydanticCustomError(
                 "redis_target_missing",
-                "store: redis needs redis_target: the name of a service with backend: redis",
+                "store: redis needs redis_target (a service with backend: redis) or "
+                "connection (a redis connection)",
             )
         return value
 
@@ -375,6 +382,7 @@ class RateLimitOverride(ConfigModel):
     burst_size: AtLeastOne | None = Field(default=None, description=_INHERIT)
     max_queue: AtLeastZero | None = Field(default=None, description=_INHERIT)
     store: RateLimitStore | None = Field(default=None, description=_INHERIT)
+    connection: ServiceName | None = Field(default=None, description=_INHERIT)
     redis_target: ServiceName | None = Field(default=None, description=_INHERIT)
 
 

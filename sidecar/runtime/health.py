@@ -1,9 +1,11 @@
 """Feed the standard gRPC health service from backend probes.
 
-Every `check_interval` each backend is pinged with a timeout; after `consecutive_failures`
-failed probes its integration turns NOT_SERVING, and one good probe turns it back. Health
-names: "" (the process), each gRPC service (following its default integration), and each
-integration by name, so a probe can watch one dependency.
+Every `check_interval` each connection, and each backend on no connection, is pinged with a
+timeout; after `consecutive_failures` failed probes it turns NOT_SERVING, and one good probe
+turns it back. A service on a connection has its connection's health (one PING per
+upstream, however many services share it). Health names: "" (the process), each gRPC service
+(following its default integration), and each integration by name, so a probe can watch one
+dependency; AdminService also shows each connection's.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 
 from grpc_health.v1 import health, health_pb2
 
+from sidecar.connections import ConnectionEntry
 from sidecar.runtime.integrations import Integration, Integrations
 
 __all__ = ["HealthMonitor"]
@@ -74,7 +77,9 @@ class HealthMonitor:
                 await self._task
 
     async def check_once(self) -> None:
-        """Probe every integration once and publish the result."""
+        """Probe every connection and unconnected integration once; publish the result."""
+        connections = self._integrations.connections
+        await asyncio.gather(*(self._probe_connection(entry) for _, entry in connections))
         await asyncio.gather(*(self._probe(item) for item in self._integrations))
         for type_name, service in self._services_by_type.items():
             try:
@@ -88,21 +93,44 @@ class HealthMonitor:
             await asyncio.sleep(self._interval)
             await self.check_once()
 
+    async def _probe_connection(self, entry: ConnectionEntry) -> None:
+        name = entry.connection.name
+        key = f"connection:{name}"  # connection and service names may be alike
+        try:
+            await asyncio.wait_for(entry.connection.ping(), self._timeout)
+        except Exception as exc:
+            failures = self._failures[key] = self._failures.get(key, 0) + 1
+            if failures >= self._threshold and entry.healthy:
+                entry.healthy = False
+                _log.warning("connection unhealthy", extra={"connection": name, "error": repr(exc)})
+            return
+        self._failures[key] = 0
+        if not entry.healthy:
+            entry.healthy = True
+            _log.info("connection healthy again", extra={"connection": name})
+
     async def _probe(self, item: Integration[Any]) -> None:
+        if item.connection is not None:
+            entry = self._integrations.connections.entry(item.connection)
+            await self._publish(item, entry.healthy, None if entry.healthy else "connection down")
+            return
         try:
             await asyncio.wait_for(item.backend.ping(), self._timeout)
         except Exception as exc:
-            failures = self._failures.get(item.name, 0) + 1
-            self._failures[item.name] = failures
-            if failures >= self._threshold and item.healthy:
-                item.healthy = False
-                _log.warning(
-                    "integration unhealthy", extra={"integration": item.name, "error": repr(exc)}
-                )
-                await self._servicer.set(item.name, NOT_SERVING)
+            failures = self._failures[item.name] = self._failures.get(item.name, 0) + 1
+            if failures >= self._threshold:
+                await self._publish(item, False, repr(exc))
             return
         self._failures[item.name] = 0
-        if not item.healthy:
-            item.healthy = True
+        await self._publish(item, True, None)
+
+    async def _publish(self, item: Integration[Any], healthy: bool, error: str | None) -> None:
+        if healthy == item.healthy:
+            return
+        item.healthy = healthy
+        if healthy:
             _log.info("integration healthy again", extra={"integration": item.name})
             await self._servicer.set(item.name, SERVING)
+        else:
+            _log.warning("integration unhealthy", extra={"integration": item.name, "error": error})
+            await self._servicer.set(item.name, NOT_SERVING)

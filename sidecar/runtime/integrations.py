@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -13,6 +13,7 @@ from opentelemetry.metrics import Meter
 
 from sidecar.backends.registry import create_backend
 from sidecar.config import Config
+from sidecar.connections import Connections, build_connections
 from sidecar.errors import NotFound
 from sidecar.resilience import SYSTEM_CLOCK, CircuitState, Clock, Pipeline, RateLimiter
 from sidecar.runtime.classify import classify
@@ -36,13 +37,23 @@ class Integration(Generic[B]):
     settings: Any
     is_default: bool
     healthy: bool = True
+    connection: str | None = None
+    """The connection the service is on (its health is the connection's), if any."""
 
 
 class Integrations:
     """The integrations by name, with the default instance of each capability type."""
 
-    def __init__(self, items: Sequence[Integration[Any]], *, clock: Clock = SYSTEM_CLOCK) -> None:
+    def __init__(
+        self,
+        items: Sequence[Integration[Any]],
+        *,
+        clock: Clock = SYSTEM_CLOCK,
+        connections: Connections | None = None,
+    ) -> None:
         self.clock = clock
+        self.connections = connections or Connections()
+        """The connections the services share; closed after them."""
         """The clock every pipeline runs on; servicers that build policies of their own
         (AI deployments) use it too, so tests move one clock."""
         self.meter: Meter | None = None
@@ -94,7 +105,8 @@ class Integrations:
         return {item.type for item in self._by_name.values()}
 
     async def close(self) -> None:
-        """Close every backend; one failing close does not stop the others."""
+        """Close every backend, then every connection; one failing close does not stop the
+        others."""
         results = await asyncio.gather(
             *(item.backend.close() for item in self._by_name.values()), return_exceptions=True
         )
@@ -104,6 +116,7 @@ class Integrations:
                     "closing integration failed",
                     extra={"integration": item.name, "error": repr(result)},
                 )
+        await self.connections.close()
 
 
 def build_integrations(config: Config, clock: Clock = SYSTEM_CLOCK) -> Integrations:
@@ -113,8 +126,11 @@ def build_integrations(config: Config, clock: Clock = SYSTEM_CLOCK) -> Integrati
         type_name: config.default_service(type_name)
         for type_name in {service.type for service in config.services.values()}
     }
+    connections = build_connections(config)
     backends = {
-        name: create_backend(service, config.policies_for(name), name)
+        name: create_backend(
+            service, config.policies_for(name), name, _connection_of(config, connections, name)
+        )
         for name, service in config.services.items()
     }
     for name, service in config.services.items():
@@ -123,7 +139,7 @@ def build_integrations(config: Config, clock: Clock = SYSTEM_CLOCK) -> Integrati
             pipeline_options(config.policies_for(name)),
             clock=clock,
             classify=classify,
-            rate_limiter=_shared_rate_limiter(name, config, backends, clock),
+            rate_limiter=_shared_rate_limiter(name, config, connections, clock),
         )
         items.append(
             Integration(
@@ -134,30 +150,44 @@ def build_integrations(config: Config, clock: Clock = SYSTEM_CLOCK) -> Integrati
                 pipeline=pipeline,
                 settings=service,
                 is_default=defaults.get(service.type) == name,
+                connection=config.connection_of(name),
             )
         )
-    return Integrations(items, clock=clock)
+    return Integrations(items, clock=clock, connections=connections)
+
+
+def _connection_of(config: Config, connections: Connections, service: str) -> Any:
+    name = config.connection_of(service)
+    return connections.get(name) if name is not None else None
 
 
 def _shared_rate_limiter(
-    name: str, config: Config, backends: Mapping[str, Any], clock: Clock
+    name: str, config: Config, connections: Connections, clock: Clock
 ) -> RateLimiter | None:
     """The Redis token bucket of a `store: redis` limit, else None (the pipeline builds a
     local one from its options).
 
-    It rides on the `redis_target` service's client (one pool per Redis instance) and its
-    key derives from the limited service's name, so every sidecar of a deployment shares it.
+    It runs on the named connection's shared link (or that of the `redis_target` service)
+    and its key derives from the limited service's name, so every sidecar of a deployment
+    shares it.
     """
     limit = config.policies_for(name).rate_limit
-    if limit is None or limit.store != "redis" or limit.redis_target is None:
+    if limit is None or limit.store != "redis":
         return None
-    from sidecar.backends._redis import client_of
     from sidecar.backends.ratelimit.redis import RedisTokenBucket
+    from sidecar.connections.redis import RedisConnection
 
-    target = limit.redis_target
-    prefix: str = getattr(config.services[target], "key_prefix", "")
+    if limit.connection is not None:
+        connection, prefix = limit.connection, ""
+    elif limit.redis_target is not None:
+        connection = config.connection_of(limit.redis_target) or limit.redis_target
+        prefix = getattr(config.services[limit.redis_target], "key_prefix", "")
+    else:
+        return None
+    redis = connections.get(connection)
+    assert isinstance(redis, RedisConnection)
     return RedisTokenBucket(
-        client_of(backends[target]),
+        redis,
         f"{prefix}sidecar:ratelimit:{name}",
         token_bucket_options(limit),
         clock=clock,

@@ -31,10 +31,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def ListIntegrations(
         self, request: admin_pb2.ListIntegrationsRequest, context: Context
     ) -> admin_pb2.ListIntegrationsResponse:
-        size = request.page.page_size
-        if size < 0:
-            raise invalid("page.page_size", "must not be negative")
-        size = min(size or _DEFAULT_PAGE, _MAX_PAGE)
+        size = _page_size(request.page)
         # The page token is the last name of the previous page: names are unique and sorted.
         after = request.page.page_token
         items = [item for item in self._integrations if item.name > after]
@@ -42,6 +39,27 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         return admin_pb2.ListIntegrationsResponse(
             integrations=[describe(item) for item in page],
             page=common_pb2.PageResponse(next_page_token=page[-1].name if rest else ""),
+        )
+
+    async def ListConnections(
+        self, request: admin_pb2.ListConnectionsRequest, context: Context
+    ) -> admin_pb2.ListConnectionsResponse:
+        size = _page_size(request.page)
+        after = request.page.page_token
+        items = [(name, entry) for name, entry in self._integrations.connections if name > after]
+        page, rest = items[:size], items[size:]
+        return admin_pb2.ListConnectionsResponse(
+            connections=[
+                admin_pb2.Connection(
+                    name=name,
+                    type=entry.connection.type,
+                    health=_health(entry.healthy),
+                    users=sorted(entry.users),
+                    implicit=entry.implicit,
+                )
+                for name, entry in page
+            ],
+            page=common_pb2.PageResponse(next_page_token=page[-1][0] if rest else ""),
         )
 
     async def GetIntegration(
@@ -59,6 +77,16 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         return admin_pb2.GetIntegrationResponse(integration=describe(item))
 
 
+def _page_size(page: common_pb2.PageRequest) -> int:
+    if page.page_size < 0:
+        raise invalid("page.page_size", "must not be negative")
+    return min(page.page_size or _DEFAULT_PAGE, _MAX_PAGE)
+
+
+def _health(healthy: bool) -> admin_pb2.HealthState.ValueType:
+    return admin_pb2.HEALTH_STATE_SERVING if healthy else admin_pb2.HEALTH_STATE_NOT_SERVING
+
+
 def describe(item: Integration[Any]) -> admin_pb2.Integration:
     """The admin view of one integration."""
     snapshot = item.pipeline.snapshot()
@@ -67,9 +95,8 @@ def describe(item: Integration[Any]) -> admin_pb2.Integration:
         type=item.type,
         backend=item.backend_name,
         default=item.is_default,
-        health=admin_pb2.HEALTH_STATE_SERVING
-        if item.healthy
-        else admin_pb2.HEALTH_STATE_NOT_SERVING,
+        health=_health(item.healthy),
+        connection=item.connection or "",
     )
     breaker = snapshot.circuit_breaker
     if breaker is not None:

@@ -20,8 +20,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 import redis.asyncio as aioredis
 from redis_server import redis_address, unique_prefix
+from support import RedisConnect
 
-from sidecar.backends._redis import create_client
 from sidecar.backends.cache import CacheBackend, MemoryCache
 from sidecar.backends.cache._near_cache import NearCache
 from sidecar.backends.cache.redis import RedisCache
@@ -85,6 +85,7 @@ def key_prefix() -> str:
 
 @pytest.fixture
 async def cache(
+    redis_connect: RedisConnect,
     cache_kind: str,
     clock: FakeClock,
     request: pytest.FixtureRequest,
@@ -102,7 +103,7 @@ async def cache(
     if cache_kind == "redis_near":  # every read may be answered by the near cache
         near = NearCache(max_entries=1000, max_value_size=1 << 20, max_ttl=60.0)
     backend = RedisCache(
-        create_client(settings), name="cache", key_prefix=key_prefix, near_cache=near
+        redis_connect(settings), name="cache", key_prefix=key_prefix, near_cache=near
     )
     if near is not None:
         await _tracking_in_place(backend)
@@ -126,12 +127,16 @@ async def _tracking_in_place(cache: RedisCache) -> None:
 
 
 @pytest.fixture
-def elapse(cache: CacheBackend, clock: FakeClock, key_prefix: str) -> Elapse:
+def elapse(
+    cache: CacheBackend, clock: FakeClock, key_prefix: str, request: pytest.FixtureRequest
+) -> Elapse:
     """Make `seconds` pass for the cache under test."""
 
     async def elapse(seconds: float) -> None:
         if isinstance(cache, RedisCache):
-            await cache.client.eval(_ELAPSE_LUA, 0, key_prefix, round(seconds * 1000))
+            host, port = request.getfixturevalue("redis_address")
+            async with aioredis.Redis(host=host, port=port) as admin:
+                await admin.eval(_ELAPSE_LUA, 0, key_prefix, round(seconds * 1000))
             if cache.tracking is not None:  # expiry reached the near cache too
                 await cache.tracking.sync()
         else:
@@ -147,7 +152,7 @@ def broker_kind(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 async def broker(
-    broker_kind: str, request: pytest.FixtureRequest, key_prefix: str
+    redis_connect: RedisConnect, broker_kind: str, request: pytest.FixtureRequest, key_prefix: str
 ) -> AsyncIterator[PubSubBackend]:
     backend: PubSubBackend
     if broker_kind == "memory":
@@ -155,7 +160,9 @@ async def broker(
     else:
         host, port = request.getfixturevalue("redis_address")
         settings = PubSubServiceConfig(backend="redis", host=host, port=port, key_prefix=key_prefix)
-        backend = RedisBroker(create_client(settings), name="pubsub", key_prefix=key_prefix)
+        backend = RedisBroker(
+            redis_connect(settings, "pubsub"), name="pubsub", key_prefix=key_prefix
+        )
     yield backend
     await backend.close()
 

@@ -12,7 +12,6 @@ import redis.asyncio as aioredis
 from redis_server import OwnedRedis
 from streams_support import delete_prefix, fresh_prefix, redis_address
 
-from sidecar.backends._redis import create_client
 from sidecar.backends.pubsub import (
     MemoryBroker,
     ReliableMessage,
@@ -21,6 +20,7 @@ from sidecar.backends.pubsub import (
 )
 from sidecar.backends.pubsub.redis_streams import RedisStreams, ReliableBroker, with_reliable_topics
 from sidecar.config import PubSubServiceConfig, RedisConnectionSettings
+from sidecar.connections.redis.client import create_client
 from sidecar.errors import FailedPrecondition, Unavailable
 
 TIMEOUT = 5

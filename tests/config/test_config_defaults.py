@@ -90,6 +90,7 @@ EXPECTED_DEFAULTS = {
             "prometheus_listen": None,
         },
     },
+    "connections": {},
     "services": {
         "cache": {
             "type": "cache",
@@ -110,6 +111,7 @@ EXPECTED_DEFAULTS = {
             "username": None,
             "password": None,
             "tls": False,
+            "connection": None,
             "key_prefix": "",
             "retry_policy": None,
             "circuit_breaker": None,
@@ -134,6 +136,7 @@ EXPECTED_DEFAULTS = {
             "username": None,
             "password": None,
             "tls": False,
+            "connection": None,
             "key_prefix": "",
             "retry_policy": None,
             "circuit_breaker": None,

@@ -211,6 +211,9 @@ LARGEST: dict[str, Callable[[], Message]] = {
         page=common_pb2.PageRequest(page_size=1000)
     ),
     "AdminService/GetIntegration": lambda: admin_pb2.GetIntegrationRequest(name="cache"),
+    "AdminService/ListConnections": lambda: admin_pb2.ListConnectionsRequest(
+        page=common_pb2.PageRequest(page_size=1000)
+    ),
 }
 
 

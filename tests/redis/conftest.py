@@ -6,33 +6,12 @@ never see each other's data on the shared server.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import pytest
-import redis.asyncio as aioredis
-from redis_server import redis_address, unique_prefix
+from redis_server import key_prefix, redis_address, redis_client
 
 from sidecar.config import CacheServiceConfig, PubSubServiceConfig
 
-__all__ = ["redis_address"]
-
-
-@pytest.fixture
-def key_prefix() -> str:
-    return unique_prefix()
-
-
-@pytest.fixture
-async def redis_client(
-    redis_address: tuple[str, int], key_prefix: str
-) -> AsyncIterator[aioredis.Redis]:
-    """A plain redis-py client on the test server, for looking behind the sidecar's back."""
-    client = aioredis.Redis(host=redis_address[0], port=redis_address[1])
-    yield client
-    keys = await client.keys(key_prefix + "*")
-    if keys:
-        await client.delete(*keys)
-    await client.aclose()
+__all__ = ["key_prefix", "redis_address", "redis_client"]
 
 
 @pytest.fixture

@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 import redis.asyncio as aioredis
 from faultproxy import FaultProxy
 from redis_server import free_port
+from support import RedisConnect
 
-from sidecar.backends._redis import create_client
 from sidecar.backends.pubsub import Message, Subscription, SubscriptionEvent
 from sidecar.backends.pubsub.redis import RedisBroker
 from sidecar.config import PubSubServiceConfig
@@ -22,17 +22,21 @@ from sidecar.errors import Unavailable
 TIMEOUT = 5
 
 
-def make_broker(settings: PubSubServiceConfig, **options: object) -> RedisBroker:
-    return RedisBroker(
-        create_client(settings),
-        name="pubsub",
-        key_prefix=settings.key_prefix,
-        **options,  # type: ignore[arg-type]
-    )
+@pytest.fixture
+def make_broker(redis_connect: RedisConnect) -> Callable[..., RedisBroker]:
+    """`make_broker(settings, keepalive=...)`: a broker on a connection of its own."""
+
+    def make(settings: PubSubServiceConfig, keepalive: float = 10.0) -> RedisBroker:
+        connection = redis_connect(settings, "pubsub", keepalive=keepalive)
+        return RedisBroker(connection, name="pubsub", key_prefix=settings.key_prefix)
+
+    return make
 
 
 @pytest.fixture
-async def broker(pubsub_settings: PubSubServiceConfig) -> AsyncIterator[RedisBroker]:
+async def broker(
+    pubsub_settings: PubSubServiceConfig, make_broker: Callable[..., RedisBroker]
+) -> AsyncIterator[RedisBroker]:
     backend = make_broker(pubsub_settings)
     yield backend
     await backend.close()
@@ -106,6 +110,7 @@ async def test_pattern_message_names_the_channel_and_pattern_without_the_prefix(
 
 
 async def test_key_prefix_with_glob_characters_is_escaped_in_patterns(
+    make_broker: Callable[..., RedisBroker],
     pubsub_settings: PubSubServiceConfig,
 ) -> None:
     starred = pubsub_settings.model_copy(update={"key_prefix": pubsub_settings.key_prefix + "*"})
@@ -120,7 +125,9 @@ async def test_key_prefix_with_glob_characters_is_escaped_in_patterns(
 
 
 async def test_publish_counts_each_other_sidecar_once_per_channel(
-    broker: RedisBroker, pubsub_settings: PubSubServiceConfig
+    make_broker: Callable[..., RedisBroker],
+    broker: RedisBroker,
+    pubsub_settings: PubSubServiceConfig,
 ) -> None:
     other = make_broker(pubsub_settings)
     for _ in range(3):
@@ -165,7 +172,7 @@ async def until_subscribed(client: aioredis.Redis, channel: str, *, patterns: in
 
 
 async def test_silent_subscriber_connection_is_replaced_after_keepalive_periods(
-    redis_address: tuple[str, int], key_prefix: str
+    make_broker: Callable[..., RedisBroker], redis_address: tuple[str, int], key_prefix: str
 ) -> None:
     async with FaultProxy(*redis_address) as proxy:
         settings = PubSubServiceConfig(
@@ -184,7 +191,9 @@ async def test_silent_subscriber_connection_is_replaced_after_keepalive_periods(
         await broker.close()
 
 
-async def test_subscribe_while_redis_is_unreachable_fails_with_unavailable() -> None:
+async def test_subscribe_while_redis_is_unreachable_fails_with_unavailable(
+    make_broker: Callable[..., RedisBroker],
+) -> None:
     settings = PubSubServiceConfig(backend="redis", host="127.0.0.1", port=free_port())
     broker = make_broker(settings)
     with pytest.raises(Unavailable):
@@ -196,6 +205,7 @@ async def test_subscribe_while_redis_is_unreachable_fails_with_unavailable() -> 
 
 
 async def test_closing_the_broker_fails_a_subscribe_still_waiting(
+    make_broker: Callable[..., RedisBroker],
     redis_address: tuple[str, int],
 ) -> None:
     async with FaultProxy(*redis_address) as proxy:

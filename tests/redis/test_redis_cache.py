@@ -10,8 +10,8 @@ import pytest
 import redis.asyncio as aioredis
 from faultproxy import FaultProxy
 from redis_server import free_port
+from support import RedisConnect
 
-from sidecar.backends._redis import create_client
 from sidecar.backends.cache import CacheOp, DeleteOp, GetOp, IncrementOp, SetOp
 from sidecar.backends.cache.redis import RedisCache
 from sidecar.config import CacheServiceConfig
@@ -22,9 +22,11 @@ INT64_MIN = -(2**63)
 
 
 @pytest.fixture
-async def cache(cache_settings: CacheServiceConfig) -> AsyncIterator[RedisCache]:
+async def cache(
+    redis_connect: RedisConnect, cache_settings: CacheServiceConfig
+) -> AsyncIterator[RedisCache]:
     backend = RedisCache(
-        create_client(cache_settings), name="cache", key_prefix=cache_settings.key_prefix
+        redis_connect(cache_settings), name="cache", key_prefix=cache_settings.key_prefix
     )
     yield backend
     await backend.close()
@@ -42,10 +44,13 @@ async def test_every_key_is_stored_under_the_key_prefix(
 
 
 async def test_two_prefixes_never_see_each_other_s_keys(
-    cache: RedisCache, cache_settings: CacheServiceConfig, redis_client: aioredis.Redis
+    redis_connect: RedisConnect,
+    cache: RedisCache,
+    cache_settings: CacheServiceConfig,
+    redis_client: aioredis.Redis,
 ) -> None:
     other_prefix = cache_settings.key_prefix + "other:"
-    other = RedisCache(create_client(cache_settings), name="other", key_prefix=other_prefix)
+    other = RedisCache(redis_connect(cache_settings), name="other", key_prefix=other_prefix)
     await cache.set("k", b"mine")
     await other.set("k", b"theirs")
     assert (await cache.get("k"), await other.get("k")) == (b"mine", b"theirs")
@@ -135,10 +140,13 @@ async def test_an_error_reply_fails_only_its_own_call(cache: RedisCache) -> None
 
 
 async def test_calls_reconnect_after_the_server_drops_the_connection(
-    cache_settings: CacheServiceConfig, redis_client: aioredis.Redis, key_prefix: str
+    redis_connect: RedisConnect,
+    cache_settings: CacheServiceConfig,
+    redis_client: aioredis.Redis,
+    key_prefix: str,
 ) -> None:
     name = f"sidecar-test:{key_prefix.strip(':').replace(':', '-')}"
-    cache = RedisCache(create_client(cache_settings, client_name=name), name="cache")
+    cache = RedisCache(redis_connect(cache_settings, client_name=name), name="cache")
     await cache.set("k", b"v")
     for entry in await redis_client.client_list():  # only ours: the server is shared
         if entry.get("name") == name:
@@ -155,9 +163,9 @@ async def test_calls_reconnect_after_the_server_drops_the_connection(
     await cache.close()
 
 
-async def test_unreachable_redis_fails_with_unavailable() -> None:
+async def test_unreachable_redis_fails_with_unavailable(redis_connect: RedisConnect) -> None:
     settings = CacheServiceConfig(backend="redis", host="127.0.0.1", port=free_port())
-    cache = RedisCache(create_client(settings), name="cache")
+    cache = RedisCache(redis_connect(settings), name="cache")
     with pytest.raises(Unavailable) as raised:
         await cache.get("k")
     assert raised.value.metadata == {"target": "cache"}
@@ -167,11 +175,12 @@ async def test_unreachable_redis_fails_with_unavailable() -> None:
 
 
 async def test_silent_redis_fails_calls_in_flight_with_deadline_exceeded(
+    redis_connect: RedisConnect,
     redis_address: tuple[str, int],
 ) -> None:
     async with FaultProxy(*redis_address) as proxy:
         settings = CacheServiceConfig(backend="redis", host=proxy.host, port=proxy.port)
-        cache = RedisCache(create_client(settings, socket_timeout=0.3), name="cache")
+        cache = RedisCache(redis_connect(settings, socket_timeout=0.3), name="cache")
         await cache.ping()
         proxy.paused = True
         with pytest.raises(DeadlineExceeded):

@@ -7,8 +7,13 @@ from pydantic import SecretStr
 from redis import exceptions as rex
 from redis.asyncio import Connection, SSLConnection
 
-from sidecar.backends._redis import create_client, glob_escape, map_redis_error, redis_errors
 from sidecar.config import CacheServiceConfig
+from sidecar.connections.redis.client import (
+    create_client,
+    glob_escape,
+    map_redis_error,
+    redis_errors,
+)
 from sidecar.errors import (
     DeadlineExceeded,
     FailedPrecondition,

@@ -11,6 +11,7 @@ from sidecar.backends.pubsub.redis import RedisBroker
 from sidecar.backends.ratelimit.redis import RedisTokenBucket
 from sidecar.backends.registry import registered_backends
 from sidecar.config import ConfigError, parse_config
+from sidecar.connections.redis import RedisConnection
 from sidecar.resilience import TokenBucket
 from sidecar.runtime import Integrations, build_integrations
 
@@ -107,7 +108,9 @@ async def test_redis_services_get_redis_backends_with_their_pool_and_name(
     shared, events = built.get("shared"), built.get("events")
     assert shared is not None and isinstance(shared.backend, RedisCache)
     assert events is not None and isinstance(events.backend, RedisBroker)
-    pool = shared.backend.client.connection_pool
+    connection = built.connections.get("shared")  # the service's implicit connection
+    assert isinstance(connection, RedisConnection)
+    pool = connection.client.connection_pool
     assert (pool.max_connections, pool.connection_kwargs["client_name"]) == (7, "sidecar:shared")
 
 

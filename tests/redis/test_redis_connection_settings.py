@@ -9,8 +9,8 @@ import pytest
 import redis.asyncio as aioredis
 from pydantic import SecretStr
 from redis_server import OwnedRedis
+from support import RedisConnect
 
-from sidecar.backends._redis import create_client
 from sidecar.backends.cache import GetOp, SetOp
 from sidecar.backends.cache.redis import RedisCache
 from sidecar.backends.pubsub.redis import RedisBroker
@@ -35,9 +35,10 @@ def settings(server: OwnedRedis, **changes: object) -> CacheServiceConfig:
 
 
 async def test_password_and_database_apply_to_single_commands_and_batches(
+    redis_connect: RedisConnect,
     protected: OwnedRedis,
 ) -> None:
-    cache = RedisCache(create_client(settings(protected)), name="cache")
+    cache = RedisCache(redis_connect(settings(protected)), name="cache")
     await cache.set("k", b"single")
     await cache.batch([SetOp("b", b"batched")], atomic=True)
     async with aioredis.Redis(port=protected.port, password="s3cret", db=3) as direct:
@@ -46,30 +47,35 @@ async def test_password_and_database_apply_to_single_commands_and_batches(
     await cache.close()
 
 
-async def test_wrong_password_fails_with_unavailable(protected: OwnedRedis) -> None:
+async def test_wrong_password_fails_with_unavailable(
+    redis_connect: RedisConnect, protected: OwnedRedis
+) -> None:
     cache = RedisCache(
-        create_client(settings(protected, password=SecretStr("wrong"))), name="cache"
+        redis_connect(settings(protected, password=SecretStr("wrong"))), name="cache"
     )
     with pytest.raises(Unavailable):
         await cache.get("k")
     await cache.close()
 
 
-async def test_acl_user_authenticates_with_its_own_password(protected: OwnedRedis) -> None:
+async def test_acl_user_authenticates_with_its_own_password(
+    redis_connect: RedisConnect, protected: OwnedRedis
+) -> None:
     async with aioredis.Redis(port=protected.port, password="s3cret") as admin:
         await admin.execute_command("ACL", "SETUSER", "app", "on", ">apppass", "~*", "&*", "+@all")
     config = settings(protected, username="app", password=SecretStr("apppass"))
-    cache = RedisCache(create_client(config), name="cache")
+    cache = RedisCache(redis_connect(config), name="cache")
     await cache.set("user-key", b"v")
     assert await cache.get("user-key") == b"v"
     await cache.close()
 
 
 async def test_broker_subscriber_connection_authenticates_and_is_named(
+    redis_connect: RedisConnect,
     protected: OwnedRedis,
 ) -> None:
     config = PubSubServiceConfig(backend="redis", port=protected.port, password=SecretStr("s3cret"))
-    broker = RedisBroker(create_client(config), name="pubsub")
+    broker = RedisBroker(redis_connect(config), name="pubsub")
     subscription = await broker.subscribe(["news"], [], buffer_size=4)
     assert await broker.publish("news", b"x") == 1
     async with aioredis.Redis(port=protected.port, password="s3cret") as admin:

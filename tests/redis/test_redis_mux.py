@@ -11,9 +11,9 @@ from faultproxy import FaultProxy
 from redis import exceptions as rex
 from redis_server import free_port
 
-from sidecar.backends._redis import create_client
-from sidecar.backends._redis_mux import Multiplexer
 from sidecar.config import CacheServiceConfig
+from sidecar.connections.redis.client import create_client
+from sidecar.connections.redis.mux import Multiplexer
 
 
 def client_for(host: str, port: int) -> aioredis.Redis:

@@ -13,9 +13,9 @@ import pytest
 import redis.asyncio as aioredis
 from faultproxy import FaultProxy
 
-from sidecar.backends._redis import create_client
-from sidecar.backends._redis_mux import Multiplexer
 from sidecar.config import CacheServiceConfig
+from sidecar.connections.redis.client import create_client
+from sidecar.connections.redis.mux import Multiplexer
 
 
 def client_for(host: str, port: int) -> aioredis.Redis:

@@ -12,10 +12,10 @@ import grpc
 import pytest
 import redis.asyncio as aioredis
 from redis_server import OwnedRedis
+from support import RedisConnect
 
 from generated.integration.v1 import cache_pb2
 from generated.integration.v1.cache_pb2_grpc import CacheServiceStub
-from sidecar.backends._redis import create_client
 from sidecar.backends.cache import MISS, SetOp
 from sidecar.backends.cache._near_cache import NearCache
 from sidecar.backends.cache.redis import RedisCache
@@ -43,11 +43,13 @@ async def other(owned_redis: OwnedRedis) -> AsyncIterator[aioredis.Redis]:
 
 
 @pytest.fixture
-async def near_cache(owned_redis: OwnedRedis, key_prefix: str) -> AsyncIterator[RedisCache]:
+async def near_cache(
+    owned_redis: OwnedRedis, key_prefix: str, redis_connect: RedisConnect
+) -> AsyncIterator[RedisCache]:
     settings = CacheServiceConfig(backend="redis", port=owned_redis.port, key_prefix=key_prefix)
     near = NearCache(max_entries=100, max_value_size=1024, max_ttl=60.0)
-    client = create_client(settings, client_name="sidecar:cache")
-    cache = RedisCache(client, name="cache", key_prefix=key_prefix, near_cache=near)
+    connection = redis_connect(settings, client_name="sidecar:cache")
+    cache = RedisCache(connection, name="cache", key_prefix=key_prefix, near_cache=near)
     await cache.get("warm-up")
     await until(lambda: active(cache))
     yield cache
@@ -119,7 +121,7 @@ async def test_the_sidecars_own_writes_are_seen_by_its_next_read_without_redis_h
     # no invalidation reaches the cache; its own writes must not need one.
     silent = aioredis.Redis(port=owned_redis.port, protocol=2, single_connection_client=True)
     silent_id = await silent.client_id()
-    await near_cache._mux.call("CLIENT", "TRACKING", "ON", "REDIRECT", silent_id)
+    await near_cache._execute("CLIENT", "TRACKING", "ON", "REDIRECT", silent_id)
     try:
         writes = [
             lambda: near_cache.set("k", b"2"),
@@ -166,14 +168,21 @@ async def test_flushdb_empties_the_near_cache(
     assert await near_cache.get("k") is None
 
 
-@pytest.mark.parametrize("connection", ["sidecar:cache:invalidations", "sidecar:cache"])
+# The subscriber link is named `sidecar-sub:<connection>:<random>`, the data link by its
+# CLIENT SETNAME.
+@pytest.mark.parametrize("connection", ["sidecar-sub:cache:", "sidecar:cache"])
 async def test_losing_either_connection_empties_it_until_tracking_is_back(
     near_cache: RedisCache, other: aioredis.Redis, key_prefix: str, connection: str
 ) -> None:
     await other.set(key_prefix + "k", b"before")
     assert await near_cache.get("k") == b"before"
     assert near_cache.held("k") == b"before"
-    victims = [c["id"] for c in await other.client_list() if c["name"] == connection]
+    victims = [
+        c["id"]
+        for c in await other.client_list()
+        if c["name"] == connection
+        or (connection.endswith(":") and c["name"].startswith(connection))
+    ]
     assert victims
     for client_id in victims:
         await other.client_kill_filter(_id=client_id)
@@ -190,6 +199,7 @@ async def test_losing_either_connection_empties_it_until_tracking_is_back(
 
 
 async def test_without_tracking_permission_it_reads_through(
+    redis_connect: RedisConnect,
     owned_redis: OwnedRedis,
     other: aioredis.Redis,
     key_prefix: str,
@@ -212,7 +222,7 @@ async def test_without_tracking_permission_it_reads_through(
     )
     near = NearCache(max_entries=10, max_value_size=1024, max_ttl=60.0)
     cache = RedisCache(
-        create_client(settings), name="cache", key_prefix=key_prefix, near_cache=near
+        redis_connect(settings), name="cache", key_prefix=key_prefix, near_cache=near
     )
     try:
         await other.set(key_prefix + "k", b"v")

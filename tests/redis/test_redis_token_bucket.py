@@ -6,29 +6,27 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
 
 import pytest
-import redis.asyncio as aioredis
 from redis_server import free_port
+from support import RedisConnect
 
-from sidecar.backends._redis import create_client
 from sidecar.backends.ratelimit.redis import RedisTokenBucket
 from sidecar.config import CacheServiceConfig
+from sidecar.connections.redis import RedisConnection
 from sidecar.resilience import SYSTEM_CLOCK, Deadline, RateLimitedError, TokenBucketOptions
 
 
 @pytest.fixture
-async def clients(cache_settings: CacheServiceConfig) -> AsyncIterator[list[aioredis.Redis]]:
-    """Two independent clients: two sidecars sharing one Redis."""
-    made = [create_client(cache_settings), create_client(cache_settings)]
-    yield made
-    for client in made:
-        await client.aclose()
+def clients(
+    cache_settings: CacheServiceConfig, redis_connect: RedisConnect
+) -> list[RedisConnection]:
+    """Two independent connections: two sidecars sharing one Redis."""
+    return [redis_connect(cache_settings, "first"), redis_connect(cache_settings, "second")]
 
 
 def bucket(
-    client: aioredis.Redis, key: str, rate: float, burst: float, queue: int = 1000
+    client: RedisConnection, key: str, rate: float, burst: float, queue: int = 1000
 ) -> RedisTokenBucket:
     options = TokenBucketOptions(requests_per_second=rate, burst_size=burst, max_queue=queue)
     return RedisTokenBucket(client, key, options, name="upstream")
@@ -39,7 +37,7 @@ def soon(seconds: float) -> Deadline:
 
 
 async def test_burst_is_granted_at_once_then_a_call_that_may_not_wait_is_refused(
-    clients: list[aioredis.Redis], key_prefix: str
+    clients: list[RedisConnection], key_prefix: str
 ) -> None:
     limiter = bucket(clients[0], key_prefix + "b", rate=2, burst=3, queue=0)
     for _ in range(3):
@@ -50,7 +48,7 @@ async def test_burst_is_granted_at_once_then_a_call_that_may_not_wait_is_refused
 
 
 async def test_a_call_whose_deadline_ends_before_its_token_is_refused_at_once(
-    clients: list[aioredis.Redis], key_prefix: str
+    clients: list[RedisConnection], key_prefix: str
 ) -> None:
     limiter = bucket(clients[0], key_prefix + "b", rate=1, burst=1)
     await limiter.acquire()
@@ -62,7 +60,7 @@ async def test_a_call_whose_deadline_ends_before_its_token_is_refused_at_once(
 
 
 async def test_two_processes_on_one_key_share_one_burst(
-    clients: list[aioredis.Redis], key_prefix: str
+    clients: list[RedisConnection], key_prefix: str
 ) -> None:
     first = bucket(clients[0], key_prefix + "b", rate=0.1, burst=5, queue=0)
     second = bucket(clients[1], key_prefix + "b", rate=0.1, burst=5, queue=0)
@@ -79,7 +77,7 @@ async def test_two_processes_on_one_key_share_one_burst(
 
 
 async def test_a_caller_with_time_to_wait_reserves_the_next_token_and_waits_for_it(
-    clients: list[aioredis.Redis], key_prefix: str
+    clients: list[RedisConnection], key_prefix: str
 ) -> None:
     limiter = bucket(clients[0], key_prefix + "b", rate=10, burst=1)
     await limiter.acquire()
@@ -89,7 +87,7 @@ async def test_a_caller_with_time_to_wait_reserves_the_next_token_and_waits_for_
 
 
 async def test_waiters_are_served_in_reservation_order_across_processes(
-    clients: list[aioredis.Redis], key_prefix: str
+    clients: list[RedisConnection], key_prefix: str
 ) -> None:
     first = bucket(clients[0], key_prefix + "b", rate=20, burst=1)
     second = bucket(clients[1], key_prefix + "b", rate=20, burst=1)
@@ -110,7 +108,7 @@ async def test_waiters_are_served_in_reservation_order_across_processes(
 
 
 async def test_a_caller_whose_own_deadline_cuts_the_redis_call_short_is_served_locally(
-    clients: list[aioredis.Redis], key_prefix: str, caplog: pytest.LogCaptureFixture
+    clients: list[RedisConnection], key_prefix: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     limiter = bucket(clients[0], key_prefix + "b", rate=1, burst=5)
     with caplog.at_level(logging.WARNING, logger="sidecar.backends.redis"):
@@ -121,7 +119,7 @@ async def test_a_caller_whose_own_deadline_cuts_the_redis_call_short_is_served_l
 
 
 async def test_a_refused_caller_takes_nothing_from_the_bucket(
-    clients: list[aioredis.Redis], key_prefix: str
+    clients: list[RedisConnection], key_prefix: str
 ) -> None:
     impatient = bucket(clients[0], key_prefix + "b", rate=10, burst=1, queue=0)
     patient = bucket(clients[0], key_prefix + "b", rate=10, burst=1)
@@ -134,7 +132,7 @@ async def test_a_refused_caller_takes_nothing_from_the_bucket(
     assert time.monotonic() - started <= 0.15  # no refused call left a debt behind
 
 
-async def test_max_queue_zero_never_waits(clients: list[aioredis.Redis], key_prefix: str) -> None:
+async def test_max_queue_zero_never_waits(clients: list[RedisConnection], key_prefix: str) -> None:
     limiter = bucket(clients[0], key_prefix + "b", rate=100, burst=1, queue=0)
     await limiter.acquire()
     with pytest.raises(RateLimitedError):
@@ -142,14 +140,14 @@ async def test_max_queue_zero_never_waits(clients: list[aioredis.Redis], key_pre
 
 
 async def test_weight_beyond_the_burst_is_rejected(
-    clients: list[aioredis.Redis], key_prefix: str
+    clients: list[RedisConnection], key_prefix: str
 ) -> None:
     with pytest.raises(ValueError, match="burst_size"):
         await bucket(clients[0], key_prefix + "b", rate=1, burst=2).acquire(3)
 
 
 async def test_snapshot_reports_the_tokens_redis_last_answered(
-    clients: list[aioredis.Redis], key_prefix: str
+    clients: list[RedisConnection], key_prefix: str
 ) -> None:
     limiter = bucket(clients[0], key_prefix + "b", rate=0.01, burst=10)
     await limiter.acquire(4)
@@ -158,17 +156,17 @@ async def test_snapshot_reports_the_tokens_redis_last_answered(
 
 
 async def test_bucket_key_expires_once_it_would_be_full_again(
-    clients: list[aioredis.Redis], key_prefix: str
+    clients: list[RedisConnection], key_prefix: str
 ) -> None:
     await bucket(clients[0], key_prefix + "b", rate=10, burst=20).acquire(5)
-    assert 0 < await clients[0].pttl(key_prefix + "b") <= 500 + 1000
+    assert 0 < await clients[0].client.pttl(key_prefix + "b") <= 500 + 1000
 
 
 async def test_unreachable_redis_falls_back_to_a_local_bucket_and_says_so(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, redis_connect: RedisConnect
 ) -> None:
     settings = CacheServiceConfig(backend="redis", host="127.0.0.1", port=free_port())
-    client = create_client(settings)
+    client = redis_connect(settings)
     limiter = bucket(client, "b", rate=0.01, burst=2)
     with caplog.at_level(logging.WARNING, logger="sidecar.backends.redis"):
         await limiter.acquire(deadline=soon(1.0))  # granted locally: calls keep flowing
@@ -179,4 +177,3 @@ async def test_unreachable_redis_falls_back_to_a_local_bucket_and_says_so(
         "global rate limit unreachable on Redis; limiting locally until it is back"
     ) == 1
     assert limiter.snapshot().available == pytest.approx(0, abs=0.01)
-    await client.aclose()

@@ -175,6 +175,7 @@ class Integration(_message.Message):
     CIRCUIT_BREAKER_FIELD_NUMBER: _builtins.int
     RATE_LIMITER_FIELD_NUMBER: _builtins.int
     BULKHEAD_FIELD_NUMBER: _builtins.int
+    CONNECTION_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Instance name from the configuration (the target callers name)."""
     type: _builtins.str
@@ -184,6 +185,10 @@ class Integration(_message.Message):
     default: _builtins.bool
     """True when this instance serves requests with an empty target."""
     health: Global___HealthState.ValueType
+    connection: _builtins.str
+    """The connection this instance is on ("" when it has none, as the memory backends);
+    its health is the connection's.
+    """
     @_builtins.property
     def circuit_breaker(self) -> Global___CircuitBreakerStatus: ...
     @_builtins.property
@@ -201,14 +206,54 @@ class Integration(_message.Message):
         circuit_breaker: Global___CircuitBreakerStatus | None = ...,
         rate_limiter: Global___RateLimiterStatus | None = ...,
         bulkhead: Global___BulkheadStatus | None = ...,
+        connection: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["bulkhead", b"bulkhead", "circuit_breaker", b"circuit_breaker", "rate_limiter", b"rate_limiter"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "bulkhead", b"bulkhead", "circuit_breaker", b"circuit_breaker", "default", b"default", "health", b"health", "name", b"name", "rate_limiter", b"rate_limiter", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "bulkhead", b"bulkhead", "circuit_breaker", b"circuit_breaker", "connection", b"connection", "default", b"default", "health", b"health", "name", b"name", "rate_limiter", b"rate_limiter", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Integration: _TypeAlias = Integration  # noqa: Y015
+
+@_typing.final
+class Connection(_message.Message):
+    """Connection describes one upstream endpoint and the services sharing its client."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    HEALTH_FIELD_NUMBER: _builtins.int
+    USERS_FIELD_NUMBER: _builtins.int
+    IMPLICIT_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Name under `connections:`, or the service's name for an implicit connection."""
+    type: _builtins.str
+    """Connection type, for example "redis"."""
+    health: Global___HealthState.ValueType
+    implicit: _builtins.bool
+    """True when a service's inline settings made it rather than `connections:`."""
+    @_builtins.property
+    def users(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The services using it, sorted; a global rate limiter shows as "<service>.rate_limit"."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        type: _builtins.str = ...,
+        health: Global___HealthState.ValueType = ...,
+        users: _abc.Iterable[_builtins.str] | None = ...,
+        implicit: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["health", b"health", "implicit", b"implicit", "name", b"name", "type", b"type", "users", b"users"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Connection: _TypeAlias = Connection  # noqa: Y015
 
 @_typing.final
 class ListIntegrationsRequest(_message.Message):
@@ -253,6 +298,50 @@ class ListIntegrationsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListIntegrationsResponse: _TypeAlias = ListIntegrationsResponse  # noqa: Y015
+
+@_typing.final
+class ListConnectionsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def page(self) -> _common_pb2.PageRequest: ...
+    def __init__(
+        self,
+        *,
+        page: _common_pb2.PageRequest | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["page", b"page"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page", b"page"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListConnectionsRequest: _TypeAlias = ListConnectionsRequest  # noqa: Y015
+
+@_typing.final
+class ListConnectionsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONNECTIONS_FIELD_NUMBER: _builtins.int
+    PAGE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def connections(self) -> _containers.RepeatedCompositeFieldContainer[Global___Connection]: ...
+    @_builtins.property
+    def page(self) -> _common_pb2.PageResponse: ...
+    def __init__(
+        self,
+        *,
+        connections: _abc.Iterable[Global___Connection] | None = ...,
+        page: _common_pb2.PageResponse | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["page", b"page"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["connections", b"connections", "page", b"page"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListConnectionsResponse: _TypeAlias = ListConnectionsResponse  # noqa: Y015
 
 @_typing.final
 class GetIntegrationRequest(_message.Message):

@@ -46,6 +46,11 @@ class AdminServiceStub:
                 request_serializer=integration_dot_v1_dot_admin__pb2.GetIntegrationRequest.SerializeToString,
                 response_deserializer=integration_dot_v1_dot_admin__pb2.GetIntegrationResponse.FromString,
                 _registered_method=True)
+        self.ListConnections = channel.unary_unary(
+                '/integration.v1.AdminService/ListConnections',
+                request_serializer=integration_dot_v1_dot_admin__pb2.ListConnectionsRequest.SerializeToString,
+                response_deserializer=integration_dot_v1_dot_admin__pb2.ListConnectionsResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -67,6 +72,14 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListConnections(self, request, context):
+        """ListConnections lists every upstream connection (named under `connections:`, or made
+        by a service's inline settings), sorted by name, with the services that share it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -79,6 +92,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.GetIntegration,
                     request_deserializer=integration_dot_v1_dot_admin__pb2.GetIntegrationRequest.FromString,
                     response_serializer=integration_dot_v1_dot_admin__pb2.GetIntegrationResponse.SerializeToString,
+            ),
+            'ListConnections': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListConnections,
+                    request_deserializer=integration_dot_v1_dot_admin__pb2.ListConnectionsRequest.FromString,
+                    response_serializer=integration_dot_v1_dot_admin__pb2.ListConnectionsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -137,6 +155,33 @@ class AdminService:
             '/integration.v1.AdminService/GetIntegration',
             integration_dot_v1_dot_admin__pb2.GetIntegrationRequest.SerializeToString,
             integration_dot_v1_dot_admin__pb2.GetIntegrationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListConnections(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/integration.v1.AdminService/ListConnections',
+            integration_dot_v1_dot_admin__pb2.ListConnectionsRequest.SerializeToString,
+            integration_dot_v1_dot_admin__pb2.ListConnectionsResponse.FromString,
             options,
             channel_credentials,
             insecure,

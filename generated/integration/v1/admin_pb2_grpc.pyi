@@ -39,6 +39,10 @@ class AdminServiceStub:
     """ListIntegrations lists every configured integration, sorted by name."""
     GetIntegration: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetIntegrationRequest, _admin_pb2.GetIntegrationResponse]
     """GetIntegration describes one integration by name."""
+    ListConnections: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListConnectionsRequest, _admin_pb2.ListConnectionsResponse]
+    """ListConnections lists every upstream connection (named under `connections:`, or made
+    by a service's inline settings), sorted by name, with the services that share it.
+    """
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -51,6 +55,10 @@ class AdminServiceAsyncStub(AdminServiceStub):
     """ListIntegrations lists every configured integration, sorted by name."""
     GetIntegration: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetIntegrationRequest, _admin_pb2.GetIntegrationResponse]  # type: ignore[assignment]
     """GetIntegration describes one integration by name."""
+    ListConnections: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListConnectionsRequest, _admin_pb2.ListConnectionsResponse]  # type: ignore[assignment]
+    """ListConnections lists every upstream connection (named under `connections:`, or made
+    by a service's inline settings), sorted by name, with the services that share it.
+    """
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     """AdminService describes the configured integrations and the live state of their
@@ -72,5 +80,15 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.GetIntegrationResponse, _abc.Awaitable[_admin_pb2.GetIntegrationResponse]]:
         """GetIntegration describes one integration by name."""
+
+    @_abc_1.abstractmethod
+    def ListConnections(
+        self,
+        request: _admin_pb2.ListConnectionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ListConnectionsResponse, _abc.Awaitable[_admin_pb2.ListConnectionsResponse]]:
+        """ListConnections lists every upstream connection (named under `connections:`, or made
+        by a service's inline settings), sorted by name, with the services that share it.
+        """
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,9 +1,12 @@
 """`RedisTracking`: keeps a `NearCache` valid with Redis's client-side caching (RESP2 mode).
 
-Two connections take part: the multiplexed data connection, told `CLIENT TRACKING ON
-REDIRECT <id>`, and a subscriber connection to `__redis__:invalidate` whose CLIENT ID that
-`<id>` is. Redis then publishes every key the data connection read once the key changes,
-expires or is evicted; a null key list means FLUSHDB or FLUSHALL.
+Two connections of the service's `RedisConnection` take part: the multiplexed data
+connection, told `CLIENT TRACKING ON REDIRECT <id>`, and the subscriber connection, listening
+on `__redis__:invalidate`, whose CLIENT ID that `<id>` is. Both are shared with the other
+services on the connection: keys they read are tracked too, and their invalidations are
+dropped here as keys this cache does not hold. Redis publishes every key the data
+connection read once the key changes, expires or is evicted; a null key list means FLUSHDB
+or FLUSHALL.
 
 The near cache is active only while both hold: the subscriber is confirmed on its channel
 and the data connection's tracking points at that very subscriber. Losing either empties it
@@ -20,11 +23,10 @@ import logging
 from typing import Any
 
 from redis import exceptions as rex
-from redis.asyncio import Redis
 
-from sidecar.backends._redis_link import Key, SubscriberLink
-from sidecar.backends._redis_mux import Multiplexer
 from sidecar.backends.cache._near_cache import NearCache
+from sidecar.connections.redis import RedisConnection
+from sidecar.connections.redis.subscriber import Key
 
 __all__ = ["RedisTracking"]
 
@@ -33,45 +35,40 @@ _CHANNEL: Key = (False, "__redis__:invalidate")
 
 
 class RedisTracking:
-    """Points `mux`'s tracking at an invalidation subscriber and feeds `near` from it.
+    """Points the connection's data link's tracking at its subscriber, feeding `near`.
 
     Args:
-        client: the cache's client; the subscriber connects with its settings.
+        connection: the cache's connection.
         near: the cache to keep valid.
-        name: the service name, for logs and the connection's name.
-        keepalive: seconds of subscriber silence before a PING.
+        name: the service name, for logs.
 
-    Build the `Multiplexer` with `on_up=tracking.link_up, on_down=tracking.link_down`, then
-    `attach` it; `start` once a loop runs.
+    `start` once a loop runs; `close` before the connection closes.
     """
 
-    def __init__(
-        self, client: Redis, near: NearCache, *, name: str, keepalive: float = 1.0
-    ) -> None:
+    def __init__(self, connection: RedisConnection, near: NearCache, *, name: str) -> None:
         self._near = near
         self._name = name
-        self._mux: Multiplexer | None = None
-        self._subscriber = SubscriberLink(
-            client,
-            name=name,
-            connection_name=f"sidecar:{name}:invalidations",
-            prefixes=("", ""),
+        self._mux = connection.mux
+        self._subscriber = connection.subscriber.view(
             wanted=lambda: (_CHANNEL,),
             on_message=self._on_invalidation,
-            keepalive=keepalive,
-            delays=(0.05, 2.0),
             on_change=self._on_subscriber_change,
         )
+        self._unwatch = connection.watch_data_link(self.link_up, self.link_down)
         self._generation = 0  # of the data connection: bumped when it comes up or goes down
         self._pointed_at: int | None = None  # the subscriber id the data connection tracks to
         self._pointing: set[asyncio.Task[None]] = set()
-
-    def attach(self, mux: Multiplexer) -> None:
-        self._mux = mux
+        self._started = False
 
     def start(self) -> None:
-        """Connect the subscriber in the background (once)."""
+        """Listen for invalidations (once); tracking is pointed as soon as both are up."""
+        if self._started:
+            return
+        self._started = True
         self._subscriber.start()
+        self._subscriber.subscribe(_CHANNEL)  # the link may be up already
+        if self._mux.connected:
+            self._point()
 
     @property
     def active(self) -> bool:
@@ -86,7 +83,8 @@ class RedisTracking:
     async def close(self) -> None:
         for task in self._pointing:
             task.cancel()
-        await self._subscriber.close()
+        self._unwatch()
+        self._subscriber.close()
         self._near.deactivate()
 
     # -- the data connection (Multiplexer hooks) ---------------------------------------------
@@ -107,13 +105,15 @@ class RedisTracking:
         listening = self._listening()
         if listening is None:
             self._near.deactivate()
-        elif listening != self._pointed_at and self._mux is not None and self._mux.connected:
+        elif listening != self._pointed_at and self._mux.connected:
             self._point()
 
-    def _on_invalidation(self, _key: Key, _channel: str, keys: Any) -> None:
+    def _on_invalidation(self, key: Key, _channel: str, keys: Any) -> None:
+        if key != _CHANNEL:
+            return  # a broker's message on the shared subscriber
         if keys is None:  # FLUSHDB / FLUSHALL
             self._near.clear()
-        else:
+        elif isinstance(keys, list):  # not a PUBLISH to the channel by some client
             self._near.invalidate(key.decode("utf-8", "surrogateescape") for key in keys)
 
     def _listening(self) -> int | None:
@@ -135,7 +135,6 @@ class RedisTracking:
     async def _point_now(self) -> None:
         """CLIENT TRACKING ON REDIRECT <subscriber>; activate the near cache if nothing
         changed meanwhile (neither connection was lost or replaced)."""
-        assert self._mux is not None
         generation, subscriber = self._generation, self._listening()
         if subscriber is None:
             return

@@ -12,8 +12,8 @@ Where Redis alone would differ, this module bridges the gap:
 
 `key_prefix` is prepended to every key, so several apps or tests can share one Redis.
 
-Single commands (every operation but `batch` and `set_many` with a TTL) go through one
-auto-pipelined connection shared by all callers (`Multiplexer`); the rest use the client's
+Single commands (every operation but `batch` and `set_many` with a TTL) go through the
+connection's auto-pipelined link shared by all callers (`Multiplexer`); the rest use its
 pool. The hot path (`get`) is one GET on it: one string concatenation for the prefix, one
 reusable error-mapping context, one future.
 
@@ -28,10 +28,6 @@ import asyncio
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
-from redis.asyncio import Redis
-
-from sidecar.backends._redis import RedisErrors, redis_errors
-from sidecar.backends._redis_mux import Multiplexer
 from sidecar.backends.cache._near_cache import NearCache
 from sidecar.backends.cache._redis_batch import (
     ATOMIC_BATCH_LUA,
@@ -58,6 +54,8 @@ from sidecar.backends.cache.base import (
     SetOp,
     check_ttl,
 )
+from sidecar.connections.redis import RedisConnection
+from sidecar.connections.redis.client import RedisErrors, redis_errors
 from sidecar.errors import FailedPrecondition, Unavailable
 
 __all__ = ["RedisCache"]
@@ -69,36 +67,32 @@ class RedisCache(CacheBackend):
     """A `CacheBackend` on one Redis server (or any server speaking its protocol).
 
     Args:
-        client: the service's client (see `sidecar.backends._redis.create_client`); the
-            cache owns it and closes it in `close`.
+        connection: the Redis connection the service names (shared with the other services
+            on it, and closed by its owner after them).
         name: the service name, reported as `target` in errors.
         key_prefix: prepended to every key.
 
     Usage:
 
-        cache = RedisCache(create_client(settings), name="cache", key_prefix="app1:")
+        cache = RedisCache(connection, name="cache", key_prefix="app1:")
         await cache.set("user:1", b"ada", ttl=30.0)
     """
 
     def __init__(
         self,
-        client: Redis,
+        connection: RedisConnection,
         *,
         name: str,
         key_prefix: str = "",
         near_cache: NearCache | None = None,
     ) -> None:
-        self._client = client
+        client = self._client = connection.client
         self._near = near_cache
         self._tracking: RedisTracking | None = None
-        # Single commands share one pipelined connection; batches use the client's pool.
-        if near_cache is None:
-            self._mux = Multiplexer(client)
-        else:
-            tracking = self._tracking = RedisTracking(client, near_cache, name=name)
-            self._mux = Multiplexer(client, on_up=tracking.link_up, on_down=tracking.link_down)
-            tracking.attach(self._mux)
-        self._execute: Callable[..., Awaitable[Any]] = self._mux.call
+        if near_cache is not None:
+            self._tracking = RedisTracking(connection, near_cache, name=name)
+        # Single commands share the connection's pipelined link; batches use its pool.
+        self._execute: Callable[..., Awaitable[Any]] = connection.mux.call
         self._prefix = key_prefix
         self._errors: RedisErrors = redis_errors(name)
         self._name = name
@@ -109,12 +103,6 @@ class RedisCache(CacheBackend):
     def tracking(self) -> RedisTracking | None:
         """The near cache's invalidation machinery, None without a near cache."""
         return self._tracking
-
-    @property
-    def client(self) -> Redis:
-        """The underlying client (shared with the global rate limiters that name this
-        service as their `redis_target`)."""
-        return self._client
 
     # -- strings and keys --------------------------------------------------------------------
 
@@ -302,8 +290,6 @@ class RedisCache(CacheBackend):
         self._closed = True
         if self._tracking is not None:
             await self._tracking.close()
-        await self._mux.aclose()
-        await self._client.aclose()
 
     # -- helpers -----------------------------------------------------------------------------
 

@@ -17,7 +17,6 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from sidecar.backends._redis import redis_errors
 from sidecar.backends.pubsub import _streams_codec as codec
 from sidecar.backends.pubsub._streams_lua import CLAIM, LEAVE, REPLAY
 from sidecar.backends.pubsub.reliable import (
@@ -26,6 +25,7 @@ from sidecar.backends.pubsub.reliable import (
     Replayed,
     ReplayOutcome,
 )
+from sidecar.connections.redis.client import redis_errors
 
 __all__ = ["Claimed", "StreamOps"]
 

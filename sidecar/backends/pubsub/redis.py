@@ -1,7 +1,8 @@
 """`RedisBroker`: the pub/sub capability on Redis pub/sub (at-most-once), multiplexed.
 
-A sidecar holds ONE subscriber connection per broker however many gRPC subscribers it
-serves (`SubscriberLink`): every message arrives once on it and is fanned out to the local
+A sidecar holds ONE subscriber connection per Redis connection however many gRPC subscribers
+it serves (the connection's `SubscriberLink`, shared with a near cache's invalidations and
+any other broker on it): every message arrives once on it and is fanned out to the local
 subscriptions (`BufferedSubscription`: bounded buffers, `Dropped` events). SUBSCRIBE and
 PSUBSCRIBE are reference-counted: the first local subscriber of a channel or pattern sends
 SUBSCRIBE, the last one to leave sends UNSUBSCRIBE. `subscribe` returns once Redis has
@@ -28,15 +29,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
-from redis.asyncio import Redis
-
-from sidecar.backends._redis import glob_escape, redis_errors
-from sidecar.backends._redis_link import Key, SubscriberLink
-from sidecar.backends._redis_mux import Multiplexer
 from sidecar.backends.pubsub import _envelope
 from sidecar.backends.pubsub.base import (
     Message,
@@ -46,6 +41,9 @@ from sidecar.backends.pubsub.base import (
     subscription_targets,
 )
 from sidecar.backends.pubsub.buffered import BufferedSubscription
+from sidecar.connections.redis import RedisConnection
+from sidecar.connections.redis.client import glob_escape, redis_errors
+from sidecar.connections.redis.subscriber import Key
 from sidecar.errors import Unavailable
 
 __all__ = ["RedisBroker"]
@@ -55,37 +53,28 @@ class RedisBroker(PubSubBackend):
     """A `PubSubBackend` on Redis pub/sub with one shared subscriber connection.
 
     Args:
-        client: the service's client: PUBLISH and PING use its pool, and the subscriber
-            connection is made with its settings. The broker owns it and closes it.
+        connection: the Redis connection the service names: PUBLISH and PING go on its
+            multiplexed link, subscriptions on its subscriber link (keepalive and reconnection
+            are the connection's). Shared with other services; closed by its owner.
         name: the service name, reported as `target` in errors.
         key_prefix: prepended to every channel and pattern.
-        connection_name: CLIENT SETNAME of the subscriber connection; default
-            `sidecar-sub:<name>:<random>`, unique per broker.
         clock_wall: wall-clock seconds, for `published_at`.
-        keepalive: seconds of silence before the subscriber connection is PINGed.
-        reconnect_delays: (first, most) seconds of backoff between reconnection attempts.
 
     Usage:
 
-        broker = RedisBroker(create_client(settings), name="pubsub", key_prefix="app1:")
+        broker = RedisBroker(connection, name="pubsub", key_prefix="app1:")
         subscription = await broker.subscribe(["orders"], ["news.*"], buffer_size=256)
     """
 
     def __init__(
         self,
-        client: Redis,
+        connection: RedisConnection,
         *,
         name: str,
         key_prefix: str = "",
-        connection_name: str | None = None,
         clock_wall: Callable[[], float] = time.time,
-        keepalive: float = 10.0,
-        reconnect_delays: tuple[float, float] = (0.05, 2.0),
     ) -> None:
-        self._client = client
-        # PUBLISH and PING share one pipelined connection, like the cache's single commands.
-        self._mux = Multiplexer(client)
-        self._execute: Callable[..., Awaitable[Any]] = self._mux.call
+        self._execute: Callable[..., Awaitable[Any]] = connection.mux.call
         self._errors = redis_errors(name)
         self._name = name
         self._prefix = key_prefix
@@ -93,22 +82,12 @@ class RedisBroker(PubSubBackend):
         # Local subscriptions, and by what they listen to (dicts as ordered sets).
         self._subscriptions: dict[BufferedSubscription, None] = {}
         self._listeners: dict[Key, dict[BufferedSubscription, None]] = {}
-        self._link = SubscriberLink(
-            client,
-            name=name,
-            connection_name=connection_name or f"sidecar-sub:{name}:{uuid.uuid4().hex[:8]}",
+        self._link = connection.subscriber.view(
             prefixes=(key_prefix, glob_escape(key_prefix)),
             wanted=lambda: list(self._listeners),
             on_message=self._dispatch,
-            keepalive=keepalive,
-            delays=reconnect_delays,
         )
         self._closed = False
-
-    @property
-    def client(self) -> Redis:
-        """The command client (shared with global rate limiters naming this service)."""
-        return self._client
 
     @property
     def connection_name(self) -> str:
@@ -189,11 +168,9 @@ class RedisBroker(PubSubBackend):
         if self._closed:
             return
         self._closed = True
+        self._link.close()  # unsubscribes what no other service on the connection wants
         for subscription in list(self._subscriptions):
             subscription.close_now()
-        await self._link.close()
-        await self._mux.aclose()
-        await self._client.aclose()
 
     def subscriber_count(self) -> int:
         return len(self._subscriptions)

@@ -164,19 +164,16 @@ class ReliableBroker(PubSubBackend, ReliablePubSub):
     """One backend serving plain channels through `plain` and reliable topics through
     `streams`: servicers see a `PubSubBackend` that is also a `ReliablePubSub`.
 
-    Closing closes `streams`, then `plain`, then `owned_client` if given (otherwise `plain`
-    owns the shared Redis client and closes it).
+    Closing closes `streams`, then `plain`; the Redis client is the connection's.
     """
 
     def __init__(
         self,
         plain: PubSubBackend,
         streams: RedisStreams,
-        owned_client: aioredis.Redis | None = None,
     ) -> None:
         self.plain = plain
         self.streams = streams
-        self._owned_client = owned_client
 
     async def publish(
         self, channel: str, payload: bytes, metadata: Mapping[str, str] | None = None
@@ -221,11 +218,7 @@ class ReliableBroker(PubSubBackend, ReliablePubSub):
         try:
             await self.streams.close()
         finally:
-            try:
-                await self.plain.close()
-            finally:
-                if self._owned_client is not None:
-                    await self._owned_client.aclose()
+            await self.plain.close()
 
 
 def with_reliable_topics(
@@ -234,14 +227,12 @@ def with_reliable_topics(
     settings: Any,
     *,
     name: str = "pubsub",
-    owns_client: bool = False,
 ) -> PubSubBackend:
     """`plain`, joined with reliable topics on the same Redis client when `settings` (a
     `PubSubServiceConfig`) names any `reliable_topics`; else `plain` itself.
 
     The registry's factory for `("pubsub", "redis")` wraps its plain Redis broker with this;
-    `name` is the service name errors report as `target`. With `owns_client`, closing the
-    result closes `client` too (when `plain` does not).
+    `name` is the service name errors report as `target`.
     """
     if not getattr(settings, "reliable_topics", ()):
         return plain
@@ -253,4 +244,4 @@ def with_reliable_topics(
         visibility_timeout=settings.visibility_timeout,
         max_deliveries=settings.max_deliveries,
     )
-    return ReliableBroker(plain, streams, client if owns_client else None)
+    return ReliableBroker(plain, streams)

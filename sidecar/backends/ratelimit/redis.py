@@ -27,12 +27,14 @@ The switch is logged once per outage, and so is the way back.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import math
+from typing import Any
 
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
+from sidecar.connections.redis import RedisConnection
 from sidecar.resilience import (
     SYSTEM_CLOCK,
     Clock,
@@ -77,11 +79,15 @@ return {1, string.format('%.17g', wait), string.format('%.17g', tokens)}
 """
 
 
+_TAKE_SHA = hashlib.sha1(_TAKE_LUA.encode()).hexdigest()
+
+
 class RedisTokenBucket(RateLimiter):
     """A `RateLimiter` whose bucket is the Redis hash at `key`, shared by every process.
 
     Args:
-        client: a Redis client (the `redis_target` service's own, sharing its pool).
+        connection: the Redis connection; the script runs on its multiplexed link, so the
+            limiter opens no connection of its own.
         key: the bucket's key; every sidecar limiting the same thing must use the same one.
         options: rate, burst and queue, exactly as for a local `TokenBucket`.
         clock: for sleeping out reservations and timing the fallback.
@@ -90,13 +96,13 @@ class RedisTokenBucket(RateLimiter):
 
     Usage:
 
-        limiter = RedisTokenBucket(client, "app:ratelimit:openai", options)
+        limiter = RedisTokenBucket(connection, "app:ratelimit:openai", options)
         pipeline = Pipeline("openai", pipeline_options, classify=..., rate_limiter=limiter)
     """
 
     def __init__(
         self,
-        client: Redis,
+        connection: RedisConnection,
         key: str,
         options: TokenBucketOptions,
         *,
@@ -104,7 +110,7 @@ class RedisTokenBucket(RateLimiter):
         fallback_cooldown: float = 1.0,
         name: str = "",
     ) -> None:
-        self._take = client.register_script(_TAKE_LUA)
+        self._call = connection.mux.call
         self._key = key
         self._rate = float(options.requests_per_second)
         self._capacity = float(options.burst_size)
@@ -145,9 +151,7 @@ class RedisTokenBucket(RateLimiter):
         scope = asyncio.timeout(remaining)  # a slow Redis must not hold the caller either
         try:
             async with scope:
-                granted, wait, tokens = await self._take(
-                    keys=[self._key], args=[self._rate, self._capacity, weight, max_wait]
-                )
+                granted, wait, tokens = await self._take(weight, max_wait)
         except (RedisError, OSError) as exc:  # OSError includes TimeoutError
             if not scope.expired():  # Redis failed, not merely this caller's deadline
                 self._degrade(exc)
@@ -179,6 +183,16 @@ class RedisTokenBucket(RateLimiter):
             rate=self._rate,
             queued=self._waiting,
         )
+
+    async def _take(self, weight: float, max_wait: float) -> Any:
+        """Run the script by its digest; load it once when Redis does not know it yet."""
+        args = (self._key, self._rate, self._capacity, weight, max_wait)
+        try:
+            return await self._call("EVALSHA", _TAKE_SHA, 1, *args)
+        except ResponseError as exc:
+            if not str(exc).startswith("NOSCRIPT"):
+                raise
+            return await self._call("EVAL", _TAKE_LUA, 1, *args)
 
     def _degrade(self, exc: BaseException) -> None:
         if not self._degraded:

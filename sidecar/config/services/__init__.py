@@ -23,7 +23,7 @@ from .ai import AIAliasServiceConfig, AIModelServiceConfig
 from .base import ServiceBase
 from .cache import CacheServiceConfig
 from .pubsub import PubSubServiceConfig
-from .redis import RedisConnectionSettings
+from .redis import RedisConnectionSettings, RedisEndpoint
 from .sql import SqlServiceConfig
 
 __all__ = [
@@ -33,6 +33,7 @@ __all__ = [
     "CacheServiceConfig",
     "PubSubServiceConfig",
     "RedisConnectionSettings",
+    "RedisEndpoint",
     "ServiceBase",
     "ServiceConfig",
     "ServiceModel",

@@ -20,12 +20,15 @@ from __future__ import annotations
 from pydantic import Field, SecretStr, model_validator
 from pydantic_core import PydanticCustomError
 
-from .._common import AtLeastZero, ConfigModel
+from .._common import AtLeastZero, ConfigModel, ServiceName
 
-__all__ = ["RedisConnectionSettings"]
+__all__ = ["RedisConnectionSettings", "RedisEndpoint"]
 
 
-class RedisConnectionSettings(ConfigModel):
+class RedisEndpoint(ConfigModel):
+    """Where a Redis server is and how to sign in: a `type: redis` connection, or the inline
+    settings of a `backend: redis` service (which make an implicit connection of its own)."""
+
     """How to connect to Redis, for services with `backend: redis`.
 
     The connection pool is not configured here: its size is the service's
@@ -64,6 +67,18 @@ class RedisConnectionSettings(ConfigModel):
         default=False,
         description="Connect with TLS (rediss://) (backend: redis only). Default false.",
     )
+
+
+class RedisConnectionSettings(RedisEndpoint):
+    """How a `backend: redis` service reaches Redis: a named connection, or inline settings."""
+
+    connection: ServiceName | None = Field(
+        default=None,
+        description="The name of a redis connection (under connections:) to use; services "
+        "naming one connection share its client, pool and links. Without it, the inline "
+        "host/port/... settings make a connection of this service's own (backend: redis "
+        "only). Default null.",
+    )
     key_prefix: str = Field(
         default="",
         description="Prepended to every key and channel this service uses, so several apps can "
@@ -73,6 +88,20 @@ class RedisConnectionSettings(ConfigModel):
     @model_validator(mode="after")
     def _only_with_redis(self) -> RedisConnectionSettings:
         if getattr(self, "backend", "redis") == "redis":
+            if self.connection is None:
+                return self
+            inline = sorted(_ENDPOINT_FIELDS & self.model_fields_set)
+            if inline:
+                raise PydanticCustomError(
+                    "inline_redis_with_connection",
+                    "{names} {verb} set by connection {connection}; remove {them} here",
+                    {
+                        "names": ", ".join(inline),
+                        "verb": "is" if len(inline) == 1 else "are",
+                        "connection": repr(self.connection),
+                        "them": "it" if len(inline) == 1 else "them",
+                    },
+                )
             return self
         misplaced = sorted(_REDIS_FIELDS & self.model_fields_set)
         if misplaced:
@@ -85,3 +114,4 @@ class RedisConnectionSettings(ConfigModel):
 
 
 _REDIS_FIELDS = frozenset(RedisConnectionSettings.model_fields)
+_ENDPOINT_FIELDS = frozenset(RedisEndpoint.model_fields)

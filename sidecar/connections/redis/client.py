@@ -45,11 +45,10 @@ from sidecar.errors import (
 )
 
 if TYPE_CHECKING:
-    from sidecar.config import RedisConnectionSettings
+    from sidecar.config import RedisEndpoint
 
 __all__ = [
     "RedisErrors",
-    "client_of",
     "create_client",
     "glob_escape",
     "map_redis_error",
@@ -58,7 +57,7 @@ __all__ = [
 
 
 def create_client(
-    settings: RedisConnectionSettings,
+    settings: RedisEndpoint,
     *,
     max_connections: int = 10,
     acquire_timeout: float = 10.0,
@@ -69,9 +68,9 @@ def create_client(
     """A Redis client with its own connection pool; no network I/O happens here.
 
     Args:
-        settings: host, port, database, username, password, tls of a `backend: redis`
-            service (its `key_prefix` is the caller's business: it is not a client setting).
-        max_connections: pool size, from the service's `connection_pool.max_connections`.
+        settings: host, port, database, username, password, tls of a redis connection (or
+            of a `backend: redis` service's inline settings).
+        max_connections: pool size, from the connection's `connection_pool.max_connections`.
         acquire_timeout: how long a call waits for a free pooled connection.
         connect_timeout: limit on opening one connection (`timeouts.connect`).
         socket_timeout: limit on waiting for one reply (`timeouts.read`); None waits forever.
@@ -100,22 +99,6 @@ def create_client(
         decode_responses=False,
     )
     return Redis.from_pool(pool)
-
-
-def client_of(backend: object) -> Redis:
-    """The Redis client of a backend built for a `backend: redis` service, to share its pool.
-
-    `RedisCache` and `RedisBroker` expose it as `client`; a wrapper (the reliable-topics
-    broker) exposes the broker it wraps as `plain`.
-
-    Raises:
-        TypeError: `backend` has no Redis client.
-    """
-    for candidate in (backend, getattr(backend, "plain", None)):
-        client = getattr(candidate, "client", None)
-        if isinstance(client, Redis):
-            return client
-    raise TypeError(f"{type(backend).__name__} has no Redis client")
 
 
 def glob_escape(text: str) -> str:

@@ -1,11 +1,13 @@
-"""`SubscriberLink`: a Redis connection that receives messages: a `RedisBroker`'s one
-subscriber connection, and the invalidation channel of a cache's client-side caching.
+"""`SubscriberLink`: the one Redis connection of a `RedisConnection` that receives messages,
+shared by every service on that connection: a broker's subscriptions and a cache's
+invalidation channel (client-side caching) arrive on it alike.
 
 It owns the connection's whole life: connecting (with its own CLIENT SETNAME), sending
 (P)(UN)SUBSCRIBE and PING in order through one writer task, reading replies in one reader
 task, and on any loss reconnecting with exponential backoff and jitter, then resubscribing
-whatever its owner still wants. It knows nothing of subscriptions: messages go to the
-owner's `on_message` callback.
+whatever its users still want. Each user works through a `SubscriberView`, which adds and
+strips its own key prefix and receives the messages of the names it holds; a name two users
+hold is subscribed once, and unsubscribed only when neither wants it any more.
 
 Acknowledgements are tracked per channel or pattern. A SUBSCRIBE sent for a name is
 "unacked" until Redis confirms it; `waiter(key)` is a future resolved once every SUBSCRIBE
@@ -26,10 +28,10 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from sidecar.backends._redis import map_redis_error
+from sidecar.connections.redis.client import map_redis_error
 from sidecar.errors import SidecarError, Unavailable
 
-__all__ = ["Key", "SubscriberLink"]
+__all__ = ["Key", "SubscriberLink", "SubscriberView"]
 
 _log = logging.getLogger("sidecar.backends.redis")
 
@@ -43,18 +45,14 @@ _UNSUBSCRIBED = {b"unsubscribe": False, b"punsubscribe": True}
 
 
 class SubscriberLink:
-    """One subscriber connection (of a broker, or of a cache's invalidations).
+    """One subscriber connection, shared through `view`s.
 
     Args:
-        client: the owner's client; the connection is made with its pool's settings.
-        name: the service name, for errors and logs.
+        client: the connection's client; the subscriber is made with its pool's settings.
+        name: the connection name, for errors and logs.
         connection_name: CLIENT SETNAME of the connection.
-        prefixes: (channel prefix, glob-escaped pattern prefix) added on the wire.
-        wanted: what to resubscribe after a reconnection, in order.
-        on_message: called with (key, channel without prefix, data) for every message.
         keepalive: seconds of silence before a PING; 3 silent periods mean a dead link.
         delays: (first, most) seconds between reconnection attempts.
-        on_change: called when a name is confirmed and when the connection is lost.
     """
 
     def __init__(
@@ -63,23 +61,15 @@ class SubscriberLink:
         *,
         name: str,
         connection_name: str,
-        prefixes: tuple[str, str],
-        wanted: Callable[[], Iterable[Key]],
-        on_message: Callable[[Key, str, bytes], None],
         keepalive: float,
         delays: tuple[float, float],
-        on_change: Callable[[], None] | None = None,
     ) -> None:
         self._client = client
         self._name = name
         self.connection_name = connection_name
-        self._prefixes = prefixes
-        self._strip = tuple(len(prefix.encode()) for prefix in prefixes)
-        self._wanted = wanted
-        self._on_message = on_message
         self._keepalive = keepalive
         self._delays = delays
-        self._on_change = on_change
+        self._views: list[SubscriberView] = []
         self.client_id: int | None = None
         """CLIENT ID of the current connection (what CLIENT TRACKING ... REDIRECT names)."""
         self.up = False
@@ -87,13 +77,35 @@ class SubscriberLink:
         self.failure: BaseException | None = None
         """Why the last connection ended or could not be made; None once connected."""
         self.confirmed: set[Key] = set()
-        """Names Redis has confirmed on the current connection (and not unsubscribed)."""
+        """Wire names Redis has confirmed on the current connection (and not unsubscribed)."""
         self._task: asyncio.Task[None] | None = None
         self._outbox: list[tuple[str, Any]] = []
         self._outbox_ready = asyncio.Event()
         self._unacked: dict[Key, int] = {}
         self._waiting: dict[Key, asyncio.Future[None]] = {}
         self._pings: deque[asyncio.Future[None] | None] = deque()
+
+    def view(
+        self,
+        *,
+        prefixes: tuple[str, str] = ("", ""),
+        wanted: Callable[[], Iterable[Key]],
+        on_message: Callable[[Key, str, bytes], None],
+        on_change: Callable[[], None] | None = None,
+    ) -> SubscriberView:
+        """A user's side of the link.
+
+        Args:
+            prefixes: (channel prefix, glob-escaped pattern prefix) added on the wire.
+            wanted: what the user wants subscribed, in order (resubscribed after a
+                reconnection); names as the user sees them.
+            on_message: called with (key, channel, data) for every message of a name the
+                user wants, both without the prefix.
+            on_change: called when a name is confirmed and when the connection is lost.
+        """
+        view = SubscriberView(self, prefixes, wanted, on_message, on_change)
+        self._views.append(view)
+        return view
 
     def start(self) -> None:
         """Connect in the background (once); later calls do nothing."""
@@ -106,18 +118,28 @@ class SubscriberLink:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        self._lost(Unavailable("the Redis broker is closed", reason="BACKEND_CLOSED"))
+        self._lost(Unavailable("the Redis connection is closed", reason="BACKEND_CLOSED"))
 
     def subscribe(self, key: Key) -> None:
-        """Send SUBSCRIBE (or PSUBSCRIBE) for `key` if connected; else the reconnection will."""
+        """Send SUBSCRIBE (or PSUBSCRIBE) for the wire name `key` if connected; else the
+        reconnection will."""
         if self.up:
             self._unacked[key] = self._unacked.get(key, 0) + 1
-            self._send(_SUBSCRIBE[key[0]], self._wire(key))
+            self._send(_SUBSCRIBE[key[0]], key[1])
 
     def unsubscribe(self, key: Key) -> None:
-        """Send UNSUBSCRIBE for `key` if connected (a new connection starts without it)."""
-        if self.up:
-            self._send(_UNSUBSCRIBE[key[0]], self._wire(key))
+        """Send UNSUBSCRIBE for the wire name `key` if connected and no view wants it."""
+        if self.up and not any(key in view.wire_wanted() for view in self._views):
+            self._send(_UNSUBSCRIBE[key[0]], key[1])
+
+    def detach(self, view: SubscriberView) -> None:
+        """Forget `view`, unsubscribing what only it wanted."""
+        if view not in self._views:
+            return
+        held = view.wire_wanted()
+        self._views.remove(view)
+        for key in held:
+            self.unsubscribe(key)
 
     def pending(self, key: Key) -> bool:
         """Whether `key` is not yet confirmed on a live connection."""
@@ -138,11 +160,14 @@ class SubscriberLink:
         self._send("PING", pong)
         await pong
 
-    def _wire(self, key: Key) -> str:
-        return self._prefixes[key[0]] + key[1]
+    def _wanted(self) -> list[Key]:
+        """Every wire name some view wants, once each, in order."""
+        return list(dict.fromkeys(key for view in self._views for key in view.wire_wanted()))
 
-    def _local(self, is_pattern: bool, wire: bytes) -> str:
-        return wire[self._strip[is_pattern] :].decode("utf-8", "replace")
+    def _changed(self) -> None:
+        for view in self._views:
+            if view.on_change is not None:
+                view.on_change()
 
     def _send(self, command: str, argument: Any) -> None:
         self._outbox.append((command, argument))
@@ -198,9 +223,10 @@ class SubscriberLink:
         self._pings.clear()
         self._unacked.clear()
         self.confirmed.clear()
+        for view in self._views:
+            view.confirmed.clear()
         self._outbox.clear()
-        if self._on_change is not None:
-            self._on_change()
+        self._changed()
 
     async def _serve(self, conn: Any) -> None:
         reader = asyncio.create_task(self._read(conn))
@@ -239,23 +265,26 @@ class SubscriberLink:
                 continue
             kind = reply[0]
             if kind == b"message":
-                key = (False, self._local(False, reply[1]))
-                self._on_message(key, key[1], reply[2])
+                for view in self._views:
+                    view.deliver(False, reply[1], reply[1], reply[2])
             elif kind == b"pmessage":
-                key = (True, self._local(True, reply[1]))
-                self._on_message(key, self._local(False, reply[2]), reply[3])
+                for view in self._views:
+                    view.deliver(True, reply[1], reply[2], reply[3])
             elif kind in _SUBSCRIBED:
-                self._acked((_SUBSCRIBED[kind], self._local(_SUBSCRIBED[kind], reply[1])))
+                self._acked((_SUBSCRIBED[kind], _text(reply[1])))
             elif kind in _UNSUBSCRIBED and reply[1] is not None:
-                is_pattern = _UNSUBSCRIBED[kind]
-                self.confirmed.discard((is_pattern, self._local(is_pattern, reply[1])))
+                key = (_UNSUBSCRIBED[kind], _text(reply[1]))
+                self.confirmed.discard(key)
+                for view in self._views:
+                    view.unconfirmed(key)
             elif kind == b"pong":
                 self._pong()
 
     def _acked(self, key: Key) -> None:
         self.confirmed.add(key)
-        if self._on_change is not None:
-            self._on_change()
+        for view in self._views:
+            view.confirm(key)
+        self._changed()
         left = self._unacked.get(key, 0) - 1
         if left > 0:
             self._unacked[key] = left
@@ -270,6 +299,125 @@ class SubscriberLink:
             pong = self._pings.popleft()
             if pong is not None and not pong.done():
                 pong.set_result(None)
+
+
+class SubscriberView:
+    """One user's side of a `SubscriberLink`: names as the user sees them (without its key
+    prefix), the messages of the names it wants, and the link's state."""
+
+    def __init__(
+        self,
+        link: SubscriberLink,
+        prefixes: tuple[str, str],
+        wanted: Callable[[], Iterable[Key]],
+        on_message: Callable[[Key, str, bytes], None],
+        on_change: Callable[[], None] | None,
+    ) -> None:
+        self._link = link
+        self._prefixes = prefixes
+        self._raw_prefixes = (prefixes[0].encode(), prefixes[1].encode())
+        self._wanted = wanted
+        self._on_message = on_message
+        self.on_change = on_change
+        self.confirmed: set[Key] = set()
+        """Names (without prefix) Redis has confirmed on the current connection."""
+        self._waiters: set[asyncio.Future[None]] = set()
+
+    @property
+    def connection_name(self) -> str:
+        return self._link.connection_name
+
+    @property
+    def up(self) -> bool:
+        return self._link.up
+
+    @property
+    def failure(self) -> BaseException | None:
+        return self._link.failure
+
+    @property
+    def client_id(self) -> int | None:
+        return self._link.client_id
+
+    def start(self) -> None:
+        self._link.start()
+
+    async def sync(self) -> None:
+        await self._link.sync()
+
+    def close(self) -> None:
+        """Stop receiving; names no other view wants are unsubscribed, and whoever waits on
+        this view gets `Unavailable(BACKEND_CLOSED)`."""
+        self._link.detach(self)
+        closed = Unavailable("the service is closed", reason="BACKEND_CLOSED")
+        for waiter in list(self._waiters):
+            if not waiter.done():
+                waiter.set_exception(closed)
+                waiter.exception()  # marked retrieved: its waiter may be gone
+
+    def subscribe(self, key: Key) -> None:
+        self._link.subscribe(self._wire(key))
+
+    def unsubscribe(self, key: Key) -> None:
+        self._link.unsubscribe(self._wire(key))
+
+    def pending(self, key: Key) -> bool:
+        return self._link.pending(self._wire(key))
+
+    def waiter(self, key: Key) -> asyncio.Future[None]:
+        """A future resolved once `key` is confirmed; failed if the connection is lost or
+        this view closes first."""
+        shared = self._link.waiter(self._wire(key))
+        mine: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.add(mine)
+        mine.add_done_callback(self._waiters.discard)
+        shared.add_done_callback(lambda done: _settle(mine, done))
+        return mine
+
+    def wire_wanted(self) -> list[Key]:
+        return [self._wire(key) for key in self._wanted()]
+
+    def _wire(self, key: Key) -> Key:
+        return (key[0], self._prefixes[key[0]] + key[1])
+
+    def _local(self, key: Key) -> Key | None:
+        prefix = self._prefixes[key[0]]
+        return (key[0], key[1][len(prefix) :]) if key[1].startswith(prefix) else None
+
+    def confirm(self, key: Key) -> None:
+        local = self._local(key)
+        if local is not None:
+            self.confirmed.add(local)
+
+    def unconfirmed(self, key: Key) -> None:
+        local = self._local(key)
+        if local is not None:
+            self.confirmed.discard(local)
+
+    def deliver(self, is_pattern: bool, name: bytes, channel: bytes, data: bytes) -> None:
+        """Hand one message to the user if its name and channel carry the user's prefixes."""
+        name_prefix, channel_prefix = self._raw_prefixes[is_pattern], self._raw_prefixes[0]
+        if not (name.startswith(name_prefix) and channel.startswith(channel_prefix)):
+            return
+        key = (is_pattern, name[len(name_prefix) :].decode("utf-8", "replace"))
+        self._on_message(key, channel[len(channel_prefix) :].decode("utf-8", "replace"), data)
+
+
+def _settle(mine: asyncio.Future[None], shared: asyncio.Future[None]) -> None:
+    """Pass the shared waiter's outcome on to one view's waiter (unless it closed first)."""
+    error = None if shared.cancelled() else shared.exception()
+    if mine.done():
+        return
+    if shared.cancelled():
+        mine.cancel()
+    elif error is not None:
+        mine.set_exception(error)
+    else:
+        mine.set_result(None)
+
+
+def _text(wire: bytes) -> str:
+    return wire.decode("utf-8", "replace")
 
 
 def _grouped(batch: list[tuple[str, Any]]) -> list[tuple[str, list[Any]]]:

@@ -1,0 +1,106 @@
+"""The `connections:` section: what loads, and every wrong reference refused at its path."""
+
+from __future__ import annotations
+
+import pytest
+
+from sidecar.config import ConfigError, parse_config
+
+
+def problems(text: str) -> str:
+    with pytest.raises(ConfigError) as raised:
+        parse_config(text)
+    return str(raised.value)
+
+
+SHARED = """
+connections:
+  main-redis:
+    type: redis
+    host: redis.internal
+    port: 6380
+    connection_pool: {max_connections: 20}
+    timeouts: {connect: 2s}
+services:
+  cache: {type: cache, backend: redis, connection: main-redis, key_prefix: "a:"}
+  events: {type: pubsub, backend: redis, connection: main-redis}
+"""
+
+
+def test_services_naming_one_connection_load_with_its_pool_and_timeouts() -> None:
+    config = parse_config(SHARED)
+    assert config.connection_of("cache") == config.connection_of("events") == "main-redis"
+    pool, timeouts = config.connection_policies("main-redis")
+    assert (pool.max_connections, timeouts.connect) == (20, 2.0)
+    assert (timeouts.read, pool.acquire_timeout) == (30.0, 10.0)  # inherited
+
+
+def test_inline_settings_make_an_implicit_connection_named_like_the_service() -> None:
+    config = parse_config("services:\n  c: {type: cache, backend: redis, port: 6390}\n")
+    assert config.connection_of("c") == "c"
+    assert config.connections == {}
+
+
+def test_a_memory_service_is_on_no_connection() -> None:
+    assert parse_config("services:\n  c: {type: cache}\n").connection_of("c") is None
+
+
+def test_an_unknown_connection_is_refused_with_the_configured_names() -> None:
+    found = problems(SHARED.replace("connection: main-redis, key", "connection: nowhere, key"))
+    assert "services.cache.connection: 'nowhere' is not a configured redis connection" in found
+    assert "main-redis" in found
+
+
+def test_inline_settings_beside_a_connection_are_refused() -> None:
+    found = problems(
+        SHARED.replace(
+            'connection: main-redis, key_prefix: "a:"', "connection: main-redis, port: 1"
+        )
+    )
+    assert "services.cache" in found
+    assert "port is set by connection 'main-redis'; remove it here" in found
+
+
+def test_a_connection_on_a_memory_service_is_refused() -> None:
+    found = problems(SHARED + "  mem: {type: cache, connection: main-redis}\n")
+    assert "services.mem" in found and "connection is only for backend: redis" in found
+
+
+def test_an_implicit_connection_may_not_take_a_configured_connection_s_name() -> None:
+    found = problems(SHARED + "  main-redis: {type: cache, backend: redis, port: 6390}\n")
+    assert "services.main-redis" in found
+    assert "name it with connection:" in found
+
+
+def test_an_unknown_connection_type_is_refused() -> None:
+    found = problems("connections:\n  x: {type: kafka}\n")
+    assert "connections.x.type: must be one of: redis (got 'kafka')" in found
+
+
+def test_a_connection_name_must_be_a_valid_name() -> None:
+    assert "invalid service name" in problems("connections:\n  Bad_Name: {type: redis}\n")
+
+
+def test_a_global_rate_limit_may_name_a_connection() -> None:
+    config = parse_config(
+        SHARED + "  api: {type: cache, rate_limit: {requests_per_second: 5, burst_size: 5, "
+        "store: redis, connection: main-redis}}\n"
+    )
+    limit = config.policies_for("api").rate_limit
+    assert limit is not None and (limit.connection, limit.redis_target) == ("main-redis", None)
+
+
+def test_a_global_rate_limit_on_an_unknown_connection_is_refused() -> None:
+    found = problems(
+        SHARED + "  api: {type: cache, rate_limit: {requests_per_second: 5, burst_size: 5, "
+        "store: redis, connection: elsewhere}}\n"
+    )
+    assert "services.api.rate_limit.connection: 'elsewhere' is not a configured redis" in found
+
+
+def test_a_redis_rate_limit_needs_a_connection_or_a_target() -> None:
+    found = problems(
+        "services:\n  api: {type: cache, rate_limit: {requests_per_second: 5, burst_size: 5, "
+        "store: redis}}\n"
+    )
+    assert "store: redis needs redis_target" in found and "or connection" in found
