@@ -51,7 +51,15 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy --strict sidecar
 	$(VENV)/bin/buf lint
 	$(VENV)/bin/buf format --diff --exit-code
+	$(VENV)/bin/buf breaking --against contracts/integration-v1.binpb --exclude-imports
 	$(PY) scripts/gen_protos.py --check
+	$(VENV)/bin/lint-imports --no-cache --no-logo
+
+# Clients built from a released proto/ must keep working, so `make lint` checks `buf breaking`
+# against this image: rewrite it only on purpose, when a contract version is released.
+.PHONY: proto-release
+proto-release: $(STAMP)
+	$(VENV)/bin/buf build --exclude-source-info -o contracts/integration-v1.binpb
 
 bench: install
 	$(PY) -m bench
