@@ -1,171 +1,75 @@
-"""Map a service's configured `type` and `backend` to the factory that builds it.
+"""The one backend registry: each (service type, backend) and the module declaring its spec.
 
-Factories import their client library lazily, so start-up time and memory depend only on
-the backends actually configured.
+A backend's module declares `SPEC` (a `BackendSpec`) next to its code; one line in
+`sidecar.config.backends.BACKENDS` makes it known (to the config, which refuses other names,
+and here). Modules are imported only when a service uses them, so
+start-up time and memory depend only on the backends actually configured.
+
+    built = build_backend(BuildContext(name, settings, policies, connection, clock))
+    built.backend, built.features
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+import importlib
+from dataclasses import dataclass
+from typing import cast
 
+from sidecar.backends.spec import BackendSpec, BuildContext
+from sidecar.config import ServiceBase
+from sidecar.config.backends import BACKENDS
 from sidecar.errors import FailedPrecondition
 
-__all__ = ["create_backend", "registered_backends"]
+__all__ = ["BuiltBackend", "build_backend", "registered_backends", "spec_for"]
 
 
-def _memory_cache(settings: Any) -> Any:
-    from sidecar.backends.cache.memory import MemoryCache
+@dataclass(frozen=True, slots=True)
+class BuiltBackend:
+    """A backend built for one service, and what it can do."""
 
-    return MemoryCache(max_keys=settings.max_keys)
-
-
-def _memory_broker(settings: Any) -> Any:
-    from sidecar.backends.pubsub.memory import MemoryBroker
-
-    return MemoryBroker()
-
-
-_FACTORIES: dict[tuple[str, str], Callable[[Any], Any]] = {
-    ("cache", "memory"): _memory_cache,
-    ("pubsub", "memory"): _memory_broker,
-}
-
-
-def _sql_postgres(settings: Any, policies: Any) -> Any:
-    from sidecar.backends.sql.postgres import PostgresBackend, PostgresOptions
-
-    pool, timeouts = _pool_and_timeouts(policies)
-    return PostgresBackend(
-        PostgresOptions(
-            dsn=settings.dsn.get_secret_value() if settings.dsn else None,
-            host=settings.host,
-            port=settings.port,
-            database=settings.database,
-            user=settings.username,
-            password=settings.password.get_secret_value() if settings.password else None,
-            read_only=settings.read_only,
-            allow_privileged_role=settings.allow_privileged_role,
-            min_size=pool.min_connections,
-            max_size=pool.max_connections,
-            acquire_timeout=pool.acquire_timeout,
-            idle_timeout=pool.idle_timeout,
-            connect_timeout=timeouts.connect,
-            request_timeout=timeouts.request,
-            statement_cache_size=settings.statement_cache_size,
-            max_stream_connections=settings.max_stream_connections,
-        )
-    )
-
-
-def _sql_sqlite(settings: Any, policies: Any) -> Any:
-    from sidecar.backends.sql.sqlite import SqliteBackend, SqliteOptions
-
-    pool, timeouts = _pool_and_timeouts(policies)
-    return SqliteBackend(
-        SqliteOptions(
-            path=settings.path,
-            read_only=settings.read_only,
-            acquire_timeout=pool.acquire_timeout,
-            request_timeout=timeouts.request,
-        )
-    )
-
-
-def _pool_and_timeouts(policies: Any) -> tuple[Any, Any]:
-    """The resolved `connection_pool` and `timeouts`, or their defaults without policies."""
-    if policies is not None:
-        return policies.connection_pool, policies.timeouts
-    from sidecar.config import ConnectionPoolConfig, TimeoutsConfig
-
-    return ConnectionPoolConfig(), TimeoutsConfig()
-
-
-def _ai_model(settings: Any, policies: Any) -> Any:
-    from sidecar.ai.build import model_service
-
-    return model_service(settings, policies)
-
-
-def _ai_alias(settings: Any, policies: Any) -> Any:
-    from sidecar.ai.build import alias_service
-
-    return alias_service(settings, policies)
-
-
-# Factories of backends that keep a connection pool also take the service's resolved
-# policies (`Config.policies_for(name)`): `connection_pool` sizes the pool, `timeouts` bound
-# connecting and each request.
-_POOLED_FACTORIES: dict[tuple[str, str], Callable[[Any, Any], Any]] = {
-    ("sql", "postgres"): _sql_postgres,
-    ("sql", "sqlite"): _sql_sqlite,
-    # AI: `backend` is the provider; timeouts, breaker and retry come from the policies.
-    ("ai_model", "openai"): _ai_model,
-    ("ai_model", "anthropic"): _ai_model,
-    ("ai_model", "huggingface"): _ai_model,
-    ("ai_model", "echo"): _ai_model,
-    ("ai_alias", "router"): _ai_alias,
-}
-
-
-def _redis_cache(settings: Any, name: str, connection: Any) -> Any:
-    from sidecar.backends.cache._near_cache import NearCache
-    from sidecar.backends.cache.redis import RedisCache
-
-    near = settings.near_cache
-    near_cache = (
-        NearCache(
-            max_entries=near.max_entries,
-            max_value_size=near.max_value_size,
-            max_ttl=near.max_ttl,
-        )
-        if near.enabled
-        else None
-    )
-    return RedisCache(connection, name=name, key_prefix=settings.key_prefix, near_cache=near_cache)
-
-
-def _redis_broker(settings: Any, name: str, connection: Any) -> Any:
-    from sidecar.backends.pubsub.redis import RedisBroker
-    from sidecar.backends.pubsub.redis_streams import with_reliable_topics
-
-    broker = RedisBroker(connection, name=name, key_prefix=settings.key_prefix)
-    # Reliable topics (if any) ride on the connection's client too.
-    return with_reliable_topics(broker, connection.client, settings, name=name)
-
-
-# Backends on a connection take their service name (errors report it as `target`) and the
-# connection they share with the other services naming it.
-_CONNECTED_FACTORIES: dict[tuple[str, str], Callable[[Any, str, Any], Any]] = {
-    ("cache", "redis"): _redis_cache,
-    ("pubsub", "redis"): _redis_broker,
-}
+    backend: object
+    features: frozenset[str]
 
 
 def registered_backends() -> list[tuple[str, str]]:
-    """Every (type, backend) pair the sidecar can build."""
-    return sorted({*_FACTORIES, *_POOLED_FACTORIES, *_CONNECTED_FACTORIES})
+    """Every (type, backend) pair the registry can build."""
+    return sorted(BACKENDS)
 
 
-def create_backend(
-    settings: Any, policies: Any = None, name: str | None = None, connection: Any = None
-) -> Any:
-    """Build the backend for one service's settings (which carry `type` and `backend`).
+def spec_for(type_name: str, backend: str) -> BackendSpec[ServiceBase]:
+    """The spec of one backend (importing its module).
 
-    `policies` are the service's resolved policies (`Config.policies_for(name)`); backends
-    that pool connections size their pool from them (defaults when None). `name` is the
-    service's name (default: its type); `connection` the connection it names or implies.
+    Raises:
+        FailedPrecondition: no such backend for that type (UNSUPPORTED_BACKEND).
     """
-    connected = _CONNECTED_FACTORIES.get((settings.type, settings.backend))
-    if connected is not None:
-        return connected(settings, name or settings.type, connection)
-    pooled = _POOLED_FACTORIES.get((settings.type, settings.backend))
-    if pooled is not None:
-        return pooled(settings, policies)
-    factory = _FACTORIES.get((settings.type, settings.backend))
-    if factory is None:
+    module = BACKENDS.get((type_name, backend))
+    if module is None:
+        known = ", ".join(name for kind, name in sorted(BACKENDS) if kind == type_name)
         raise FailedPrecondition(
-            f"no backend {settings.backend!r} for service type {settings.type!r}",
+            f"no backend {backend!r} for service type {type_name!r} (known: {known or 'none'})",
             reason="UNSUPPORTED_BACKEND",
         )
-    return factory(settings)
+    spec = importlib.import_module(module).SPEC
+    assert isinstance(spec, BackendSpec) and (spec.type, spec.backend) == (type_name, backend)
+    return cast(BackendSpec[ServiceBase], spec)
+
+
+def build_backend(context: BuildContext[ServiceBase]) -> BuiltBackend:
+    """Build the backend of one service (no network I/O happens here).
+
+    Raises:
+        FailedPrecondition: the settings name no registered backend (UNSUPPORTED_BACKEND).
+        TypeError: the settings are not the spec's model, or the connection is missing.
+    """
+    settings = context.settings
+    spec = spec_for(settings.type, settings.backend)  # type: ignore[attr-defined]
+    if not isinstance(settings, spec.settings):
+        raise TypeError(f"{spec.type}/{spec.backend} takes {spec.settings.__name__} settings")
+    if spec.connection_type is not None and (
+        context.connection is None or context.connection.type != spec.connection_type
+    ):
+        raise TypeError(f"{spec.type}/{spec.backend} needs a {spec.connection_type} connection")
+    backend = spec.build(context)
+    own = getattr(backend, "features", None)
+    extra: frozenset[str] = own() if callable(own) else frozenset()
+    return BuiltBackend(backend, spec.features | extra)

@@ -40,17 +40,22 @@ from .policies import (
 from .server import AuthConfig, InboundRateLimitConfig, KeepaliveConfig, ServerConfig
 from .services import (
     SERVICE_TYPES,
+    AIAliasServiceConfig,
+    AIModelServiceConfig,
     CacheServiceConfig,
     PubSubServiceConfig,
     RedisConnectionSettings,
     RedisEndpoint,
     ServiceBase,
     ServiceConfig,
+    SqlServiceConfig,
 )
 
 __all__ = [
     "CONNECTION_TYPES",
     "SERVICE_TYPES",
+    "AIAliasServiceConfig",
+    "AIModelServiceConfig",
     "AuthConfig",
     "BulkheadConfig",
     "BulkheadOverride",
@@ -83,6 +88,7 @@ __all__ = [
     "ServiceBase",
     "ServiceConfig",
     "ServicePolicies",
+    "SqlServiceConfig",
     "TimeoutsConfig",
     "TimeoutsOverride",
     "load_config",

@@ -11,8 +11,9 @@ from typing import Any, Generic, TypeVar
 
 from opentelemetry.metrics import Meter
 
-from sidecar.backends.registry import create_backend
-from sidecar.config import Config
+from sidecar.backends.registry import BuiltBackend, build_backend
+from sidecar.backends.spec import BuildContext
+from sidecar.config import Config, ServiceConfig
 from sidecar.connections import Connections, build_connections
 from sidecar.errors import NotFound
 from sidecar.resilience import SYSTEM_CLOCK, CircuitState, Clock, Pipeline, RateLimiter
@@ -36,6 +37,8 @@ class Integration(Generic[B]):
     pipeline: Pipeline
     settings: Any
     is_default: bool
+    features: frozenset[str] = frozenset()
+    """What the backend can do beyond its capability's core (optional families, ...)."""
     healthy: bool = True
     connection: str | None = None
     """The connection the service is on (its health is the connection's), if any."""
@@ -128,9 +131,7 @@ def build_integrations(config: Config, clock: Clock = SYSTEM_CLOCK) -> Integrati
     }
     connections = build_connections(config)
     backends = {
-        name: create_backend(
-            service, config.policies_for(name), name, _connection_of(config, connections, name)
-        )
+        name: _build(name, service, config, connections, clock)
         for name, service in config.services.items()
     }
     for name, service in config.services.items():
@@ -146,7 +147,8 @@ def build_integrations(config: Config, clock: Clock = SYSTEM_CLOCK) -> Integrati
                 name=name,
                 type=service.type,
                 backend_name=service.backend,
-                backend=backends[name],
+                backend=backends[name].backend,
+                features=backends[name].features,
                 pipeline=pipeline,
                 settings=service,
                 is_default=defaults.get(service.type) == name,
@@ -156,9 +158,23 @@ def build_integrations(config: Config, clock: Clock = SYSTEM_CLOCK) -> Integrati
     return Integrations(items, clock=clock, connections=connections)
 
 
-def _connection_of(config: Config, connections: Connections, service: str) -> Any:
-    name = config.connection_of(service)
-    return connections.get(name) if name is not None else None
+def _build(
+    name: str, service: ServiceConfig, config: Config, connections: Connections, clock: Clock
+) -> BuiltBackend:
+    """The backend of one service: AI services are composed by `sidecar.ai` (routing over
+    deployments), every other one by its backend's spec."""
+    policies = config.policies_for(name)
+    if service.type == "ai_model":
+        from sidecar.ai.build import model_service
+
+        return BuiltBackend(model_service(service, policies), frozenset())
+    if service.type == "ai_alias":
+        from sidecar.ai.build import alias_service
+
+        return BuiltBackend(alias_service(service, policies), frozenset())
+    used = config.connection_of(name)
+    connection = connections.get(used) if used is not None else None
+    return build_backend(BuildContext(name, service, policies, connection, clock))
 
 
 def _shared_rate_limiter(

@@ -97,6 +97,7 @@ def describe(item: Integration[Any]) -> admin_pb2.Integration:
         default=item.is_default,
         health=_health(item.healthy),
         connection=item.connection or "",
+        features=sorted(item.features),
     )
     breaker = snapshot.circuit_breaker
     if breaker is not None:

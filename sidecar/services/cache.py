@@ -19,6 +19,9 @@ from sidecar.backends.cache import (
     OpResult,
     SetCondition,
     SetOp,
+    hashes_of,
+    lists_of,
+    sets_of,
 )
 from sidecar.runtime import Integration, Integrations
 from sidecar.services._common import (
@@ -148,9 +151,10 @@ class CacheServicer(cache_pb2_grpc.CacheServiceServicer):
         self, request: cache_pb2.HashGetRequest, context: Context
     ) -> cache_pb2.HashGetResponse:
         cache = self._target(request.target)
+        hashes = hashes_of(cache.backend, cache.name)
         key = _key(cache, request.key)
         field = _key(cache, request.field, "field")
-        value = await call_through(cache, context, lambda: cache.backend.hash_get(key, field))
+        value = await call_through(cache, context, lambda: hashes.hash_get(key, field))
         if value is None:
             return cache_pb2.HashGetResponse(found=False)
         return cache_pb2.HashGetResponse(found=True, value=value)
@@ -159,6 +163,7 @@ class CacheServicer(cache_pb2_grpc.CacheServiceServicer):
         self, request: cache_pb2.HashSetRequest, context: Context
     ) -> cache_pb2.HashSetResponse:
         cache = self._target(request.target)
+        hashes = hashes_of(cache.backend, cache.name)
         key = _key(cache, request.key)
         if not request.fields:
             raise invalid("fields", "must not be empty")
@@ -166,28 +171,30 @@ class CacheServicer(cache_pb2_grpc.CacheServiceServicer):
             _key(cache, name, "fields"): _value(cache, value, f"fields[{name}]")
             for name, value in request.fields.items()
         }
-        added = await call_through(cache, context, lambda: cache.backend.hash_set(key, fields))
+        added = await call_through(cache, context, lambda: hashes.hash_set(key, fields))
         return cache_pb2.HashSetResponse(added=added)
 
     async def HashGetAll(
         self, request: cache_pb2.HashGetAllRequest, context: Context
     ) -> cache_pb2.HashGetAllResponse:
         cache = self._target(request.target)
+        hashes = hashes_of(cache.backend, cache.name)
         key = _key(cache, request.key)
-        fields = await call_through(cache, context, lambda: cache.backend.hash_get_all(key))
+        fields = await call_through(cache, context, lambda: hashes.hash_get_all(key))
         return cache_pb2.HashGetAllResponse(fields=fields)
 
     async def ListPush(
         self, request: cache_pb2.ListPushRequest, context: Context
     ) -> cache_pb2.ListPushResponse:
         cache = self._target(request.target)
+        lists = lists_of(cache.backend, cache.name)
         key = _key(cache, request.key)
         values = _values(cache, request.values, "values")
         end = _ENDS.get(request.end)
         if end is None:
             raise invalid("end", "unknown list end")
         length = await call_through(
-            cache, context, lambda: cache.backend.list_push(key, values, end), idempotent=False
+            cache, context, lambda: lists.list_push(key, values, end), idempotent=False
         )
         return cache_pb2.ListPushResponse(length=length)
 
@@ -195,6 +202,7 @@ class CacheServicer(cache_pb2_grpc.CacheServiceServicer):
         self, request: cache_pb2.ListPopRequest, context: Context
     ) -> cache_pb2.ListPopResponse:
         cache = self._target(request.target)
+        lists = lists_of(cache.backend, cache.name)
         key = _key(cache, request.key)
         end = _ENDS.get(request.end)
         if end is None:
@@ -203,7 +211,7 @@ class CacheServicer(cache_pb2_grpc.CacheServiceServicer):
             raise invalid("count", f"must be between 0 and {_MAX_POP}")
         count = request.count or 1
         values = await call_through(
-            cache, context, lambda: cache.backend.list_pop(key, end, count), idempotent=False
+            cache, context, lambda: lists.list_pop(key, end, count), idempotent=False
         )
         return cache_pb2.ListPopResponse(values=values)
 
@@ -211,17 +219,19 @@ class CacheServicer(cache_pb2_grpc.CacheServiceServicer):
         self, request: cache_pb2.SetAddRequest, context: Context
     ) -> cache_pb2.SetAddResponse:
         cache = self._target(request.target)
+        sets = sets_of(cache.backend, cache.name)
         key = _key(cache, request.key)
         members = _values(cache, request.members, "members")
-        added = await call_through(cache, context, lambda: cache.backend.set_add(key, members))
+        added = await call_through(cache, context, lambda: sets.set_add(key, members))
         return cache_pb2.SetAddResponse(added=added)
 
     async def SetMembers(
         self, request: cache_pb2.SetMembersRequest, context: Context
     ) -> cache_pb2.SetMembersResponse:
         cache = self._target(request.target)
+        sets = sets_of(cache.backend, cache.name)
         key = _key(cache, request.key)
-        members = await call_through(cache, context, lambda: cache.backend.set_members(key))
+        members = await call_through(cache, context, lambda: sets.set_members(key))
         return cache_pb2.SetMembersResponse(members=members)
 
     async def Batch(

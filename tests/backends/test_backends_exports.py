@@ -8,6 +8,7 @@ import pytest
 
 EXPORTS = {
     "sidecar.backends.cache": [
+        "CACHE_FAMILIES",
         "MISS",
         "CacheBackend",
         "CacheOp",
@@ -15,14 +16,21 @@ EXPORTS = {
         "ExistsOp",
         "ExpireOp",
         "GetOp",
+        "HashFamily",
         "IncrementOp",
         "ListEnd",
+        "ListFamily",
         "MemoryCache",
         "OpResult",
         "SetCondition",
+        "SetFamily",
         "SetOp",
         "check_ttl",
+        "family_features",
+        "hashes_of",
+        "lists_of",
         "run_batch_sequentially",
+        "sets_of",
     ],
     "sidecar.backends.pubsub": [
         "DeadLetter",

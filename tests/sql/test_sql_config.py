@@ -3,13 +3,17 @@ secrets from the environment, pool sizes from `connection_pool`, and clear error
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
-from sidecar.backends.registry import create_backend, registered_backends
+from sidecar.backends.registry import build_backend, registered_backends
+from sidecar.backends.spec import BuildContext
 from sidecar.backends.sql.postgres import PostgresBackend
 from sidecar.backends.sql.sqlite import SqliteBackend
 from sidecar.config import Config, ConfigError, parse_config
 from sidecar.config.services.sql import SqlServiceConfig
+from sidecar.resilience import SYSTEM_CLOCK
 
 SPEC_SHAPED = """
 integration:
@@ -58,6 +62,14 @@ def test_every_default_matches_the_documented_value() -> None:
     }
 
 
+def built(config: Config, name: str) -> Any:
+    """The backend the registry builds for the service `name` (no I/O happens)."""
+    context = BuildContext(
+        name, config.services[name], config.policies_for(name), None, SYSTEM_CLOCK
+    )
+    return build_backend(context).backend
+
+
 def test_the_embedded_defaults_include_sql_on_sqlite_in_memory() -> None:
     service = Config().services["sql"]
     assert (service.type, service.backend, service.path) == ("sql", "sqlite", ":memory:")
@@ -65,7 +77,7 @@ def test_the_embedded_defaults_include_sql_on_sqlite_in_memory() -> None:
 
 def test_the_specification_shape_builds_a_postgres_pool_from_the_resolved_policies() -> None:
     config = parse_config(SPEC_SHAPED, environ={"DB_USERNAME": "app", "DB_PASSWORD": "s3cret"})
-    backend = create_backend(config.services["postgresql"], config.policies_for("postgresql"))
+    backend = built(config, "postgresql")
     options = backend._options
     assert isinstance(backend, PostgresBackend)
     assert (options.host, options.port, options.database) == ("db.internal", 6432, "parallel_ai")
@@ -78,7 +90,7 @@ def test_the_specification_shape_builds_a_postgres_pool_from_the_resolved_polici
 def test_the_password_never_shows_in_repr_or_dumps() -> None:
     config = parse_config(SPEC_SHAPED, environ={"DB_USERNAME": "app", "DB_PASSWORD": "s3cret"})
     service = config.services["postgresql"]
-    backend = create_backend(service, config.policies_for("postgresql"))
+    backend = built(config, "postgresql")
     assert "s3cret" not in repr(service)
     assert "s3cret" not in str(service.model_dump())
     assert "s3cret" not in repr(backend._options)
@@ -89,7 +101,7 @@ def test_a_dsn_replaces_the_connection_fields() -> None:
         "services:\n  db: {type: sql, backend: postgres, dsn: '${DATABASE_URL}'}\n",
         environ={"DATABASE_URL": "postgresql://app:pw@db/app"},
     )
-    backend = create_backend(config.services["db"], config.policies_for("db"))
+    backend = built(config, "db")
     assert backend._options.dsn == "postgresql://app:pw@db/app"
 
 
@@ -97,7 +109,7 @@ def test_sqlite_is_built_with_its_path_and_the_acquire_timeout() -> None:
     config = parse_config(
         "services:\n  db: {type: sql, path: /tmp/x.db, connection_pool: {acquire_timeout: 1s}}\n"
     )
-    backend = create_backend(config.services["db"], config.policies_for("db"))
+    backend = built(config, "db")
     assert isinstance(backend, SqliteBackend)
     assert (backend._options.path, backend._options.acquire_timeout) == ("/tmp/x.db", 1.0)
 

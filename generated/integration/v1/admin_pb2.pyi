@@ -176,6 +176,7 @@ class Integration(_message.Message):
     RATE_LIMITER_FIELD_NUMBER: _builtins.int
     BULKHEAD_FIELD_NUMBER: _builtins.int
     CONNECTION_FIELD_NUMBER: _builtins.int
+    FEATURES_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Instance name from the configuration (the target callers name)."""
     type: _builtins.str
@@ -195,6 +196,14 @@ class Integration(_message.Message):
     def rate_limiter(self) -> Global___RateLimiterStatus: ...
     @_builtins.property
     def bulkhead(self) -> Global___BulkheadStatus: ...
+    @_builtins.property
+    def features(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """What the backend can do beyond its capability's core, sorted: optional families
+        ("hashes", "lists", "sets"), "near_cache", "reliable_topics", "transactions", ...
+        A CacheService RPC of a family not listed answers FAILED_PRECONDITION with reason
+        UNSUPPORTED_OPERATION.
+        """
+
     def __init__(
         self,
         *,
@@ -207,10 +216,11 @@ class Integration(_message.Message):
         rate_limiter: Global___RateLimiterStatus | None = ...,
         bulkhead: Global___BulkheadStatus | None = ...,
         connection: _builtins.str = ...,
+        features: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["bulkhead", b"bulkhead", "circuit_breaker", b"circuit_breaker", "rate_limiter", b"rate_limiter"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "bulkhead", b"bulkhead", "circuit_breaker", b"circuit_breaker", "connection", b"connection", "default", b"default", "health", b"health", "name", b"name", "rate_limiter", b"rate_limiter", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "bulkhead", b"bulkhead", "circuit_breaker", b"circuit_breaker", "connection", b"connection", "default", b"default", "features", b"features", "health", b"health", "name", b"name", "rate_limiter", b"rate_limiter", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

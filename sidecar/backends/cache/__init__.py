@@ -1,6 +1,7 @@
 """The cache capability: the `CacheBackend` protocol, its domain types, and its backends."""
 
 from sidecar.backends.cache.base import (
+    CACHE_FAMILIES,
     MISS,
     CacheBackend,
     CacheOp,
@@ -8,17 +9,25 @@ from sidecar.backends.cache.base import (
     ExistsOp,
     ExpireOp,
     GetOp,
+    HashFamily,
     IncrementOp,
     ListEnd,
+    ListFamily,
     OpResult,
     SetCondition,
+    SetFamily,
     SetOp,
     check_ttl,
+    family_features,
+    hashes_of,
+    lists_of,
     run_batch_sequentially,
+    sets_of,
 )
 from sidecar.backends.cache.memory import MemoryCache
 
 __all__ = [
+    "CACHE_FAMILIES",
     "MISS",
     "CacheBackend",
     "CacheOp",
@@ -26,12 +35,19 @@ __all__ = [
     "ExistsOp",
     "ExpireOp",
     "GetOp",
+    "HashFamily",
     "IncrementOp",
     "ListEnd",
+    "ListFamily",
     "MemoryCache",
     "OpResult",
     "SetCondition",
+    "SetFamily",
     "SetOp",
     "check_ttl",
+    "family_features",
+    "hashes_of",
+    "lists_of",
     "run_batch_sequentially",
+    "sets_of",
 ]

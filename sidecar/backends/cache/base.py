@@ -23,9 +23,12 @@ import enum
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Final, Protocol, TypeAlias, assert_never
+from typing import Final, Protocol, TypeAlias, assert_never, runtime_checkable
+
+from sidecar.errors import FailedPrecondition
 
 __all__ = [
+    "CACHE_FAMILIES",
     "INT64_MAX",
     "INT64_MIN",
     "CacheBackend",
@@ -34,13 +37,20 @@ __all__ = [
     "ExistsOp",
     "ExpireOp",
     "GetOp",
+    "HashFamily",
     "IncrementOp",
     "ListEnd",
+    "ListFamily",
     "OpResult",
     "SetCondition",
+    "SetFamily",
     "SetOp",
     "check_ttl",
+    "family_features",
+    "hashes_of",
+    "lists_of",
     "run_batch_sequentially",
+    "sets_of",
 ]
 
 
@@ -211,41 +221,6 @@ class CacheBackend(Protocol):
         """Store every (key, value) string; all or none. A repeated key keeps its last value."""
         ...
 
-    async def hash_get(self, key: str, field: str) -> bytes | None:
-        """One field of the hash at `key`; None if the key or the field is missing."""
-        ...
-
-    async def hash_set(self, key: str, fields: Mapping[str, bytes]) -> int:
-        """Set fields of the hash at `key` (created if missing); return how many were new.
-
-        An empty mapping changes nothing and returns 0.
-        """
-        ...
-
-    async def hash_get_all(self, key: str) -> dict[str, bytes]:
-        """Every field of the hash at `key`; empty if the key is missing."""
-        ...
-
-    async def list_push(self, key: str, values: Sequence[bytes], end: ListEnd) -> int:
-        """Push `values` one by one onto `end` of the list at `key`; return its new length.
-
-        As with Redis `LPUSH a b c`, pushing several values to the left leaves them reversed
-        (`c b a ...`). No values changes nothing and returns the current length.
-        """
-        ...
-
-    async def list_pop(self, key: str, end: ListEnd, count: int = 1) -> list[bytes]:
-        """Pop up to `count` (>= 1) values from `end` of the list at `key`, in popped order."""
-        ...
-
-    async def set_add(self, key: str, members: Sequence[bytes]) -> int:
-        """Add members to the set at `key`; return how many were new (none: returns 0)."""
-        ...
-
-    async def set_members(self, key: str) -> list[bytes]:
-        """Every member of the set at `key`, sorted (bytewise) so results are deterministic."""
-        ...
-
     async def batch(self, ops: Sequence[CacheOp], *, atomic: bool) -> list[OpResult]:
         """Run `ops` in order and return one result per op (see each op's docstring).
 
@@ -267,6 +242,110 @@ class CacheBackend(Protocol):
     async def close(self) -> None:
         """Release the backend's resources; idempotent. Later calls raise `Unavailable`."""
         ...
+
+    def features(self) -> frozenset[str]:
+        """What this instance can do beyond the core and the families it implements (say
+        `near_cache`); AdminService lists them with the families."""
+        ...
+
+
+# Optional families: a backend implements those it can, and the servicer finds them with
+# isinstance, as it finds `ReliablePubSub` on a broker. An RPC of a family the target's
+# backend lacks answers FAILED_PRECONDITION with reason UNSUPPORTED_OPERATION.
+
+
+@runtime_checkable
+class HashFamily(Protocol):
+    """Hashes: fields of byte values under one key."""
+
+    async def hash_get(self, key: str, field: str) -> bytes | None:
+        """One field of the hash at `key`; None if the key or the field is missing."""
+        ...
+
+    async def hash_set(self, key: str, fields: Mapping[str, bytes]) -> int:
+        """Set fields of the hash at `key` (created if missing); return how many were new.
+
+        An empty mapping changes nothing and returns 0.
+        """
+        ...
+
+    async def hash_get_all(self, key: str) -> dict[str, bytes]:
+        """Every field of the hash at `key`; empty if the key is missing."""
+        ...
+
+
+@runtime_checkable
+class ListFamily(Protocol):
+    """Lists: byte values pushed and popped at either end."""
+
+    async def list_push(self, key: str, values: Sequence[bytes], end: ListEnd) -> int:
+        """Push `values` one by one onto `end` of the list at `key`; return its new length.
+
+        As with Redis `LPUSH a b c`, pushing several values to the left leaves them reversed
+        (`c b a ...`). No values changes nothing and returns the current length.
+        """
+        ...
+
+    async def list_pop(self, key: str, end: ListEnd, count: int = 1) -> list[bytes]:
+        """Pop up to `count` (>= 1) values from `end` of the list at `key`, in popped order."""
+        ...
+
+
+@runtime_checkable
+class SetFamily(Protocol):
+    """Sets: distinct byte members."""
+
+    async def set_add(self, key: str, members: Sequence[bytes]) -> int:
+        """Add members to the set at `key`; return how many were new (none: returns 0)."""
+        ...
+
+    async def set_members(self, key: str) -> list[bytes]:
+        """Every member of the set at `key`, sorted (bytewise) so results are deterministic."""
+        ...
+
+
+CACHE_FAMILIES: Mapping[str, type] = {
+    "hashes": HashFamily,
+    "lists": ListFamily,
+    "sets": SetFamily,
+}
+"""Every optional family, by the feature name AdminService shows."""
+
+
+def family_features(backend_class: type) -> frozenset[str]:
+    """The feature names of the families `backend_class` implements (for its spec)."""
+    return frozenset(
+        name for name, family in CACHE_FAMILIES.items() if issubclass(backend_class, family)
+    )
+
+
+def hashes_of(backend: object, target: str) -> HashFamily:
+    """`backend` as a hash store, or FAILED_PRECONDITION(UNSUPPORTED_OPERATION)."""
+    if isinstance(backend, HashFamily):
+        return backend
+    raise _unsupported("hashes", target)
+
+
+def lists_of(backend: object, target: str) -> ListFamily:
+    """`backend` as a list store, or FAILED_PRECONDITION(UNSUPPORTED_OPERATION)."""
+    if isinstance(backend, ListFamily):
+        return backend
+    raise _unsupported("lists", target)
+
+
+def sets_of(backend: object, target: str) -> SetFamily:
+    """`backend` as a set store, or FAILED_PRECONDITION(UNSUPPORTED_OPERATION)."""
+    if isinstance(backend, SetFamily):
+        return backend
+    raise _unsupported("sets", target)
+
+
+def _unsupported(feature: str, target: str) -> FailedPrecondition:
+    return FailedPrecondition(
+        f"the cache {target!r} has no {feature}: its backend does not implement them",
+        reason="UNSUPPORTED_OPERATION",
+        metadata={"target": target, "feature": feature},
+    )
 
 
 async def run_batch_sequentially(backend: CacheBackend, ops: Sequence[CacheOp]) -> list[OpResult]:

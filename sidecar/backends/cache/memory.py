@@ -31,18 +31,24 @@ from sidecar.backends.cache.base import (
     ExistsOp,
     ExpireOp,
     GetOp,
+    HashFamily,
     IncrementOp,
     ListEnd,
+    ListFamily,
     Miss,
     OpResult,
     SetCondition,
+    SetFamily,
     SetOp,
     check_ttl,
+    family_features,
     run_batch_sequentially,
 )
+from sidecar.backends.spec import BackendSpec, BuildContext
+from sidecar.config import CacheServiceConfig
 from sidecar.errors import FailedPrecondition, ResourceExhausted, Unavailable
 
-__all__ = ["MemoryCache"]
+__all__ = ["SPEC", "MemoryCache"]
 
 # What Redis's string2ll accepts: no sign but '-', no leading zeros, no "-0", no spaces; at
 # most 19 digits, which also keeps int() away from huge inputs.
@@ -93,7 +99,7 @@ def _keys_of(op: CacheOp) -> tuple[str, ...]:
     return op.keys if isinstance(op, DeleteOp) else (op.key,)
 
 
-class MemoryCache(CacheBackend):
+class MemoryCache(CacheBackend, HashFamily, ListFamily, SetFamily):
     """A `CacheBackend` held in a dict.
 
     Args:
@@ -265,6 +271,9 @@ class MemoryCache(CacheBackend):
         self._store.clear()
         self._expiries.clear()
 
+    def features(self) -> frozenset[str]:
+        return frozenset()
+
     # -- the operations, synchronous, at one instant `now` -----------------------------------
 
     def _apply(self, op: CacheOp, now: float) -> OpResult:
@@ -416,3 +425,16 @@ class MemoryCache(CacheBackend):
             self._store[key] = entry
             if entry.expires_at is not None:
                 heapq.heappush(self._expiries, (entry.expires_at, key))
+
+
+def _build(context: BuildContext[CacheServiceConfig]) -> MemoryCache:
+    return MemoryCache(max_keys=context.settings.max_keys)
+
+
+SPEC = BackendSpec(
+    type="cache",
+    backend="memory",
+    settings=CacheServiceConfig,
+    build=_build,
+    features=family_features(MemoryCache),
+)

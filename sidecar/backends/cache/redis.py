@@ -46,24 +46,30 @@ from sidecar.backends.cache.base import (
     ExistsOp,
     ExpireOp,
     GetOp,
+    HashFamily,
     IncrementOp,
     ListEnd,
+    ListFamily,
     Miss,
     OpResult,
     SetCondition,
+    SetFamily,
     SetOp,
     check_ttl,
+    family_features,
 )
+from sidecar.backends.spec import BackendSpec, BuildContext
+from sidecar.config import CacheServiceConfig
 from sidecar.connections.redis import RedisConnection
 from sidecar.connections.redis.client import RedisErrors, redis_errors
 from sidecar.errors import FailedPrecondition, Unavailable
 
-__all__ = ["RedisCache"]
+__all__ = ["SPEC", "RedisCache"]
 
 _NX_XX = {SetCondition.IF_ABSENT: "NX", SetCondition.IF_PRESENT: "XX"}
 
 
-class RedisCache(CacheBackend):
+class RedisCache(CacheBackend, HashFamily, ListFamily, SetFamily):
     """A `CacheBackend` on one Redis server (or any server speaking its protocol).
 
     Args:
@@ -284,6 +290,9 @@ class RedisCache(CacheBackend):
     async def ping(self) -> None:
         await self._call("PING")
 
+    def features(self) -> frozenset[str]:
+        return frozenset({"near_cache"}) if self._near is not None else frozenset()
+
     async def close(self) -> None:
         if self._closed:
             return
@@ -364,3 +373,32 @@ class RedisCache(CacheBackend):
 
 def _op_keys(op: CacheOp) -> tuple[str, ...]:
     return op.keys if isinstance(op, DeleteOp) else (op.key,)
+
+
+def _build(context: BuildContext[CacheServiceConfig]) -> RedisCache:
+    connection = context.connection
+    assert isinstance(connection, RedisConnection)
+    settings = context.settings
+    near = settings.near_cache
+    near_cache = (
+        NearCache(
+            max_entries=near.max_entries,
+            max_value_size=near.max_value_size,
+            max_ttl=near.max_ttl,
+        )
+        if near.enabled
+        else None
+    )
+    return RedisCache(
+        connection, name=context.name, key_prefix=settings.key_prefix, near_cache=near_cache
+    )
+
+
+SPEC = BackendSpec(
+    type="cache",
+    backend="redis",
+    settings=CacheServiceConfig,
+    build=_build,
+    connection_type="redis",
+    features=family_features(RedisCache),
+)

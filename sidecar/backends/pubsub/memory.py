@@ -22,9 +22,11 @@ from sidecar.backends.pubsub.base import (
     subscription_targets,
 )
 from sidecar.backends.pubsub.buffered import BufferedSubscription
+from sidecar.backends.spec import BackendSpec, BuildContext
+from sidecar.config import PubSubServiceConfig
 from sidecar.errors import Unavailable
 
-__all__ = ["MemoryBroker"]
+__all__ = ["SPEC", "MemoryBroker"]
 
 
 class MemoryBroker(PubSubBackend):
@@ -120,3 +122,10 @@ class MemoryBroker(PubSubBackend):
                 entry[1].pop(subscription, None)
                 if not entry[1]:
                     del self._by_pattern[glob.pattern]
+
+
+def _build(context: BuildContext[PubSubServiceConfig]) -> MemoryBroker:
+    return MemoryBroker()
+
+
+SPEC = BackendSpec(type="pubsub", backend="memory", settings=PubSubServiceConfig, build=_build)

@@ -41,12 +41,15 @@ from sidecar.backends.pubsub.base import (
     subscription_targets,
 )
 from sidecar.backends.pubsub.buffered import BufferedSubscription
+from sidecar.backends.pubsub.redis_streams import with_reliable_topics
+from sidecar.backends.spec import BackendSpec, BuildContext
+from sidecar.config import PubSubServiceConfig
 from sidecar.connections.redis import RedisConnection
 from sidecar.connections.redis.client import glob_escape, redis_errors
 from sidecar.connections.redis.subscriber import Key
 from sidecar.errors import Unavailable
 
-__all__ = ["RedisBroker"]
+__all__ = ["SPEC", "RedisBroker"]
 
 
 class RedisBroker(PubSubBackend):
@@ -208,3 +211,21 @@ class RedisBroker(PubSubBackend):
         message = Message(channel, payload, metadata, pattern, published_at)
         for subscription in listeners:
             subscription.deliver(message)
+
+
+def _build(context: BuildContext[PubSubServiceConfig]) -> PubSubBackend:
+    connection = context.connection
+    assert isinstance(connection, RedisConnection)
+    settings = context.settings
+    broker = RedisBroker(connection, name=context.name, key_prefix=settings.key_prefix)
+    # Reliable topics (if any) ride on the connection's client too.
+    return with_reliable_topics(broker, connection.client, settings, name=context.name)
+
+
+SPEC = BackendSpec(
+    type="pubsub",
+    backend="redis",
+    settings=PubSubServiceConfig,
+    build=_build,
+    connection_type="redis",
+)

@@ -214,6 +214,9 @@ class ReliableBroker(PubSubBackend, ReliablePubSub):
     async def ping(self) -> None:
         await self.plain.ping()
 
+    def features(self) -> frozenset[str]:
+        return frozenset({"reliable_topics"})
+
     async def close(self) -> None:
         try:
             await self.streams.close()

@@ -38,6 +38,7 @@ import asyncpg
 from asyncpg import exceptions as pg_errors
 from asyncpg.prepared_stmt import PreparedStatement
 
+from sidecar.backends.spec import BackendSpec, BuildContext
 from sidecar.backends.sql.base import (
     Column,
     Interval,
@@ -57,6 +58,7 @@ from sidecar.backends.sql.base import (
     time_left,
     too_many_rows,
 )
+from sidecar.config import SqlServiceConfig
 from sidecar.errors import (
     Aborted,
     DeadlineExceeded,
@@ -68,7 +70,7 @@ from sidecar.errors import (
 )
 from sidecar.resilience import Deadline
 
-__all__ = ["PostgresBackend", "PostgresOptions"]
+__all__ = ["SPEC", "PostgresBackend", "PostgresOptions"]
 
 _log = logging.getLogger("sidecar.backends.sql")
 
@@ -762,3 +764,40 @@ def _from_postgres(exc: pg_errors.PostgresError) -> SidecarError:
     # errors (a lost connection) have no primary message, only their text.
     message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
     return error_for_sqlstate(sqlstate, str(message), metadata)
+
+
+def _build(context: BuildContext[SqlServiceConfig]) -> PostgresBackend:
+    settings, pool, timeouts = (
+        context.settings,
+        context.policies.connection_pool,
+        context.policies.timeouts,
+    )
+    return PostgresBackend(
+        PostgresOptions(
+            dsn=settings.dsn.get_secret_value() if settings.dsn else None,
+            host=settings.host,
+            port=settings.port,
+            database=settings.database,
+            user=settings.username,
+            password=settings.password.get_secret_value() if settings.password else None,
+            read_only=settings.read_only,
+            allow_privileged_role=settings.allow_privileged_role,
+            min_size=pool.min_connections,
+            max_size=pool.max_connections,
+            acquire_timeout=pool.acquire_timeout,
+            idle_timeout=pool.idle_timeout,
+            connect_timeout=timeouts.connect,
+            request_timeout=timeouts.request,
+            statement_cache_size=settings.statement_cache_size,
+            max_stream_connections=settings.max_stream_connections,
+        )
+    )
+
+
+SPEC = BackendSpec(
+    type="sql",
+    backend="postgres",
+    settings=SqlServiceConfig,
+    build=_build,
+    features=frozenset({"transactions", "query_stream", "read_only"}),
+)

@@ -39,6 +39,7 @@ from uuid import UUID
 
 import aiosqlite
 
+from sidecar.backends.spec import BackendSpec, BuildContext
 from sidecar.backends.sql.base import (
     Column,
     Interval,
@@ -58,6 +59,7 @@ from sidecar.backends.sql.base import (
     time_left,
     too_many_rows,
 )
+from sidecar.config import SqlServiceConfig
 from sidecar.errors import (
     DeadlineExceeded,
     FailedPrecondition,
@@ -67,7 +69,7 @@ from sidecar.errors import (
 )
 from sidecar.resilience import Deadline
 
-__all__ = ["SqliteBackend", "SqliteOptions"]
+__all__ = ["SPEC", "SqliteBackend", "SqliteOptions"]
 
 T = TypeVar("T")
 _CLEANUP_TIMEOUT = 5.0
@@ -597,3 +599,24 @@ def _from_sqlite(exc: sqlite3.Error) -> SidecarError:
     if name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB", "SQLITE_NOMEM")):
         return error_for_sqlstate("58000", message, meta)
     return FailedPrecondition(message, reason="SQL_ERROR", metadata=meta)
+
+
+def _build(context: BuildContext[SqlServiceConfig]) -> SqliteBackend:
+    settings = context.settings
+    return SqliteBackend(
+        SqliteOptions(
+            path=settings.path,
+            read_only=settings.read_only,
+            acquire_timeout=context.policies.connection_pool.acquire_timeout,
+            request_timeout=context.policies.timeouts.request,
+        )
+    )
+
+
+SPEC = BackendSpec(
+    type="sql",
+    backend="sqlite",
+    settings=SqlServiceConfig,
+    build=_build,
+    features=frozenset({"transactions", "query_stream", "read_only"}),
+)

@@ -37,6 +37,7 @@ __all__ = [
     "ServiceBase",
     "ServiceConfig",
     "ServiceModel",
+    "SqlServiceConfig",
     "default_services",
     "service_types",
 ]

@@ -4,8 +4,8 @@ A service type is a model that subclasses `ServiceBase` and adds:
 
 - `type: Literal["<type>"] = Field(default="<type>", description="Service type.")`, the tag
   of the `ServiceConfig` discriminated union;
-- `backend: Literal[...]`, which `sidecar.backends.registry` uses with `type` to pick the
-  factory that builds the service;
+- `backend: str`, checked against the backends listed for its `type` in
+  `sidecar.config.backends` (whose spec `sidecar.backends.registry` builds);
 - its own settings, each with a default and a `description=` that states it.
 
 See `sidecar.config.services` for how to register the new model.
@@ -13,9 +13,11 @@ See `sidecar.config.services` for how to register the new model.
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, field_validator
+from pydantic_core import PydanticCustomError
 
 from .._common import ConfigModel
+from ..backends import backend_names
 from ..policies import (
     BulkheadOverride,
     CircuitBreakerOverride,
@@ -56,3 +58,16 @@ class ServiceBase(ConfigModel):
     connection_pool: ConnectionPoolOverride | None = Field(
         default=None, description="Partial override of integration.connection_pools.default."
     )
+
+    @field_validator("backend", check_fields=False)
+    @classmethod
+    def _registered_backend(cls, value: str) -> str:
+        """Only a backend listed for the service's type (AI types have none: no field)."""
+        names = backend_names(cls.model_fields["type"].default)
+        if value not in names:
+            raise PydanticCustomError(
+                "literal_error",
+                "Input should be {expected}",
+                {"expected": " or ".join(repr(name) for name in names)},
+            )
+        return value

@@ -53,7 +53,7 @@ class CacheServiceConfig(RedisConnectionSettings, ServiceBase):
     """
 
     type: Literal["cache"] = Field(default="cache", description="Service type.")
-    backend: Literal["memory", "redis"] = Field(
+    backend: str = Field(
         default="memory",
         description="Where data lives: memory is per-process and lost on restart; redis is "
         "shared and uses the Redis connection settings. Default memory.",

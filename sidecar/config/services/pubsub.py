@@ -25,7 +25,7 @@ class PubSubServiceConfig(RedisConnectionSettings, ServiceBase):
     """
 
     type: Literal["pubsub"] = Field(default="pubsub", description="Service type.")
-    backend: Literal["memory", "redis"] = Field(
+    backend: str = Field(
         default="memory",
         description="Where messages flow: memory is per-process; redis is shared and uses the "
         "Redis connection settings. Default memory.",

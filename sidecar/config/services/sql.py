@@ -50,7 +50,7 @@ class SqlServiceConfig(ServiceBase):
     """A SQL database (SqlService): PostgreSQL through asyncpg, or embedded SQLite."""
 
     type: Literal["sql"] = Field(default="sql", description="Service type.")
-    backend: Literal["postgres", "sqlite"] = Field(
+    backend: str = Field(
         default="sqlite",
         description="postgres: a PostgreSQL server through an asyncpg pool; sqlite: an "
         "embedded SQLite database (one connection, calls take turns). Default sqlite.",

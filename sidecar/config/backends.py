@@ -1,0 +1,28 @@
+"""The backend table: every (service type, backend) the sidecar can build, and the module
+that declares its spec (`SPEC`, a `sidecar.backends.spec.BackendSpec`, beside its code).
+
+It is one line per backend. The config refuses a `backend:` not listed for the service's
+`type` (with the valid names); `sidecar.backends.registry` imports the module of a listed
+backend only when a service uses it. It lives here, below the backends, so that loading a
+config never imports a client library.
+"""
+
+from __future__ import annotations
+
+__all__ = ["BACKENDS", "backend_names"]
+
+# ==== BACKENDS: one line per backend, (type, backend) -> the module declaring its SPEC ======
+BACKENDS: dict[tuple[str, str], str] = {
+    ("cache", "memory"): "sidecar.backends.cache.memory",
+    ("cache", "redis"): "sidecar.backends.cache.redis",
+    ("pubsub", "memory"): "sidecar.backends.pubsub.memory",
+    ("pubsub", "redis"): "sidecar.backends.pubsub.redis",
+    ("sql", "postgres"): "sidecar.backends.sql.postgres",
+    ("sql", "sqlite"): "sidecar.backends.sql.sqlite",
+}
+# ==== end of BACKENDS =======================================================================
+
+
+def backend_names(type_name: str) -> tuple[str, ...]:
+    """The backends of one service type, in table order."""
+    return tuple(backend for kind, backend in BACKENDS if kind == type_name)
