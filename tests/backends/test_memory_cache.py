@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
 
 import pytest
 
@@ -16,9 +15,7 @@ from sidecar.backends.cache import (
     SetOp,
 )
 from sidecar.errors import ResourceExhausted
-
-if TYPE_CHECKING:
-    from conftest import FakeClock
+from sidecar.resilience import FakeClock
 
 
 def test_max_keys_below_one_is_rejected() -> None:
@@ -68,10 +65,10 @@ async def test_full_cache_refuses_nothing_when_the_condition_does_not_apply() ->
 
 
 async def test_full_cache_evicts_expired_keys_to_make_room(clock: FakeClock) -> None:
-    cache = MemoryCache(max_keys=2, clock=clock)
+    cache = MemoryCache(max_keys=2, clock=clock.monotonic)
     await cache.set("a", b"1", ttl=1.0)
     await cache.set("b", b"2")
-    clock.advance(2.0)
+    await clock.advance(2.0)
     await cache.set("c", b"3")
     assert await cache.get_many(["b", "c"]) == [b"2", b"3"]
 
@@ -103,10 +100,10 @@ async def test_atomic_batch_hitting_max_keys_is_rolled_back() -> None:
 async def test_expired_keys_are_reclaimed_by_later_writes_without_being_read(
     clock: FakeClock,
 ) -> None:
-    cache = MemoryCache(clock=clock)
+    cache = MemoryCache(clock=clock.monotonic)
     for index in range(1_000):
         await cache.set(f"old{index}", b"x", ttl=1.0)
-    clock.advance(2.0)
+    await clock.advance(2.0)
     for index in range(100):
         await cache.set(f"new{index}", b"x")
     assert cache.stored_key_count() == 100
@@ -115,7 +112,7 @@ async def test_expired_keys_are_reclaimed_by_later_writes_without_being_read(
 async def test_expiry_bookkeeping_stays_bounded_when_one_ttl_is_reset_often(
     clock: FakeClock,
 ) -> None:
-    cache = MemoryCache(clock=clock)
+    cache = MemoryCache(clock=clock.monotonic)
     for _ in range(10_000):
         await cache.set("k", b"x", ttl=60.0)
     # Internal, on purpose: this is the memory bound of the expiry heap.
@@ -123,16 +120,16 @@ async def test_expiry_bookkeeping_stays_bounded_when_one_ttl_is_reset_often(
 
 
 async def test_ttl_counts_down_with_the_injected_clock(clock: FakeClock) -> None:
-    cache = MemoryCache(clock=clock)
+    cache = MemoryCache(clock=clock.monotonic)
     await cache.set("k", b"v", ttl=10.0)
-    clock.advance(4.0)
+    await clock.advance(4.0)
     assert await cache.ttl("k") == pytest.approx(6.0)
 
 
 async def test_key_expires_exactly_at_its_ttl(clock: FakeClock) -> None:
-    cache = MemoryCache(clock=clock)
+    cache = MemoryCache(clock=clock.monotonic)
     await cache.set("k", b"v", ttl=1.0)
-    clock.advance(1.0)
+    await clock.advance(1.0)
     assert await cache.exists("k") is False
 
 

@@ -428,7 +428,7 @@ class MemoryCache(CacheBackend, HashFamily, ListFamily, SetFamily):
 
 
 def _build(context: BuildContext[CacheServiceConfig]) -> MemoryCache:
-    return MemoryCache(max_keys=context.settings.max_keys)
+    return MemoryCache(max_keys=context.settings.max_keys, clock=context.clock.monotonic)
 
 
 SPEC = BackendSpec(

@@ -1,6 +1,6 @@
 """Conformance suite of the cache capability: every `CacheBackend` must pass it.
 
-The expected behaviour is Redis's; `conftest.py` provides the backends and a way to make
+The expected behaviour is Redis's; `conftest.py` holds the table of backends and a way to make
 time pass (`elapse`).
 """
 
@@ -26,6 +26,8 @@ from sidecar.backends.cache import (
 from sidecar.errors import FailedPrecondition, Unavailable
 
 Elapse = Callable[[float], Awaitable[None]]
+needs = pytest.mark.needs
+"""Runs only on backends with these optional families (see conftest.py)."""
 
 INT64_MAX = 2**63 - 1
 INT64_MIN = -(2**63)
@@ -78,12 +80,14 @@ async def test_set_if_present_on_existing_key_applies(cache: CacheBackend) -> No
     assert (applied, await cache.get("k")) == (True, b"second")
 
 
+@needs("hashes")
 async def test_set_replaces_a_key_of_another_type(cache: CacheBackend) -> None:
     await cache.hash_set("k", {"f": b"v"})
     await cache.set("k", b"plain")
     assert await cache.get("k") == b"plain"
 
 
+@needs("lists")
 async def test_set_if_absent_counts_a_key_of_another_type_as_present(
     cache: CacheBackend,
 ) -> None:
@@ -102,6 +106,7 @@ async def test_delete_counts_a_repeated_key_once(cache: CacheBackend) -> None:
     assert await cache.delete(["a", "a"]) == 1
 
 
+@needs("hashes", "lists", "sets")
 async def test_delete_removes_keys_of_every_type(cache: CacheBackend) -> None:
     await cache.set("s", b"1")
     await cache.hash_set("h", {"f": b"1"})
@@ -115,6 +120,7 @@ async def test_exists_is_false_for_missing_key(cache: CacheBackend) -> None:
     assert await cache.exists("missing") is False
 
 
+@needs("hashes")
 async def test_exists_is_true_for_a_hash_key(cache: CacheBackend) -> None:
     await cache.hash_set("h", {"f": b"1"})
     assert await cache.exists("h") is True
@@ -195,6 +201,7 @@ async def test_expired_key_is_not_counted_by_delete(cache: CacheBackend, elapse:
     assert await cache.delete(["k"]) == 0
 
 
+@needs("hashes", "lists", "sets")
 @pytest.mark.parametrize("kind", ["hash", "list", "set"])
 async def test_container_key_with_ttl_is_gone_after_it_elapses(
     cache: CacheBackend, elapse: Elapse, kind: str
@@ -342,6 +349,7 @@ WRONG_TYPE_CASES = [
 ]
 
 
+@needs("hashes", "lists", "sets")
 @pytest.mark.parametrize(("kind", "op"), WRONG_TYPE_CASES)
 async def test_operation_on_a_key_of_another_type_fails_with_wrong_type(
     cache: CacheBackend, kind: str, op: str
@@ -352,6 +360,7 @@ async def test_operation_on_a_key_of_another_type_fails_with_wrong_type(
     assert caught.value.reason == "WRONG_TYPE"
 
 
+@needs("hashes")
 async def test_get_many_reads_a_key_of_another_type_as_missing(cache: CacheBackend) -> None:
     await cache.hash_set("h", {"f": b"1"})
     assert await cache.get_many(["h"]) == [None]
@@ -389,31 +398,37 @@ async def test_set_many_keeps_the_last_value_of_a_repeated_key(cache: CacheBacke
 # -- hashes ------------------------------------------------------------------------------------
 
 
+@needs("hashes")
 async def test_hash_set_returns_how_many_fields_were_new(cache: CacheBackend) -> None:
     await cache.hash_set("h", {"a": b"1"})
     assert await cache.hash_set("h", {"a": b"2", "b": b"3"}) == 1
 
 
+@needs("hashes")
 async def test_hash_get_reads_one_field(cache: CacheBackend) -> None:
     await cache.hash_set("h", {"a": b"1", "b": b"2"})
     assert await cache.hash_get("h", "b") == b"2"
 
 
+@needs("hashes")
 async def test_hash_get_of_missing_field_is_none(cache: CacheBackend) -> None:
     await cache.hash_set("h", {"a": b"1"})
     assert await cache.hash_get("h", "zz") is None
 
 
+@needs("hashes")
 async def test_hash_get_all_returns_every_field(cache: CacheBackend) -> None:
     await cache.hash_set("h", {"a": b"1"})
     await cache.hash_set("h", {"a": b"2", "b": b"3"})
     assert await cache.hash_get_all("h") == {"a": b"2", "b": b"3"}
 
 
+@needs("hashes")
 async def test_hash_get_all_of_missing_key_is_empty(cache: CacheBackend) -> None:
     assert await cache.hash_get_all("missing") == {}
 
 
+@needs("hashes")
 async def test_hash_set_keeps_the_ttl(cache: CacheBackend, elapse: Elapse) -> None:
     await cache.hash_set("h", {"a": b"1"})
     await cache.expire("h", 0.3)
@@ -425,11 +440,13 @@ async def test_hash_set_keeps_the_ttl(cache: CacheBackend, elapse: Elapse) -> No
 # -- lists -------------------------------------------------------------------------------------
 
 
+@needs("lists")
 async def test_list_push_returns_the_new_length(cache: CacheBackend) -> None:
     await cache.list_push("l", [b"a"], ListEnd.RIGHT)
     assert await cache.list_push("l", [b"b", b"c"], ListEnd.RIGHT) == 3
 
 
+@needs("lists")
 async def test_list_pushed_right_and_popped_left_is_first_in_first_out(
     cache: CacheBackend,
 ) -> None:
@@ -437,25 +454,30 @@ async def test_list_pushed_right_and_popped_left_is_first_in_first_out(
     assert await cache.list_pop("l", ListEnd.LEFT, 3) == [b"a", b"b", b"c"]
 
 
+@needs("lists")
 async def test_list_push_left_of_several_values_reverses_them(cache: CacheBackend) -> None:
     await cache.list_push("l", [b"a", b"b", b"c"], ListEnd.LEFT)
     assert await cache.list_pop("l", ListEnd.LEFT, 3) == [b"c", b"b", b"a"]
 
 
+@needs("lists")
 async def test_list_pop_right_takes_from_the_tail(cache: CacheBackend) -> None:
     await cache.list_push("l", [b"a", b"b", b"c"], ListEnd.RIGHT)
     assert await cache.list_pop("l", ListEnd.RIGHT, 2) == [b"c", b"b"]
 
 
+@needs("lists")
 async def test_list_pop_takes_one_value_by_default(cache: CacheBackend) -> None:
     await cache.list_push("l", [b"a", b"b"], ListEnd.RIGHT)
     assert await cache.list_pop("l", ListEnd.LEFT) == [b"a"]
 
 
+@needs("lists")
 async def test_list_pop_of_missing_key_is_empty(cache: CacheBackend) -> None:
     assert await cache.list_pop("missing", ListEnd.LEFT) == []
 
 
+@needs("lists")
 async def test_list_pop_beyond_the_length_returns_all_and_removes_the_key(
     cache: CacheBackend,
 ) -> None:
@@ -464,11 +486,13 @@ async def test_list_pop_beyond_the_length_returns_all_and_removes_the_key(
     assert (popped, await cache.exists("l")) == ([b"a", b"b"], False)
 
 
+@needs("lists")
 async def test_list_push_of_no_values_returns_the_current_length(cache: CacheBackend) -> None:
     await cache.list_push("l", [b"a", b"b"], ListEnd.RIGHT)
     assert await cache.list_push("l", [], ListEnd.RIGHT) == 2
 
 
+@needs("lists")
 async def test_list_pop_rejects_a_count_below_one(cache: CacheBackend) -> None:
     with pytest.raises(ValueError, match="count"):
         await cache.list_pop("l", ListEnd.LEFT, 0)
@@ -477,16 +501,19 @@ async def test_list_pop_rejects_a_count_below_one(cache: CacheBackend) -> None:
 # -- sets --------------------------------------------------------------------------------------
 
 
+@needs("sets")
 async def test_set_add_returns_how_many_members_were_new(cache: CacheBackend) -> None:
     await cache.set_add("z", [b"a"])
     assert await cache.set_add("z", [b"a", b"b", b"b"]) == 1
 
 
+@needs("sets")
 async def test_set_members_are_sorted(cache: CacheBackend) -> None:
     await cache.set_add("z", [b"c", b"a", b"b"])
     assert await cache.set_members("z") == [b"a", b"b", b"c"]
 
 
+@needs("sets")
 async def test_set_members_of_missing_key_is_empty(cache: CacheBackend) -> None:
     assert await cache.set_members("missing") == []
 
@@ -494,16 +521,19 @@ async def test_set_members_of_missing_key_is_empty(cache: CacheBackend) -> None:
 # -- empty containers disappear ----------------------------------------------------------------
 
 
+@needs("hashes")
 async def test_hash_set_of_no_fields_creates_no_key(cache: CacheBackend) -> None:
     await cache.hash_set("h", {})
     assert await cache.exists("h") is False
 
 
+@needs("sets")
 async def test_set_add_of_no_members_creates_no_key(cache: CacheBackend) -> None:
     await cache.set_add("z", [])
     assert await cache.exists("z") is False
 
 
+@needs("lists")
 async def test_list_popped_empty_no_longer_exists(cache: CacheBackend) -> None:
     await cache.list_push("l", [b"a"], ListEnd.RIGHT)
     await cache.list_pop("l", ListEnd.RIGHT)
@@ -556,6 +586,7 @@ async def test_atomic_batch_whose_last_op_fails_leaves_the_earlier_ops_unapplied
     ]
 
 
+@needs("hashes")
 async def test_atomic_batch_that_fails_restores_the_earlier_ttl(
     cache: CacheBackend, elapse: Elapse
 ) -> None:
@@ -567,6 +598,7 @@ async def test_atomic_batch_that_fails_restores_the_earlier_ttl(
     assert await cache.get("k") == b"v"
 
 
+@needs("sets")
 async def test_atomic_batch_failing_on_wrong_type_reports_wrong_type(
     cache: CacheBackend,
 ) -> None:
