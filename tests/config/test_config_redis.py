@@ -49,7 +49,7 @@ def test_every_redis_setting_parses(service_type: str) -> None:
     assert service.username == "app"
     assert service.password is not None
     assert service.password.get_secret_value() == "pw"
-    assert (service.tls, service.key_prefix) == (True, "orders:")
+    assert (service.tls.enabled, service.key_prefix) == (True, "orders:")
     assert config.policies_for("shared").connection_pool.max_connections == 32
 
 

@@ -164,7 +164,7 @@ def test_spec_redis_service_parses_with_the_redis_backend() -> None:
     assert (redis.host, redis.port, redis.database) == ("localhost", 6379, 0)
     assert redis.password is not None
     assert redis.password.get_secret_value() == SPEC_ENV["REDIS_PASSWORD"]
-    assert (redis.username, redis.tls, redis.key_prefix) == (None, False, "")
+    assert (redis.username, redis.tls.enabled, redis.key_prefix) == (None, False, "")
     # The client's pool size is the resolved connection_pool.max_connections.
     assert config.policies_for("redis").connection_pool.max_connections == 10
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from sidecar.config import ConfigError, parse_config
@@ -104,3 +106,38 @@ def test_a_redis_rate_limit_needs_a_connection_or_a_target() -> None:
         "store: redis}}\n"
     )
     assert "store: redis needs redis_target" in found and "or connection" in found
+
+
+def test_tls_is_off_by_default_and_true_is_short_for_enabled() -> None:
+    config = parse_config("connections:\n  a: {type: redis}\n  b: {type: redis, tls: true}\n")
+    assert (config.connections["a"].tls.enabled, config.connections["b"].tls.enabled) == (
+        False,
+        True,
+    )
+    assert config.connections["b"].tls.verify is True
+
+
+def test_a_tls_section_turns_tls_on_and_names_its_files(tmp_path: Path) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_text("not checked at load")
+    config = parse_config(f"connections:\n  a: {{type: redis, tls: {{ca_file: {ca}}}}}\n")
+    tls = config.connections["a"].tls
+    assert (tls.enabled, tls.ca_file, tls.cert_file) == (True, ca, None)
+
+
+def test_a_client_certificate_needs_its_key(tmp_path: Path) -> None:
+    cert = tmp_path / "client.pem"
+    cert.write_text("x")
+    found = problems(f"connections:\n  a: {{type: redis, tls: {{cert_file: {cert}}}}}\n")
+    assert "connections.a.tls" in found and "cert_file and key_file go together" in found
+
+
+def test_a_missing_tls_file_is_refused_at_load(tmp_path: Path) -> None:
+    found = problems(f"connections:\n  a: {{type: redis, tls: {{ca_file: {tmp_path}/nope.pem}}}}\n")
+    assert "connections.a.tls.ca_file" in found
+
+
+def test_tls_must_be_a_boolean_or_a_section() -> None:
+    assert "connections.a.tls: must be true or false" in problems(
+        "connections:\n  a: {type: redis, tls: maybe}\n"
+    )

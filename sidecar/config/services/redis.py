@@ -21,6 +21,7 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_core import PydanticCustomError
 
 from .._common import AtLeastZero, ConfigModel, ServiceName
+from ..tls import TlsConfig
 
 __all__ = ["RedisConnectionSettings", "RedisEndpoint"]
 
@@ -63,9 +64,10 @@ class RedisEndpoint(ConfigModel):
         "never appears in repr, logs or dumps. Null means no AUTH (backend: redis only). "
         "Default null.",
     )
-    tls: bool = Field(
-        default=False,
-        description="Connect with TLS (rediss://) (backend: redis only). Default false.",
+    tls: TlsConfig = Field(
+        default_factory=TlsConfig,
+        description="TLS to Redis (rediss://): true, or a section with ca_file, cert_file, "
+        "key_file and verify (backend: redis only). Default false.",
     )
 
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 import builtins
 from collections.abc import Mapping
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from redis import exceptions as rex
 from redis.asyncio import BlockingConnectionPool, Connection, Redis, SSLConnection
@@ -81,8 +81,18 @@ def create_client(
         A client whose `aclose()` also closes its pool.
     """
     password = settings.password.get_secret_value() if settings.password is not None else None
+    tls = settings.tls
+    tls_options: dict[str, Any] = {}
+    if tls.enabled:
+        tls_options = {
+            "ssl_ca_certs": str(tls.ca_file) if tls.ca_file else None,
+            "ssl_certfile": str(tls.cert_file) if tls.cert_file else None,
+            "ssl_keyfile": str(tls.key_file) if tls.key_file else None,
+            "ssl_cert_reqs": "required" if tls.verify else "none",
+            "ssl_check_hostname": tls.verify,
+        }
     pool = BlockingConnectionPool(
-        connection_class=SSLConnection if settings.tls else Connection,
+        connection_class=SSLConnection if tls.enabled else Connection,
         max_connections=max_connections,
         timeout=acquire_timeout,
         host=settings.host,
@@ -97,6 +107,7 @@ def create_client(
         protocol=2,
         retry=Retry(NoBackoff(), 0),
         decode_responses=False,
+        **tls_options,
     )
     return Redis.from_pool(pool)
 

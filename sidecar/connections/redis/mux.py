@@ -201,7 +201,9 @@ class Multiplexer:
         kwargs: dict[str, Any] = pool.connection_kwargs
         self._host: str = kwargs.get("host", "localhost")
         self._port: int = int(kwargs.get("port", 6379))
-        self._tls = issubclass(pool.connection_class, SSLConnection)
+        self._tls = (
+            _tls_context(kwargs) if issubclass(pool.connection_class, SSLConnection) else None
+        )
         self._handshake: list[tuple[Any, ...]] = []
         password, username = kwargs.get("password"), kwargs.get("username")
         if password is not None:
@@ -279,7 +281,7 @@ class Multiplexer:
 
     async def _open(self) -> _Link:
         loop = asyncio.get_running_loop()
-        context = ssl.create_default_context() if self._tls else None
+        context = self._tls
         _, link = await loop.create_connection(
             lambda: _Link(loop), self._host, self._port, ssl=context
         )
@@ -308,6 +310,18 @@ class Multiplexer:
             link.abort(rex.TimeoutError(f"no reply from Redis for {self._read_timeout:g}s"))
         else:
             self._arm_watchdog(link)
+
+
+def _tls_context(kwargs: dict[str, Any]) -> ssl.SSLContext:
+    """The TLS context of the pool's `ssl_*` settings, so the multiplexed link trusts and
+    presents exactly what the pool's connections do."""
+    context = ssl.create_default_context(cafile=kwargs.get("ssl_ca_certs"))
+    if kwargs.get("ssl_certfile"):
+        context.load_cert_chain(kwargs["ssl_certfile"], kwargs.get("ssl_keyfile"))
+    if kwargs.get("ssl_cert_reqs") == "none":
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
 
 
 def _retrieve(task: asyncio.Task[_Link]) -> None:

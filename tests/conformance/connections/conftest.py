@@ -1,0 +1,5 @@
+"""Fixtures of the connection conformance suite: the Redis server (`redis_address`)."""
+
+from redis_server import redis_address
+
+__all__ = ["redis_address"]
