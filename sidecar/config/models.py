@@ -350,6 +350,13 @@ def _connection_reference_errors(
                 named,
                 "{name} is not a configured redis connection (" + choices + ")",
             )
+        elif named is not None and service.connection_pool is not None:
+            refused(
+                ("services", name, "connection_pool"),
+                named,
+                "the pool belongs to connection {name}, shared by its services: set "
+                "connection_pool under connections." + named,
+            )
     for name, policies in resolved.items():
         limit = policies.rate_limit
         if limit is None or limit.store != "redis" or limit.connection is None:

@@ -141,3 +141,14 @@ def test_tls_must_be_a_boolean_or_a_section() -> None:
     assert "connections.a.tls: must be true or false" in problems(
         "connections:\n  a: {type: redis, tls: maybe}\n"
     )
+
+
+def test_a_pool_on_a_service_that_shares_a_connection_is_refused() -> None:
+    found = problems(
+        SHARED.replace(
+            'connection: main-redis, key_prefix: "a:"',
+            "connection: main-redis, connection_pool: {max_connections: 5}",
+        )
+    )
+    assert "services.cache.connection_pool: the pool belongs to connection 'main-redis'" in found
+    assert "set connection_pool under connections.main-redis" in found
