@@ -15,7 +15,13 @@ Modules: `models` (`Config`, `ServicePolicies`, the policy merge), `server` (`se
 """
 
 from ._units import Bytes, DurationSeconds, parse_bytes, parse_duration
-from .connections import CONNECTION_TYPES, ConnectionConfig, RedisConnectionConfig
+from .aws import AwsCredentials, AwsEndpoint
+from .connections import (
+    CONNECTION_TYPES,
+    AwsConnectionConfig,
+    ConnectionConfig,
+    RedisConnectionConfig,
+)
 from .loader import ConfigError, load_config, parse_config
 from .models import Config, ServicePolicies
 from .policies import (
@@ -43,6 +49,7 @@ from .services import (
     AIAliasServiceConfig,
     AIModelServiceConfig,
     CacheServiceConfig,
+    CloudServiceConfig,
     PubSubServiceConfig,
     RedisConnectionSettings,
     RedisEndpoint,
@@ -57,12 +64,16 @@ __all__ = [
     "AIAliasServiceConfig",
     "AIModelServiceConfig",
     "AuthConfig",
+    "AwsConnectionConfig",
+    "AwsCredentials",
+    "AwsEndpoint",
     "BulkheadConfig",
     "BulkheadOverride",
     "Bytes",
     "CacheServiceConfig",
     "CircuitBreakerConfig",
     "CircuitBreakerOverride",
+    "CloudServiceConfig",
     "Config",
     "ConfigError",
     "ConnectionConfig",

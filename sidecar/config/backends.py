@@ -19,6 +19,7 @@ BACKENDS: dict[tuple[str, str], str] = {
     ("pubsub", "redis"): "sidecar.backends.pubsub.redis",
     ("sql", "postgres"): "sidecar.backends.sql.postgres",
     ("sql", "sqlite"): "sidecar.backends.sql.sqlite",
+    ("cloud", "aws"): "sidecar.backends.cloud.aws",
 }
 # ==== end of BACKENDS =======================================================================
 

@@ -17,16 +17,18 @@ an implicit connection of its own, named like the service.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from ._common import ConfigModel
+from .aws import AwsEndpoint, region_required
 from .policies import ConnectionPoolOverride, TimeoutsOverride
 from .services.redis import RedisEndpoint
 
 __all__ = [
     "CONNECTION_TYPES",
+    "AwsConnectionConfig",
     "ConnectionConfig",
     "ConnectionSettingsBase",
     "RedisConnectionConfig",
@@ -54,8 +56,21 @@ class RedisConnectionConfig(RedisEndpoint, ConnectionSettingsBase):
     type: Literal["redis"] = Field(description="Connection type. Required.")
 
 
-ConnectionConfig = RedisConnectionConfig
-"""Any connection; more types join it as their backends move onto connections."""
+class AwsConnectionConfig(AwsEndpoint, ConnectionSettingsBase):
+    """An AWS account in one region, shared by the AWS services naming it."""
 
-CONNECTION_TYPES: tuple[str, ...] = ("redis",)
+    type: Literal["aws"] = Field(description="Connection type. Required.")
+
+    @model_validator(mode="after")
+    def _has_region(self) -> AwsConnectionConfig:
+        region_required(self)
+        return self
+
+
+ConnectionConfig = Annotated[
+    RedisConnectionConfig | AwsConnectionConfig, Field(discriminator="type")
+]
+"""Any connection; the `type` key picks the model."""
+
+CONNECTION_TYPES: tuple[str, ...] = ("redis", "aws")
 """Every supported connection `type`."""

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -81,6 +81,20 @@ class Config(ConfigModel):
     )
 
     _policies: dict[str, ServicePolicies] = PrivateAttr(default_factory=dict)
+
+    @field_validator("services", mode="before")
+    @classmethod
+    def _spec_service_types(cls, services: Any) -> Any:
+        """`type: database` (the specification's word) is an SQL service, on PostgreSQL
+        unless it names another backend."""
+        if not isinstance(services, Mapping):
+            return services
+        return {
+            name: {"backend": "postgres", **service, "type": "sql"}
+            if isinstance(service, Mapping) and service.get("type") == "database"
+            else service
+            for name, service in services.items()
+        }
 
     @field_validator("services")
     @classmethod
@@ -161,10 +175,11 @@ class Config(ConfigModel):
         return pool, timeouts
 
     def connection_of(self, service_name: str) -> str | None:
-        """The connection a `backend: redis` service uses: the one it names, else its own
-        implicit one (named like the service); None for services on no connection."""
+        """The connection a service uses (a `backend: redis` service, a `cloud` account):
+        the one it names, else its own implicit one (named like the service); None for
+        services on no connection."""
         service = self.services[service_name]
-        if getattr(service, "backend", None) != "redis":
+        if connection_type(service) is None:
             return None
         named: str | None = getattr(service, "connection", None)
         return named or service_name
@@ -313,6 +328,13 @@ def _redis_target_errors(
     return list(errors.values())
 
 
+def connection_type(service: ServiceConfig) -> str | None:
+    """The type of connection a service runs on, or None (memory backends, SQL, AI)."""
+    if service.type == "cloud":
+        return "aws"
+    return "redis" if getattr(service, "backend", None) == "redis" else None
+
+
 def _connection_reference_errors(
     connections: Mapping[str, ConnectionConfig],
     services: Mapping[str, ServiceConfig],
@@ -332,23 +354,28 @@ def _connection_reference_errors(
         )
 
     redis = sorted(name for name, c in connections.items() if c.type == "redis")
-    choices = ", ".join(redis) or "none configured"
     for name, service in services.items():
-        if getattr(service, "backend", None) != "redis":
+        kind = connection_type(service)
+        if kind is None:
             continue
         named = getattr(service, "connection", None)
+        of_kind = sorted(other for other, c in connections.items() if c.type == kind)
         if named is None and name in connections:
             refused(
                 ("services", name),
                 name,
-                "{name} has inline Redis settings, which make a connection named like the "
+                "{name} has inline settings, which make a connection named like the "
                 "service, but connections: has one of that name; name it with connection:",
             )
-        elif named is not None and named not in redis:
+        elif named is not None and named not in of_kind:
             refused(
                 ("services", name, "connection"),
                 named,
-                "{name} is not a configured redis connection (" + choices + ")",
+                "{name} is not a configured "
+                + kind
+                + " connection ("
+                + (", ".join(of_kind) or "none configured")
+                + ")",
             )
         elif named is not None and service.connection_pool is not None:
             refused(

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from sidecar.config import Config, RedisEndpoint
+from sidecar.config import AwsEndpoint, Config, RedisEndpoint
 
 __all__ = ["Connection", "ConnectionEntry", "Connections", "build_connections"]
 
@@ -30,6 +30,8 @@ class Connection(Protocol):
 
     name: str
     type: str
+    probed: bool
+    """Whether health checks ping it (False: its health is unknown, shown as such)."""
 
     async def ping(self) -> None:
         """One cheap round trip; raises a `sidecar.errors` error when the upstream is down."""
@@ -91,14 +93,14 @@ def build_connections(config: Config) -> Connections:
     """Every connection the config names or implies (no network I/O happens here)."""
     entries: dict[str, ConnectionEntry] = {}
     for name, settings in config.connections.items():
-        entries[name] = ConnectionEntry(_redis(config, name, settings), implicit=False)
+        entries[name] = ConnectionEntry(_open(config, name, settings), implicit=False)
     for service_name, service in config.services.items():
         used = config.connection_of(service_name)
         if used is None:
             continue
         if used not in entries:  # inline settings: the service's own connection
-            assert isinstance(service, RedisEndpoint)
-            entries[used] = ConnectionEntry(_redis(config, used, service), implicit=True)
+            assert isinstance(service, RedisEndpoint | AwsEndpoint)
+            entries[used] = ConnectionEntry(_open(config, used, service), implicit=True)
         entries[used].users.append(service_name)
     for service_name in config.services:
         limit = config.policies_for(service_name).rate_limit
@@ -113,7 +115,12 @@ def build_connections(config: Config) -> Connections:
     return Connections(entries)
 
 
-def _redis(config: Config, name: str, endpoint: RedisEndpoint) -> Connection:
+def _open(config: Config, name: str, endpoint: RedisEndpoint | AwsEndpoint) -> Connection:
+    """The connection of one endpoint's settings (a client library is imported only here)."""
+    if isinstance(endpoint, AwsEndpoint):
+        from sidecar.connections.aws import AwsConnection
+
+        return AwsConnection(name, endpoint)
     from sidecar.connections.redis import RedisConnection, create_client
 
     pool, timeouts = config.connection_policies(name)

@@ -78,8 +78,8 @@ class HealthMonitor:
 
     async def check_once(self) -> None:
         """Probe every connection and unconnected integration once; publish the result."""
-        connections = self._integrations.connections
-        await asyncio.gather(*(self._probe_connection(entry) for _, entry in connections))
+        probed = [entry for _, entry in self._integrations.connections if entry.connection.probed]
+        await asyncio.gather(*(self._probe_connection(entry) for entry in probed))
         await asyncio.gather(*(self._probe(item) for item in self._integrations))
         for type_name, service in self._services_by_type.items():
             try:

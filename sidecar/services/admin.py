@@ -53,7 +53,9 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
                 admin_pb2.Connection(
                     name=name,
                     type=entry.connection.type,
-                    health=_health(entry.healthy),
+                    health=_health(entry.healthy)
+                    if entry.connection.probed
+                    else admin_pb2.HEALTH_STATE_UNSPECIFIED,
                     users=sorted(entry.users),
                     implicit=entry.implicit,
                 )

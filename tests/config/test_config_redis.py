@@ -53,9 +53,13 @@ def test_every_redis_setting_parses(service_type: str) -> None:
     assert config.policies_for("shared").connection_pool.max_connections == 32
 
 
-def test_redis_settings_without_backend_redis_are_refused() -> None:
+def test_redis_settings_on_another_backend_are_refused() -> None:
+    # Without any backend, Redis settings mean backend: redis (the specification's shape).
     with pytest.raises(ConfigError) as caught:
-        parse_config("services:\n  kv: {type: cache, host: elsewhere, port: 7000}\n", environ={})
+        parse_config(
+            "services:\n  kv: {type: cache, backend: memory, host: elsewhere, port: 7000}\n",
+            environ={},
+        )
     assert caught.value.problems == [("services.kv", "host, port are only for backend: redis")]
 
 

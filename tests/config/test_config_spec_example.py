@@ -8,8 +8,10 @@ import yaml
 from sidecar.config import (
     SERVICE_TYPES,
     CacheServiceConfig,
+    CloudServiceConfig,
     ConfigError,
     RateLimitConfig,
+    SqlServiceConfig,
     parse_config,
 )
 
@@ -123,18 +125,32 @@ def test_spec_integration_values_equal_the_built_in_defaults_apart_from_rate_lim
     assert parsed.model_copy(update={"rate_limiting": defaults.rate_limiting}) == defaults
 
 
-def test_spec_services_of_unsupported_types_fail_clearly() -> None:
-    with pytest.raises(ConfigError) as caught:
-        parse_config(SPEC_INTEGRATION + SPEC_SERVICES, environ=SPEC_ENV, source="spec.yaml")
-    problems = caught.value.problems
-    expected = f"(expected one of: {', '.join(SERVICE_TYPES)})"
-    # openai is an ai_model with the spec's endpoint, bearer auth and per-minute limits.
-    assert not [path for path, _ in problems if path.startswith("services.openai.")]
-    assert ("services.postgresql.type", f"unknown service type 'database' {expected}") in problems
-    assert ("services.aws.type", f"unknown service type 'cloud' {expected}") in problems
-    # redis is a cache whose settings (host, port, database, password) are all known fields.
-    assert not [path for path, _ in problems if path.startswith("services.redis.")]
-    assert all(path.startswith("services.") for path, _ in problems)
+def test_the_spec_services_load_verbatim_each_as_what_it_names() -> None:
+    config = parse_config(SPEC_INTEGRATION + SPEC_SERVICES, environ=SPEC_ENV, source="spec.yaml")
+    kinds = {name: (service.type, service.backend) for name, service in config.services.items()}
+    assert kinds == {
+        "openai": ("ai_model", "openai"),
+        "postgresql": ("sql", "postgres"),  # type: database
+        "redis": ("cache", "redis"),  # Redis settings without backend: mean Redis
+        "aws": ("cloud", "aws"),
+    }
+    postgresql = config.services["postgresql"]
+    assert isinstance(postgresql, SqlServiceConfig)
+    assert (postgresql.host, postgresql.port, postgresql.database) == (
+        "localhost",
+        5432,
+        "parallel_ai",
+    )
+    assert postgresql.username == "app"
+    pool = config.policies_for("postgresql").connection_pool  # `pool:` is connection_pool
+    assert (pool.max_connections, pool.idle_timeout, pool.min_connections) == (20, 30.0, 2)
+    aws = config.services["aws"]
+    assert isinstance(aws, CloudServiceConfig)
+    assert aws.region == "us-east-1" and aws.credentials is not None
+    assert aws.credentials.secret_access_key.get_secret_value() == "secret"
+    assert "AKIA" not in repr(aws) and "SecretStr('**********')" in repr(aws)
+    assert (config.connection_of("redis"), config.connection_of("aws")) == ("redis", "aws")
+    assert SERVICE_TYPES == ("cache", "pubsub", "sql", "ai_model", "ai_alias", "cloud")
 
 
 def _spec_service(name: str) -> str:
@@ -169,9 +185,17 @@ def test_spec_redis_service_parses_with_the_redis_backend() -> None:
     assert config.policies_for("redis").connection_pool.max_connections == 10
 
 
-def test_spec_redis_service_without_backend_names_the_missing_backend() -> None:
+def test_spec_redis_service_without_backend_is_a_redis_cache() -> None:
+    redis = parse_config(_spec_service("redis"), environ=SPEC_ENV).services["redis"]
+    assert (redis.type, redis.backend) == ("cache", "redis")
+
+
+def test_redis_settings_on_an_explicit_memory_backend_are_refused() -> None:
+    text = _spec_service("redis").replace(
+        "    type: cache\n", "    type: cache\n    backend: memory\n"
+    )
     with pytest.raises(ConfigError) as caught:
-        parse_config(_spec_service("redis"), environ=SPEC_ENV)
+        parse_config(text, environ=SPEC_ENV)
     assert caught.value.problems == [
         ("services.redis", "database, host, password, port are only for backend: redis")
     ]

@@ -64,7 +64,7 @@ def test_inline_settings_beside_a_connection_are_refused() -> None:
 
 
 def test_a_connection_on_a_memory_service_is_refused() -> None:
-    found = problems(SHARED + "  mem: {type: cache, connection: main-redis}\n")
+    found = problems(SHARED + "  mem: {type: cache, backend: memory, connection: main-redis}\n")
     assert "services.mem" in found and "connection is only for backend: redis" in found
 
 
@@ -76,7 +76,7 @@ def test_an_implicit_connection_may_not_take_a_configured_connection_s_name() ->
 
 def test_an_unknown_connection_type_is_refused() -> None:
     found = problems("connections:\n  x: {type: kafka}\n")
-    assert "connections.x.type: must be one of: redis (got 'kafka')" in found
+    assert "connections.x.type: unknown type 'kafka' (expected one of: redis, aws)" in found
 
 
 def test_a_connection_name_must_be_a_valid_name() -> None:

@@ -27,13 +27,15 @@ class _HealthState:
 class _HealthStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_HealthState.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     HEALTH_STATE_UNSPECIFIED: _HealthState.ValueType  # 0
+    """Not probed: a connection nothing talks to yet (an AWS account before its services)."""
     HEALTH_STATE_SERVING: _HealthState.ValueType  # 1
     HEALTH_STATE_NOT_SERVING: _HealthState.ValueType  # 2
 
 class HealthState(_HealthState, metaclass=_HealthStateEnumTypeWrapper):
-    """HealthState is the last probed health of an integration."""
+    """HealthState is the last probed health of an integration or a connection."""
 
 HEALTH_STATE_UNSPECIFIED: HealthState.ValueType  # 0
+"""Not probed: a connection nothing talks to yet (an AWS account before its services)."""
 HEALTH_STATE_SERVING: HealthState.ValueType  # 1
 HEALTH_STATE_NOT_SERVING: HealthState.ValueType  # 2
 Global___HealthState: _TypeAlias = HealthState  # noqa: Y015

@@ -22,6 +22,7 @@ from pydantic import Field
 from .ai import AIAliasServiceConfig, AIModelServiceConfig
 from .base import ServiceBase
 from .cache import CacheServiceConfig
+from .cloud import CloudServiceConfig
 from .pubsub import PubSubServiceConfig
 from .redis import RedisConnectionSettings, RedisEndpoint
 from .sql import SqlServiceConfig
@@ -31,6 +32,7 @@ __all__ = [
     "AIAliasServiceConfig",
     "AIModelServiceConfig",
     "CacheServiceConfig",
+    "CloudServiceConfig",
     "PubSubServiceConfig",
     "RedisConnectionSettings",
     "RedisEndpoint",
@@ -50,6 +52,7 @@ ServiceModel = Union[  # noqa: UP007
     SqlServiceConfig,
     AIModelServiceConfig,
     AIAliasServiceConfig,
+    CloudServiceConfig,
 ]
 """Every service model, in the order error messages list their types."""
 # ==== end of SERVICE TYPES ==================================================================

@@ -13,7 +13,7 @@ See `sidecar.config.services` for how to register the new model.
 
 from __future__ import annotations
 
-from pydantic import Field, field_validator
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_core import PydanticCustomError
 
 from .._common import ConfigModel
@@ -56,7 +56,10 @@ class ServiceBase(ConfigModel):
         default=None, description="Partial override of integration.timeouts."
     )
     connection_pool: ConnectionPoolOverride | None = Field(
-        default=None, description="Partial override of integration.connection_pools.default."
+        default=None,
+        validation_alias=AliasChoices("connection_pool", "pool"),
+        description="Partial override of integration.connection_pools.default; `pool` is "
+        "another name for it (the specification's).",
     )
 
     @field_validator("backend", check_fields=False)

@@ -17,6 +17,8 @@ is an error, so a forgotten `backend: redis` never silently runs in memory.
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import Field, SecretStr, model_validator
 from pydantic_core import PydanticCustomError
 
@@ -86,6 +88,16 @@ class RedisConnectionSettings(RedisEndpoint):
         description="Prepended to every key and channel this service uses, so several apps can "
         "share one Redis without clashing (backend: redis only). Default '' (no prefix).",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _endpoint_means_redis(cls, data: Any) -> Any:
+        """Redis settings with no `backend:` mean Redis, as the specification writes a
+        cache (`type: cache, host: ..., port: ...`)."""
+        named = isinstance(data, dict) and (_ENDPOINT_FIELDS | {"connection"}) & data.keys()
+        if named and "backend" not in data and "backend" in cls.model_fields:
+            return {**data, "backend": "redis"}
+        return data
 
     @model_validator(mode="after")
     def _only_with_redis(self) -> RedisConnectionSettings:

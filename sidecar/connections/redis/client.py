@@ -80,7 +80,9 @@ def create_client(
     Returns:
         A client whose `aclose()` also closes its pool.
     """
+    # An empty password (an unset ${VAR:-}) means no AUTH, as with redis-cli.
     password = settings.password.get_secret_value() if settings.password is not None else None
+    password = password or None
     tls = settings.tls
     tls_options: dict[str, Any] = {}
     if tls.enabled:

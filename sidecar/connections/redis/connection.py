@@ -40,6 +40,7 @@ class RedisConnection:
     """
 
     type = "redis"
+    probed = True
 
     def __init__(
         self,
