@@ -291,16 +291,37 @@ class MetricsConfig(ConfigModel):
 
     enabled: bool = Field(default=True, description="Record metrics. Default true.")
     export_interval: DurationSeconds = Field(
-        default=15.0, description="How often metrics are exported. Default 15s."
+        default=15.0,
+        description="Accepted as the specification writes it (15s) and nothing else: metrics "
+        "are pulled from prometheus_listen when the scraper asks, never pushed, so there is "
+        "no interval to set. Default 15s.",
     )
     retention_period: DurationSeconds = Field(
-        default=7 * 86400.0, description="How long exported metrics are kept. Default 7d."
+        default=7 * 86400.0,
+        description="Accepted as the specification writes it (7d) and nothing else: the "
+        "sidecar holds current values only; how long history is kept is the scraper's "
+        "setting (Prometheus --storage.tsdb.retention.time). Default 7d.",
     )
     prometheus_listen: HostPort | None = Field(
         default=None,
         description="host:port to serve Prometheus /metrics on (e.g. 127.0.0.1:9464); null "
         "serves nothing. Default null.",
     )
+
+
+    @field_validator("export_interval", "retention_period")
+    @classmethod
+    def _not_the_sidecars_to_set(cls, value: float, info: ValidationInfo) -> float:
+        default = cls.model_fields[info.field_name or ""].default
+        if value != default:
+            raise PydanticCustomError(
+                "metrics_setting_not_applicable",
+                "{name} is not the sidecar's to set: metrics are pulled from "
+                "prometheus_listen, and history is kept by the scraper (set it there); only "
+                "the default {default} is accepted",
+                {"name": info.field_name, "default": "15s" if default == 15.0 else "7d"},
+            )
+        return value
 
 
 class IntegrationConfig(ConfigModel):

@@ -214,3 +214,18 @@ def test_spec_services_without_their_environment_name_every_missing_variable() -
 def test_spec_example_is_the_shape_of_the_whole_file() -> None:
     document = yaml.safe_load(SPEC_INTEGRATION + SPEC_SERVICES)
     assert set(document) == {"integration", "services"}
+
+
+@pytest.mark.parametrize(
+    ("setting", "default"), [("export_interval: 60s", "15s"), ("retention_period: 30d", "7d")]
+)
+def test_metrics_settings_the_sidecar_cannot_honour_are_refused_clearly(
+    setting: str, default: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(f"integration:\n  metrics: {{{setting}}}\n", environ={})
+    name = setting.split(":")[0]
+    ((path, message),) = caught.value.problems
+    assert path == f"integration.metrics.{name}"
+    assert message.startswith(f"{name} is not the sidecar's to set")
+    assert f"only the default {default} is accepted" in message
