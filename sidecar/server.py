@@ -34,6 +34,7 @@ from generated.integration.v1 import (
     sql_pb2,
     sql_pb2_grpc,
 )
+from sidecar.ai.services import ModelService
 from sidecar.config import Config
 from sidecar.interceptors.auth import BearerAuth
 from sidecar.interceptors.inbound import InboundLayer
@@ -227,7 +228,10 @@ def _metrics(
     integrations.meter = provider.get_meter("integration-sidecar")
     metrics = Metrics(integrations.meter, integrations.breaker_states)
     for integration in integrations:
-        integration.pipeline.add_listener(metrics.record_resilience_event)
+        if integration.pipeline is not None:
+            integration.pipeline.add_listener(metrics.record_resilience_event)
+        if isinstance(integration.backend, ModelService):  # every deployment's, now and later
+            integration.backend.add_listener(metrics.record_resilience_event)
     if prometheus is not None:
         prometheus.add_collector(metrics.durations.prometheus_collector())
     return provider, metrics, prometheus

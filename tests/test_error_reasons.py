@@ -6,6 +6,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import grpc
+
 from generated.integration.v1 import common_pb2
 
 SIDECAR = Path(__file__).resolve().parent.parent / "sidecar"
@@ -22,7 +24,8 @@ def _proto_reasons() -> set[str]:
 
 def _reason_literals(tree: ast.AST) -> set[str]:
     """String constants given as a reason: `reason="X"`, `reason = "X"` (also inside a tuple
-    assignment such as `kind, reason = Error, "X"`) and `reason: str = "X"` defaults."""
+    assignment such as `kind, reason = Error, "X"`), `reason: ClassVar[str] = "X"` class
+    attributes and `reason: str = "X"` defaults."""
     found: set[str] = set()
 
     def take(node: ast.expr | None) -> None:
@@ -40,6 +43,9 @@ def _reason_literals(tree: ast.AST) -> set[str]:
                     for name, value in zip(target.elts, node.value.elts, strict=False):
                         if isinstance(name, ast.Name) and name.id == "reason":
                             take(value)
+        elif isinstance(node, ast.AnnAssign):
+            if isinstance(node.target, ast.Name) and node.target.id == "reason":
+                take(node.value)
         elif isinstance(node, ast.arguments):
             positional = node.posonlyargs + node.args
             for arg, default in zip(positional[-len(node.defaults) :], node.defaults, strict=False):
@@ -69,6 +75,15 @@ def test_the_scan_finds_reasons_in_every_form() -> None:
     source = (
         'f(reason="A")\nreason = "B"\nkind, reason = E, "C"\n'
         'def g(reason="D"): ...\ndef h(*, reason: str = "E"): ...\n'
+        'class R:\n    reason: ClassVar[str] = "F"\n'
     )
-    assert _reason_literals(ast.parse(source)) == {"A", "B", "C", "D", "E"}
+    assert _reason_literals(ast.parse(source)) == {"A", "B", "C", "D", "E", "F"}
     assert len(_raised_reasons()) > 20  # the scan reaches the code, not an empty folder
+
+
+def test_a_rejection_maps_by_its_nearest_listed_ancestor() -> None:
+    from sidecar.interceptors.error_mapping import status_for
+    from sidecar.resilience.errors import CoolingDownError
+
+    status = status_for(CoolingDownError(retry_after=2.0))
+    assert status.code == grpc.StatusCode.RESOURCE_EXHAUSTED  # not UNAVAILABLE, the fallback

@@ -6,7 +6,8 @@ target to a `Route` (ordered `Deployment`s plus retry, budget and cache); `strea
 routes; the servicer (`sidecar.services.ai`) knows nothing of fallback.
 
     services.py         the backend objects of `ai_model` and `ai_alias` services
-    deployment.py       one model on one service: breaker, rpm/tpm buckets, cooldown
+    pipelines.py        the streaming pipelines of a service's deployments, refusals
+    deployment.py       one model on one service, and the admission of one attempt
     router.py           target -> route
     limits.py           every size a caller controls, bounded (INVALID_ARGUMENT above)
     fallback.py         deployments in order, commit on the first chunk, cache

@@ -81,6 +81,7 @@ def model_service(settings: Any, policies: Any) -> ModelService:
         circuit_breaker=options.circuit_breaker,
         retry=options.retry,
         coalesce=settings.coalesce_chunks,
+        bulkhead=options.bulkhead,
     )
 
 

@@ -1,53 +1,48 @@
 """A deployment (one model on one `ai_model` service) and the admission of one attempt.
 
-Each deployment owns its circuit breaker, its requests-per-minute and tokens-per-minute
-buckets, and a cooldown set by an upstream 429's Retry-After; the service's bulkhead is
-shared by all its deployments. Admission checks them in the order of the architecture's
-pipeline (cooldown, breaker, bulkhead, limiters), so an open breaker spends no token, and
-turns every refusal into a `sidecar.errors` type naming the deployment:
-
-    cooling down     ResourceExhausted  UPSTREAM_RATE_LIMITED  (retry_after: cooldown left)
-    too many tokens  ResourceExhausted  TOKEN_LIMIT_EXCEEDED   (never fits this budget)
-    breaker open     Unavailable        CIRCUIT_OPEN           (retry_after: until the probe)
-    bulkhead full    ResourceExhausted  BULKHEAD_FULL
-    no tokens        ResourceExhausted  RATE_LIMITED           (retry_after: refill time)
+Each deployment runs its attempts through its `StreamingPipeline` (see `pipelines`): cooldown,
+breaker, the service's bulkhead, then the requests-per-minute and tokens-per-minute buckets,
+so an open breaker spends no token. A refusal is a `sidecar.errors` type naming the
+deployment (UPSTREAM_RATE_LIMITED while cooling down, TOKEN_LIMIT_EXCEEDED, CIRCUIT_OPEN,
+BULKHEAD_FULL, RATE_LIMITED).
 
 `wait=False` refuses at once when a limiter or the bulkhead would make the call wait (an
 alias then tries its next deployment); `wait=True` queues within the deadline.
+
+An `Admission` is the pipeline's lease seen by the AI: `first_chunk()` commits the attempt
+(no fallback or retry afterwards), and `succeeded()` or `failed()` settles it once, deciding
+how the breaker counts it: upstream trouble is a failure, an upstream 429 cools the
+deployment down and counts as nothing, and so do the caller's own errors and cancellations.
+The "settled" event carries a `GenAIAttempt`, from which the GenAI metrics are recorded.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+from types import TracebackType
 from typing import Any, Final
 
+from sidecar.ai.pipelines import REQUESTS, TOKENS
 from sidecar.ai.services import ModelService
-from sidecar.backends.ai.base import ChatRequest
-from sidecar.errors import ResourceExhausted, SidecarError, Unavailable
+from sidecar.backends.ai.base import ChatRequest, Usage
+from sidecar.errors import SidecarError
+from sidecar.observability.genai_metrics import GenAIAttempt
 from sidecar.resilience import (
-    BulkheadFullError,
+    Bulkhead,
     CircuitBreaker,
-    CircuitOpenError,
     Clock,
     Deadline,
-    RateLimitedError,
-    TokenBucket,
-    TokenBucketOptions,
+    EventListener,
+    RateLimiter,
+    StreamLease,
+    StreamOutcome,
 )
-from sidecar.resilience.bulkhead import Bulkhead
 
 __all__ = ["Admission", "Deployment"]
 
 DEFAULT_COOLDOWN: Final = 1.0
 """Seconds a deployment rests after a 429 that names no Retry-After."""
-
-
-def _bucket(per_minute: float | None, max_queue: int, clock: Clock) -> TokenBucket | None:
-    if not per_minute:
-        return None
-    # One minute's worth of burst: the per-minute limit, spread out without a cliff.
-    options = TokenBucketOptions(per_minute / 60.0, per_minute, max_queue)
-    return TokenBucket(options, clock)
 
 
 class Deployment:
@@ -56,34 +51,43 @@ class Deployment:
     Args:
         service_name: The `ai_model` service.
         model: The upstream model.
-        service: The service's settings and provider.
-        bulkhead: The service's bulkhead (shared by its deployments), or None.
-        clock: Time for breakers, buckets and cooldowns.
+        service: The service's settings and provider; it keeps the deployment's pipeline.
+        clock: Time for the pipeline (breaker, buckets, cooldown), if it is made here.
     """
 
-    def __init__(
-        self,
-        service_name: str,
-        model: str,
-        service: ModelService,
-        bulkhead: Bulkhead | None,
-        clock: Clock,
-    ) -> None:
+    def __init__(self, service_name: str, model: str, service: ModelService, clock: Clock) -> None:
         self.name = f"{service_name}/{model}"
         self.service_name = service_name
         self.model = model
         self.service = service
         self.provider = service.provider
         self.provider_name = service.provider.provider
-        options = service.circuit_breaker
-        self.breaker = CircuitBreaker(options, clock) if options and options.enabled else None
-        limits = service.limits
-        self.requests = _bucket(limits.requests_per_minute, limits.max_queue, clock)
-        self.tokens = _bucket(limits.tokens_per_minute, limits.max_queue, clock)
-        self.bulkhead = bulkhead
-        self._clock = clock
-        self._cool_until = 0.0
-        self._metadata = {"deployment": self.name, "provider": self.provider.provider}
+        self.pipeline = service.pipeline(self.name, clock)
+
+    @property
+    def breaker(self) -> CircuitBreaker | None:
+        """The deployment's circuit breaker, or None when breakers are off."""
+        return self.pipeline.circuit_breaker
+
+    @property
+    def requests(self) -> RateLimiter | None:
+        """The requests-per-minute bucket, or None without that limit."""
+        return self.pipeline.rate_limiters.get(REQUESTS)
+
+    @property
+    def tokens(self) -> RateLimiter | None:
+        """The tokens-per-minute bucket, or None without that limit."""
+        return self.pipeline.rate_limiters.get(TOKENS)
+
+    @property
+    def bulkhead(self) -> Bulkhead | None:
+        """The service's bulkhead (shared by its deployments), or None."""
+        return self.pipeline.bulkhead
+
+    def add_listener(self, listener: EventListener) -> None:
+        """Call `listener` for every event of this deployment's pipeline, the lifecycle of
+        each attempt included."""
+        self.pipeline.add_listener(listener, lifecycle=True)
 
     def prepare(self, request: ChatRequest) -> ChatRequest:
         """The request with this service's defaults filled in where it set nothing."""
@@ -99,144 +103,97 @@ class Deployment:
 
     def cool_down(self, seconds: float | None) -> None:
         """Send no calls here for `seconds` (an upstream 429's Retry-After)."""
-        until = self._clock.monotonic() + (seconds if seconds is not None else DEFAULT_COOLDOWN)
-        self._cool_until = max(self._cool_until, until)
+        self.pipeline.cool_down(seconds if seconds is not None else DEFAULT_COOLDOWN)
 
-    async def admit(self, weight: int, deadline: Deadline | None, *, wait: bool) -> Admission:
-        """Reserve what one attempt needs: a breaker slot, a bulkhead slot, 1 request and
+    async def admit(
+        self, weight: int, deadline: Deadline | None, *, wait: bool, operation: str = "chat"
+    ) -> Admission:
+        """Reserve what one attempt needs: a breaker permit, a bulkhead slot, 1 request and
         `weight` tokens.
 
         Raises:
             SidecarError: The deployment refuses the attempt (see the module docstring).
         """
-        now = self._clock.monotonic()
-        if now < self._cool_until:
-            raise self._refused(
-                ResourceExhausted,
-                "UPSTREAM_RATE_LIMITED",
-                "is cooling down after an upstream 429",
-                self._cool_until - now,
-            )
-        tokens = self.tokens
-        if tokens is not None and weight > tokens.snapshot().capacity:
-            raise self._refused(
-                ResourceExhausted,
-                "TOKEN_LIMIT_EXCEEDED",
-                f"cannot take a request estimated at {weight} tokens per minute",
-            )
-        breaker = self.breaker
-        if breaker is not None:
-            try:
-                breaker.acquire()
-            except CircuitOpenError as exc:
-                raise self._refused(
-                    Unavailable, "CIRCUIT_OPEN", "has an open circuit breaker", exc.retry_after
-                ) from exc
-        taken: list[tuple[TokenBucket, float]] = []
-        bulkhead_taken = False
-        try:
-            bulkhead = self.bulkhead
-            if bulkhead is not None:
-                if not bulkhead.try_acquire():
-                    if not wait:
-                        raise BulkheadFullError()
-                    await bulkhead.acquire(deadline)
-                bulkhead_taken = True
-            for bucket, amount in ((self.requests, 1.0), (tokens, float(weight))):
-                if bucket is not None:
-                    await self._take(bucket, amount, deadline, wait)
-                    taken.append((bucket, amount))
-        except BaseException as exc:
-            for bucket, amount in taken:
-                bucket.adjust(-amount)  # give back what this refused attempt took
-            if bulkhead_taken and self.bulkhead is not None:
-                self.bulkhead.release()
-            if breaker is not None:
-                breaker.record_ignored()  # free a half-open probe slot
-            if isinstance(exc, BulkheadFullError):
-                raise self._refused(ResourceExhausted, "BULKHEAD_FULL", "is at its limit") from exc
-            if isinstance(exc, RateLimitedError):
-                raise self._refused(
-                    ResourceExhausted, "RATE_LIMITED", "is over its rate limit", exc.retry_after
-                ) from exc
-            raise
-        return Admission(self, weight if tokens is not None else 0, bulkhead_taken)
-
-    async def _take(
-        self, bucket: TokenBucket, amount: float, deadline: Deadline | None, wait: bool
-    ) -> None:
-        if bucket.try_acquire(amount):
-            return
-        if not wait:
-            state = bucket.snapshot()
-            raise RateLimitedError(retry_after=max(amount - state.available, amount) / state.rate)
-        await bucket.acquire(amount, deadline)
-
-    def _refused(
-        self,
-        kind: type[SidecarError],
-        reason: str,
-        what: str,
-        retry_after: float | None = None,
-    ) -> SidecarError:
-        return kind(
-            f"deployment {self.name} {what}",
-            reason=reason,
-            metadata=self._metadata,
-            retry_after=retry_after,
+        lease = await self.pipeline.admit(
+            weight=weight, deadline=deadline, wait=wait, detail=GenAIAttempt(operation)
         )
+        return Admission(self, lease, operation)
 
 
 class Admission:
-    """What one admitted attempt holds, and how it ends for the breaker and the budget.
+    """One admitted attempt on a deployment.
 
-    Exactly one of `succeeded` or `failed` records the attempt on the breaker;
-    `release` gives the bulkhead slot back. Both are safe to call more than once.
+    `first_chunk()` marks that output reached the caller (`committed`). Exactly one of
+    `succeeded` or `failed` settles the attempt; later calls change nothing. `release()`
+    (or leaving a `with` block) settles an attempt nothing settled as ignored, giving its
+    bulkhead slot back.
     """
 
-    __slots__ = ("_deployment", "_holds_slot", "_recorded", "_reserved")
+    __slots__ = ("_deployment", "_lease", "_operation")
 
-    def __init__(self, deployment: Deployment, reserved: int, holds_slot: bool) -> None:
+    def __init__(self, deployment: Deployment, lease: StreamLease, operation: str) -> None:
         self._deployment = deployment
-        self._reserved = reserved
-        self._holds_slot = holds_slot
-        self._recorded = False
+        self._lease = lease
+        self._operation = operation
 
-    def settle(self, used_tokens: int | None) -> None:
-        """Charge the real usage instead of the reservation (refunding the difference)."""
-        tokens = self._deployment.tokens
-        if tokens is not None and used_tokens is not None and self._reserved:
-            tokens.adjust(used_tokens - self._reserved)
-            self._reserved = used_tokens
+    @property
+    def committed(self) -> bool:
+        """Output reached the caller: the attempt must not be retried or moved elsewhere."""
+        return self._lease.committed
 
-    def succeeded(self) -> None:
-        """The upstream answered completely."""
-        if not self._recorded and self._deployment.breaker is not None:
-            self._deployment.breaker.record_success()
-        self._recorded = True
+    @property
+    def settled(self) -> bool:
+        """Whether the attempt has been settled."""
+        return self._lease.settled
+
+    def first_chunk(self) -> None:
+        """Output is about to reach the caller: from now on nothing is retried."""
+        self._lease.first_chunk()
+
+    def succeeded(self, usage: Usage | None, response_model: str = "") -> None:
+        """The upstream answered completely: charge the real usage instead of the
+        reservation (refunding the difference)."""
+        if self._lease.settled:
+            return
+        self._lease.settle(
+            StreamOutcome.SUCCESS,
+            actual_weight=usage.total_tokens if usage is not None else None,
+            detail=GenAIAttempt(self._operation, "OK", usage, response_model),
+        )
 
     def failed(self, error: BaseException) -> None:
         """The attempt ended with `error`: upstream trouble counts against the breaker, a
         429 cools the deployment down, anything else (the caller's own mistake, a
         cancellation, the caller's deadline) says nothing about the upstream."""
-        if self._recorded:
+        if self._lease.settled:
             return
-        self._recorded = True
-        breaker = self._deployment.breaker
-        if isinstance(error, SidecarError) and error.reason == "UPSTREAM_RATE_LIMITED":
-            self._deployment.cool_down(error.retry_after)
-            if breaker is not None:
-                breaker.record_ignored()
-        elif isinstance(error, SidecarError) and error.transient:
-            if breaker is not None:
-                breaker.record_failure()
-        elif breaker is not None:
-            breaker.record_ignored()
+        outcome = StreamOutcome.IGNORED
+        if isinstance(error, SidecarError):
+            label = error.reason
+            if error.reason == "UPSTREAM_RATE_LIMITED":
+                self._deployment.cool_down(error.retry_after)
+            elif error.transient:
+                outcome = StreamOutcome.FAILURE
+        elif isinstance(error, asyncio.CancelledError | GeneratorExit):
+            label = "CANCELLED"
+        else:
+            label = "INTERNAL"
+        self._lease.settle(outcome, detail=GenAIAttempt(self._operation, label))
 
     def release(self) -> None:
-        """Give the bulkhead slot back."""
-        if self._holds_slot:
-            self._holds_slot = False
-            bulkhead = self._deployment.bulkhead
-            if bulkhead is not None:
-                bulkhead.release()
+        """Settle the attempt as ignored if nothing settled it (frees its bulkhead slot)."""
+        if not self._lease.settled:
+            self._lease.settle(
+                StreamOutcome.IGNORED, detail=GenAIAttempt(self._operation, "CANCELLED")
+            )
+
+    def __enter__(self) -> Admission:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.release()

@@ -6,9 +6,12 @@ a timeout hands the call to the next one; any other error (the caller's bad inpu
 sidecar's own credentials) ends the call at once. Only the last deployment may wait for its
 limiters, within the deadline; the others refuse at once so the call moves on.
 
-Streams commit when their first batch is handed to the caller: from then on a failure ends
-the call (UNAVAILABLE, STREAM_INTERRUPTED) and nothing is retried, so no text is ever sent
-twice. Before that, a deployment gets `first_chunk_timeout` to produce its first chunk.
+Each attempt is one admission on the deployment's streaming pipeline (`Admission`), and
+fallback sits above the pipelines. Streams commit when their first batch is handed to the
+caller (`Admission.first_chunk`): from then on a failure ends the call (UNAVAILABLE,
+STREAM_INTERRUPTED) and nothing is retried, so no text is ever sent twice. Before that, a
+deployment gets `first_chunk_timeout` to produce its first chunk. Attempts and refusals
+reach the GenAI metrics as the pipelines' events, not from here.
 
 When every deployment failed, another round starts after the backoff (at least the
 shortest Retry-After any of them gave), if the route's retry policy, its retry budget and
@@ -21,7 +24,6 @@ upstream response is closed in `finally`, so the upstream stops at once.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 
@@ -102,21 +104,12 @@ async def _open(
 
 
 class _ChatCall:
-    """The bookkeeping of one streamed call: admission, metrics, cache, commit."""
+    """The bookkeeping of one streamed call: admission, settling, cache, errors."""
 
-    def __init__(
-        self,
-        route: Route,
-        keyed: ChatRequest,
-        deadline: Deadline | None,
-        call: RoutedCall,
-        metrics: GenAIMetrics | None,
-    ) -> None:
+    def __init__(self, route: Route, keyed: ChatRequest, deadline: Deadline | None) -> None:
         self.route = route
         self.keyed = keyed
         self.deadline = deadline
-        self.call = call
-        self.metrics = metrics
         cacheable = route.cache is not None and is_deterministic(keyed)
         self.recorder = Recorder() if cacheable else None
         self.errors: list[SidecarError] = []
@@ -128,45 +121,23 @@ class _ChatCall:
         try:
             return await deployment.admit(reservation(request), self.deadline, wait=wait)
         except SidecarError as exc:
-            if self.metrics is not None:
-                self.metrics.record_refusal("chat", deployment, exc.reason)
             self.errors.append(exc)
             return None
 
-    async def succeeded(
-        self,
-        deployment: Deployment,
-        admission: Admission,
-        end: ChatEnd,
-        started: float,
-        first: float,
-    ) -> None:
-        """Settle tokens, record the attempt, store the answer in the cache."""
-        _settle(admission, end)
-        if self.metrics is not None:
-            self.metrics.record_attempt(
-                "chat", deployment, "OK", started, first, end.usage, end.model
-            )
+    async def succeeded(self, deployment: Deployment, admission: Admission, end: ChatEnd) -> None:
+        """Settle the attempt with the real usage, store the answer in the cache."""
+        admission.succeeded(end.usage, end.model)
         cache, recorder = self.route.cache, self.recorder
         if cache is not None and recorder is not None:
             await cache.put(self.keyed, CachedAnswer(recorder.events, deployment.name))
 
-    def failed(
-        self,
-        deployment: Deployment,
-        admission: Admission,
-        error: BaseException,
-        started: float,
-        first: float | None,
-    ) -> bool:
-        """Record a failed attempt; True when the call may move to the next deployment."""
+    def failed(self, deployment: Deployment, admission: Admission, error: BaseException) -> bool:
+        """Settle a failed attempt; True when the call may move to the next deployment."""
         admission.failed(error)
-        if isinstance(error, SidecarError):
-            error.metadata.setdefault("deployment", deployment.name)
-        outcome = error.reason if isinstance(error, SidecarError) else "CANCELLED"
-        if self.metrics is not None:
-            self.metrics.record_attempt("chat", deployment, outcome, started, first)
-        if isinstance(error, SidecarError) and first is None and falls_back(error):
+        if not isinstance(error, SidecarError):
+            return False
+        error.metadata.setdefault("deployment", deployment.name)
+        if not admission.committed and falls_back(error):
             self.errors.append(error)
             return True
         return False
@@ -190,7 +161,7 @@ async def stream_chat(
         for event in hit.events:
             yield [event]
         return
-    state = _ChatCall(route, keyed, deadline, call, metrics)
+    state = _ChatCall(route, keyed, deadline)
     rounds = Rounds(route, deadline, route.clock)
     while True:
         state.errors.clear()
@@ -200,12 +171,9 @@ async def stream_chat(
             admission = await state.admit(deployment, prepared, wait=index == last)
             if admission is None:
                 continue
-            started = time.perf_counter()
-            first: float | None = None
             stream: ChatStream | None = None
             try:
                 stream, iterator, batch = await _open(deployment, prepared)
-                first = time.perf_counter()
                 call.deployment = deployment.name
                 local = getattr(deployment.provider, "local", False)
                 call.coalesce = deployment.service.coalesce and not local
@@ -213,28 +181,24 @@ async def stream_chat(
                     if state.recorder is not None:
                         state.recorder.add(batch)
                     end = batch[-1] if isinstance(batch[-1], ChatEnd) else None
-                    yield batch  # committed: from here on nothing is retried
+                    admission.first_chunk()  # committed: from here on nothing is retried
+                    yield batch
                     if end is not None:
                         break
                     next_batch = await anext(iterator, None)
                     if next_batch is None:
                         raise stream_interrupted(deployment.provider_name, "no end event")
                     batch = next_batch
-                await state.succeeded(deployment, admission, end, started, first)
+                await state.succeeded(deployment, admission, end)
                 return
             except BaseException as exc:
                 # Cancelled, the caller's deadline and bugs are never moved to another
                 # deployment; neither is anything once the first batch went out.
-                if not state.failed(deployment, admission, exc, started, first):
+                if not state.failed(deployment, admission, exc):
                     raise
             finally:
-                admission.release()
+                admission.release()  # settles (ignored) only what nothing else settled
                 if stream is not None:
                     await stream.aclose()
         if not await rounds.again(state.errors):
             raise final_error(state.errors)
-
-
-def _settle(admission: Admission, end: ChatEnd) -> None:
-    admission.settle(end.usage.total_tokens if end.usage is not None else None)
-    admission.succeeded()

@@ -9,7 +9,9 @@ A target is one of:
 - empty: the default alias, else the default `ai_model` service.
 
 Deployments are built once per `(service, model)` and shared by every route naming them,
-so an alias and a direct target on the same model share one breaker and one budget.
+so an alias and a direct target on the same model share one breaker and one budget (their
+pipeline is kept by the `ModelService`). Each service's default deployment and every alias's
+deployments are built with the router, so their breakers are reported from start-up.
 Alias references are checked when the router is built: a typo fails start-up, not a call.
 
 Usage:
@@ -31,7 +33,14 @@ from sidecar.ai.route import Route
 from sidecar.ai.services import AliasService, ModelService
 from sidecar.config.services.ai import MAX_MODEL_NAME
 from sidecar.errors import InvalidArgument, NotFound
-from sidecar.resilience import SYSTEM_CLOCK, CircuitState, Clock, RetryBudget, RetryOptions
+from sidecar.resilience import (
+    SYSTEM_CLOCK,
+    CircuitState,
+    Clock,
+    EventListener,
+    RetryBudget,
+    RetryOptions,
+)
 
 __all__ = ["AIConfigError", "AIRouter", "TargetInfo"]
 
@@ -59,8 +68,8 @@ class AIRouter:
     """Resolves targets over the `ai_model` and `ai_alias` integrations.
 
     Args:
-        integrations: Every integration (`name`, `type`, `backend`, `pipeline`, `is_default`);
-            `cache` ones are looked up for alias response caches.
+        integrations: Every integration (`name`, `type`, `backend`, `is_default`); `cache`
+            ones are looked up for alias response caches.
         clock: Time for breakers, buckets, cooldowns and retry sleeps.
         random: Jitter source for retry backoff.
 
@@ -81,7 +90,10 @@ class AIRouter:
         self._services: dict[str, Any] = {i.name: i for i in items if i.type == "ai_model"}
         caches = {i.name: i for i in items if i.type == "cache"}
         self._deployments: dict[tuple[str, str], Deployment] = {}
+        self._observers: list[Callable[[Deployment], EventListener]] = []
         self._adhoc: dict[str, int] = {}
+        for name, service in self._services.items():
+            self._deployment(name, service.backend.model)
         self._routes: dict[str, Route] = {}
         self._aliases: list[str] = []
         self._default = ""
@@ -150,6 +162,13 @@ class AIRouter:
             )
         return found
 
+    def observe(self, listener_for: Callable[[Deployment], EventListener]) -> None:
+        """Listen to the pipeline events (lifecycle included) of every deployment, those
+        built so far and those built later: `listener_for(deployment)` makes its listener."""
+        self._observers.append(listener_for)
+        for deployment in list(self._deployments.values()):
+            deployment.add_listener(listener_for(deployment))
+
     def breaker_states(self) -> list[tuple[str, str, str, CircuitState]]:
         """(deployment, provider, model, state) of every deployment with a breaker."""
         return [
@@ -163,8 +182,9 @@ class AIRouter:
         deployment = self._deployments.get(key)
         if deployment is None:
             service = self._services[service_name]
-            bulkhead = service.pipeline.bulkhead
-            deployment = Deployment(service_name, model, service.backend, bulkhead, self._clock)
+            deployment = Deployment(service_name, model, service.backend, self._clock)
+            for listener_for in self._observers:
+                deployment.add_listener(listener_for(deployment))
             self._deployments[key] = deployment
         return deployment
 

@@ -2,21 +2,38 @@
 
 - `ModelService` (an `ai_model` service): the provider client plus everything the router
   needs to run a deployment on it: default model and sampling defaults, per-deployment
-  limits, timeouts, breaker and retry settings. Every deployment (`service/model`) made on
-  this service gets its own breaker and its own buckets sized from these settings.
+  limits, timeouts, breaker, bulkhead and retry settings. Every deployment (`service/model`)
+  made on this service gets its own `StreamingPipeline` (breaker, buckets, cooldown) sized
+  from these settings, kept here so that whoever reports on the service (AdminService, the
+  breaker gauge) sees the pipelines that run: `pipelines()`, `snapshot()`,
+  `breaker_states()`.
 - `AliasService` (an `ai_alias` service): the ordered deployments of a model alias, its
   retry settings and its optional response cache.
 
-Both are plain frozen settings with `ping()`/`close()`, so the runtime treats them like any
-other backend (health monitoring, shutdown); no config or protobuf type appears here.
+Both are frozen settings with `ping()`/`close()`, so the runtime treats them like any other
+backend (health monitoring, shutdown); no config or protobuf type appears here.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Final
 
+from sidecar.ai.pipelines import REQUESTS, TOKENS, DeploymentPipelines, per_minute
 from sidecar.backends.ai.base import ChatProvider, UpstreamTimeouts
-from sidecar.resilience import CircuitBreakerOptions, RetryOptions
+from sidecar.resilience import (
+    BulkheadOptions,
+    CircuitBreakerOptions,
+    CircuitState,
+    Clock,
+    EventListener,
+    PipelineSnapshot,
+    RateLimit,
+    RetryOptions,
+    StreamingOptions,
+    StreamingPipeline,
+    StreamingSnapshot,
+)
 
 __all__ = ["AliasService", "DeploymentRef", "ModelDefaults", "ModelService", "TokenLimits"]
 
@@ -62,6 +79,8 @@ class ModelService:
         circuit_breaker: Breaker of each deployment; None turns breakers off.
         retry: Retry rounds for targets naming this service directly; None tries once.
         coalesce: Merge chunks that pile up while a write to the caller is in flight.
+        bulkhead: Calls in flight (and queued) on the service, all deployments together;
+            None: no bound.
     """
 
     provider: ChatProvider
@@ -74,6 +93,64 @@ class ModelService:
     circuit_breaker: CircuitBreakerOptions | None = field(default_factory=CircuitBreakerOptions)
     retry: RetryOptions | None = None
     coalesce: bool = True
+    bulkhead: BulkheadOptions | None = None
+    _pipelines: DeploymentPipelines = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # Frozen settings, but the deployments' pipelines are live state made on first use.
+        object.__setattr__(
+            self, "_pipelines", DeploymentPipelines(self.provider.provider, self.streaming())
+        )
+
+    def streaming(self) -> StreamingOptions:
+        """The policies of each deployment: breaker, service bulkhead, rpm then tpm."""
+        limits = self.limits
+        rate_limits: list[RateLimit] = []
+        if limits.requests_per_minute:
+            rate_limits.append(
+                per_minute(REQUESTS, limits.requests_per_minute, limits.max_queue, weighted=False)
+            )
+        if limits.tokens_per_minute:
+            rate_limits.append(
+                per_minute(TOKENS, limits.tokens_per_minute, limits.max_queue, weighted=True)
+            )
+        return StreamingOptions(
+            circuit_breaker=self.circuit_breaker,
+            bulkhead=self.bulkhead,
+            rate_limits=tuple(rate_limits),
+        )
+
+    def pipeline(self, deployment: str, clock: Clock) -> StreamingPipeline:
+        """The pipeline of `deployment` (`service/model`), made on first use on `clock`."""
+        return self._pipelines.get(deployment, clock)
+
+    def pipelines(self) -> tuple[StreamingPipeline, ...]:
+        """The pipelines of every deployment made so far."""
+        return self._pipelines.all()
+
+    def add_listener(self, listener: EventListener, *, lifecycle: bool = False) -> None:
+        """Call `listener` for the events of every deployment's pipeline, now and later
+        (`StreamingPipeline.add_listener`)."""
+        self._pipelines.add_listener(listener, lifecycle=lifecycle)
+
+    def breaker_states(self) -> list[tuple[str, CircuitState]]:
+        """(deployment, breaker state) of every deployment with a breaker."""
+        return [
+            (pipeline.name, pipeline.circuit_breaker.state)
+            for pipeline in self._pipelines.all()
+            if pipeline.circuit_breaker is not None
+        ]
+
+    def snapshot(self) -> PipelineSnapshot | None:
+        """One view of the service for reports that show one breaker per integration: the
+        deployment whose breaker is worst (isolated, open, half-open, then most consecutive
+        failures; the first made on a tie), with its tokens-per-minute bucket (else its
+        requests one) and the shared bulkhead. None before any deployment was made."""
+        snapshots = [pipeline.snapshot() for pipeline in self._pipelines.all()]
+        if not snapshots:
+            return None
+        worst = max(snapshots, key=_badness)
+        return worst.as_pipeline_snapshot(TOKENS if TOKENS in worst.rate_limiters else None)
 
     async def ping(self) -> None:
         """Probe the upstream (health monitoring)."""
@@ -82,6 +159,21 @@ class ModelService:
     async def close(self) -> None:
         """Close the provider's client."""
         await self.provider.close()
+
+
+_SEVERITY: Final = {
+    CircuitState.CLOSED: 0,
+    CircuitState.HALF_OPEN: 1,
+    CircuitState.OPEN: 2,
+    CircuitState.ISOLATED: 3,
+}
+
+
+def _badness(snapshot: StreamingSnapshot) -> tuple[int, int, float]:
+    breaker = snapshot.circuit_breaker
+    if breaker is None:
+        return (0, 0, 0.0)
+    return (_SEVERITY[breaker.state], breaker.consecutive_failures, breaker.failure_ratio)
 
 
 @dataclass(frozen=True, slots=True)

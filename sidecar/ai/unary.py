@@ -1,15 +1,15 @@
 """Embeddings over a route: the unary twin of `fallback.stream_chat`.
 
-Deployments are tried in order with the same admission (breaker, budgets, cooldown), the
-same fallback rule (UNAVAILABLE, RESOURCE_EXHAUSTED, an open circuit or a timeout moves the
-call on) and the same retry rounds. With nothing streamed, any failure may fall back; the
-first deployment to answer wins.
+Deployments are tried in order with the same admission (each deployment's streaming
+pipeline, with no first chunk: the answer comes whole), the same fallback rule (UNAVAILABLE,
+RESOURCE_EXHAUSTED, an open circuit or a timeout moves the call on) and the same retry
+rounds. With nothing streamed, any failure may fall back; the first deployment to answer
+wins.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Awaitable, Callable
 
 from sidecar.ai.deployment import Deployment
@@ -20,7 +20,6 @@ from sidecar.ai.tokens import estimate_embedding_tokens
 from sidecar.backends.ai.base import EmbedResult
 from sidecar.backends.ai.errors import upstream_timeout
 from sidecar.errors import SidecarError
-from sidecar.observability.genai_metrics import GenAIMetrics
 from sidecar.resilience import Deadline
 
 __all__ = ["embed"]
@@ -32,7 +31,6 @@ async def embed(
     dimensions: int | None,
     deadline: Deadline | None,
     call: RoutedCall,
-    metrics: GenAIMetrics | None,
 ) -> EmbedResult:
     """Embed `inputs` on the first deployment of the route that can.
 
@@ -47,7 +45,7 @@ async def embed(
                 inputs, deployment.model, dimensions, deployment.service.timeouts
             )
 
-    return await _unary(route, weight, deadline, call, metrics, "embeddings", attempt)
+    return await _unary(route, weight, deadline, call, "embeddings", attempt)
 
 
 async def _unary(
@@ -55,7 +53,6 @@ async def _unary(
     weight: int,
     deadline: Deadline | None,
     call: RoutedCall,
-    metrics: GenAIMetrics | None,
     operation: str,
     attempt: Callable[[Deployment], Awaitable[EmbedResult]],
 ) -> EmbedResult:
@@ -66,39 +63,31 @@ async def _unary(
         last = len(route.deployments) - 1
         for index, deployment in enumerate(route.deployments):
             try:
-                admission = await deployment.admit(weight, deadline, wait=index == last)
-            except SidecarError as exc:
-                if metrics is not None:
-                    metrics.record_refusal(operation, deployment, exc.reason)
-                errors.append(exc)
-                continue
-            started = time.perf_counter()
-            try:
-                try:
-                    result = await attempt(deployment)
-                except TimeoutError as exc:
-                    raise upstream_timeout(deployment.provider_name, "no answer in time") from exc
-            except SidecarError as exc:
-                admission.failed(exc)
-                exc.metadata.setdefault("deployment", deployment.name)
-                if metrics is not None:
-                    metrics.record_attempt(operation, deployment, exc.reason, started)
-                if not falls_back(exc):
-                    raise
-                errors.append(exc)
-                continue
-            except BaseException as exc:
-                admission.failed(exc)
-                raise
-            finally:
-                admission.release()
-            usage = result.usage
-            admission.settle(usage.total_tokens if usage is not None else None)
-            admission.succeeded()
-            if metrics is not None:
-                metrics.record_attempt(
-                    operation, deployment, "OK", started, None, usage, result.model
+                admission = await deployment.admit(
+                    weight, deadline, wait=index == last, operation=operation
                 )
+            except SidecarError as exc:
+                errors.append(exc)
+                continue
+            with admission:  # whatever happens, the attempt is settled once
+                try:
+                    try:
+                        result = await attempt(deployment)
+                    except TimeoutError as exc:
+                        raise upstream_timeout(
+                            deployment.provider_name, "no answer in time"
+                        ) from exc
+                except SidecarError as exc:
+                    admission.failed(exc)
+                    exc.metadata.setdefault("deployment", deployment.name)
+                    if not falls_back(exc):
+                        raise
+                    errors.append(exc)
+                    continue
+                except BaseException as exc:
+                    admission.failed(exc)
+                    raise
+                admission.succeeded(result.usage, result.model)
             call.deployment = deployment.name
             return result
         if not await rounds.again(errors):

@@ -84,7 +84,11 @@ def _status_for(exc: BaseException, extra: dict[str, str]) -> grpc.Status:
         field = exc.metadata.get("field") if exc.kind is ErrorKind.INVALID_ARGUMENT else None
         return _build(_CODES[exc.kind], exc.message, exc.reason, extra, exc.retry_after, field)
     if isinstance(exc, ExecutionRejected):
-        code = _REJECTION_CODES.get(type(exc), grpc.StatusCode.UNAVAILABLE)
+        # The nearest listed ancestor: a CoolingDownError is a RateLimitedError.
+        code = next(
+            (code for kind, code in _REJECTION_CODES.items() if isinstance(exc, kind)),
+            grpc.StatusCode.UNAVAILABLE,
+        )
         return _build(code, str(exc), exc.reason, extra, exc.retry_after)
     if isinstance(exc, ExecutionTimeout):
         return _build(

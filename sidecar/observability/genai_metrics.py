@@ -19,22 +19,29 @@ sidecar's own `integration_*` naming:
 - `integration_ai_circuit_breaker_state` (gauge; 0 closed, 1 open, 2 half-open,
   3 isolated): deployment, provider, model.
 
+Attempts and refusals are not recorded by the calling code: they arrive as events of each
+deployment's `StreamingPipeline` (`listener(deployment)`). A "settled" event is one attempt
+(its duration and time to first chunk measured by the pipeline, on its clock); a rejection
+("circuit_open", "rate_limited", ...) is one refusal, counted under the reason the caller
+got. Both carry a `GenAIAttempt` as their detail: the operation, and for a settled attempt
+its outcome, token usage and response model.
+
 Attribute dicts are built once per label set: an AI call records a handful of points, and
 each `record` with a fresh dict costs several microseconds more.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Final, Protocol
 
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 
 from sidecar.backends.ai.base import Usage
-from sidecar.resilience import CircuitState
+from sidecar.resilience import CircuitState, EventListener, ResilienceEvent
 
-__all__ = ["BreakerStates", "GenAIMetrics", "MeteredDeployment"]
+__all__ = ["BreakerStates", "GenAIAttempt", "GenAIMetrics", "MeteredDeployment"]
 
 _DURATION_BUCKETS: Final = (
     0.01,
@@ -78,6 +85,29 @@ _STATES: Final = {
     CircuitState.ISOLATED: 3,
 }
 _MAX_LABEL_SETS: Final = 4096
+_REFUSALS: Final = frozenset(
+    {"cooling_down", "over_capacity", "circuit_open", "bulkhead_full", "rate_limited"}
+)
+"""The pipeline events that refuse a call before any request is sent."""
+
+
+@dataclass(frozen=True, slots=True)
+class GenAIAttempt:
+    """What the GenAI metrics need to know about one attempt, attached to its pipeline
+    events as their `detail`.
+
+    Attributes:
+        operation: `gen_ai.operation.name`: chat or embeddings.
+        outcome: OK, or the reason of the error the attempt ended with (CANCELLED when the
+            caller went away).
+        usage: The tokens the upstream reported, if it did.
+        response_model: The model that answered, as the upstream named it.
+    """
+
+    operation: str
+    outcome: str = "OK"
+    usage: Usage | None = None
+    response_model: str = ""
 
 
 class MeteredDeployment(Protocol):
@@ -203,22 +233,47 @@ class GenAIMetrics:
             self._labels[key] = labels
         return labels
 
+    def listener(self, deployment: MeteredDeployment) -> EventListener:
+        """A listener for the events of `deployment`'s pipeline (it needs the lifecycle
+        ones): each "settled" records an attempt, each rejection a refusal. Events without
+        a `GenAIAttempt` detail are not about an AI call and are skipped."""
+
+        def on_event(event: ResilienceEvent) -> None:
+            detail = event.detail
+            if not isinstance(detail, GenAIAttempt):
+                return
+            if event.event == "settled":
+                self.record_attempt(
+                    detail.operation,
+                    deployment,
+                    detail.outcome,
+                    event.elapsed or 0.0,
+                    event.first_chunk,
+                    detail.usage,
+                    detail.response_model,
+                )
+            elif event.event in _REFUSALS and event.outcome is not None:
+                self.record_refusal(detail.operation, deployment, event.outcome)
+
+        return on_event
+
     def record_attempt(
         self,
         operation: str,
         deployment: MeteredDeployment,
         outcome: str,
-        started: float,
+        duration: float,
         first_chunk: float | None = None,
         usage: Usage | None = None,
         response_model: str = "",
     ) -> None:
-        """One attempt on a deployment ended (`started`/`first_chunk` are perf_counter)."""
+        """One attempt on a deployment ended after `duration` seconds, its first chunk
+        `first_chunk` seconds after it started (None: no chunk, or not a stream)."""
         labels = self._labels_for(operation, deployment, outcome, response_model)
         self._requests.add(1, labels.counter)
-        self._duration.record(time.perf_counter() - started, labels.base)
+        self._duration.record(duration, labels.base)
         if first_chunk is not None:
-            self._first_chunk.record(first_chunk - started, labels.base)
+            self._first_chunk.record(first_chunk, labels.base)
         if usage is not None:
             self._tokens.record(usage.input_tokens, labels.input)
             self._tokens.record(usage.output_tokens, labels.output)

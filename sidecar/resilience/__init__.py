@@ -3,7 +3,8 @@
 Knows nothing of gRPC, of backends, or of `sidecar.errors`: operations are plain async
 callables, failures are told apart by an injected `classify`, and time comes from an
 injected `Clock`. Each target builds one `Pipeline` at start-up and runs every call through
-it.
+it; a streamed target (an AI deployment) builds a `StreamingPipeline` instead and drives
+each call through admit -> first chunk -> settle.
 
 Usage:
 
@@ -28,8 +29,10 @@ from sidecar.resilience.deadline import Deadline
 from sidecar.resilience.errors import (
     BulkheadFullError,
     CircuitOpenError,
+    CoolingDownError,
     ExecutionRejected,
     ExecutionTimeout,
+    OverCapacityError,
     RateLimitedError,
 )
 from sidecar.resilience.events import EventListener, ResilienceEvent
@@ -42,6 +45,14 @@ from sidecar.resilience.rate_limiter import (
     TokenBucketOptions,
 )
 from sidecar.resilience.retry import RetryBudget, RetryOptions, backoff_delay
+from sidecar.resilience.streaming import (
+    RateLimit,
+    StreamingOptions,
+    StreamingPipeline,
+    StreamingSnapshot,
+    StreamLease,
+    StreamOutcome,
+)
 from sidecar.resilience.timeout import TimeoutOptions, run_with_timeout
 
 __all__ = [
@@ -57,20 +68,28 @@ __all__ = [
     "CircuitState",
     "Classification",
     "Clock",
+    "CoolingDownError",
     "Deadline",
     "EventListener",
     "ExecutionRejected",
     "ExecutionTimeout",
     "FakeClock",
+    "OverCapacityError",
     "Pipeline",
     "PipelineOptions",
     "PipelineSnapshot",
+    "RateLimit",
     "RateLimitedError",
     "RateLimiter",
     "RateLimiterSnapshot",
     "ResilienceEvent",
     "RetryBudget",
     "RetryOptions",
+    "StreamLease",
+    "StreamOutcome",
+    "StreamingOptions",
+    "StreamingPipeline",
+    "StreamingSnapshot",
     "SystemClock",
     "TimeoutOptions",
     "TokenBucket",

@@ -1,11 +1,15 @@
 """The errors the resilience core raises itself, apart from whatever the operation raises.
 
     Exception
-    ├── ExecutionRejected      a policy refused to run the call; never retried
-    │   ├── CircuitOpenError   CIRCUIT_OPEN: the breaker is open, isolated or probing
-    │   ├── RateLimitedError   RATE_LIMITED: no tokens in time, or the limiter queue is full
-    │   └── BulkheadFullError  BULKHEAD_FULL: no free slot in time, or the queue is full
-    └── ExecutionTimeout       DEADLINE_EXCEEDED: an attempt or the whole call ran out of time
+    ├── ExecutionRejected         a policy refused to run the call; never retried
+    │   ├── CircuitOpenError      CIRCUIT_OPEN: the breaker is open, isolated or probing
+    │   ├── RateLimitedError      RATE_LIMITED: no tokens in time, or the limiter queue is full
+    │   │   ├── CoolingDownError  COOLING_DOWN: the upstream asked for a pause that has not
+    │   │   │                     ended (a 429's Retry-After)
+    │   │   └── OverCapacityError OVER_CAPACITY: the weight is more than the limiter can ever
+    │   │                         hold; no retry_after, since waiting never helps
+    │   └── BulkheadFullError     BULKHEAD_FULL: no free slot in time, or the queue is full
+    └── ExecutionTimeout          DEADLINE_EXCEEDED: an attempt or the whole call ran out of time
 
 The error-mapping layer (outside this package) turns a rejection into UNAVAILABLE or
 RESOURCE_EXHAUSTED with a RetryInfo built from `retry_after`, and a timeout into
@@ -19,8 +23,10 @@ from typing import ClassVar
 __all__ = [
     "BulkheadFullError",
     "CircuitOpenError",
+    "CoolingDownError",
     "ExecutionRejected",
     "ExecutionTimeout",
+    "OverCapacityError",
     "RateLimitedError",
 ]
 
@@ -57,6 +63,34 @@ class RateLimitedError(ExecutionRejected):
 
     reason: ClassVar[str] = "RATE_LIMITED"
     _default_message: ClassVar[str] = "rate limit exceeded"
+
+
+class CoolingDownError(RateLimitedError):
+    """The target is resting: its upstream asked for a pause (`retry_after`: what is left)."""
+
+    reason: ClassVar[str] = "COOLING_DOWN"
+    _default_message: ClassVar[str] = "cooling down after the upstream asked for a pause"
+
+
+class OverCapacityError(RateLimitedError):
+    """The weight asked for is more than a limiter holds when full: it can never be granted.
+
+    Attributes:
+        limiter: The name of the limiter that refused.
+        weight: The weight asked for.
+        capacity: The most that limiter can grant at once.
+    """
+
+    reason: ClassVar[str] = "OVER_CAPACITY"
+    _default_message: ClassVar[str] = "weight exceeds the rate limiter's capacity"
+
+    def __init__(
+        self, message: str | None = None, *, limiter: str, weight: float, capacity: float
+    ) -> None:
+        super().__init__(message, retry_after=None)
+        self.limiter = limiter
+        self.weight = weight
+        self.capacity = capacity
 
 
 class BulkheadFullError(ExecutionRejected):

@@ -1,8 +1,14 @@
-"""Events the pipeline reports: retries, breaker transitions, rejections and timeouts.
+"""Events the pipelines report: retries, breaker transitions, rejections and timeouts, and
+the lifecycle of each streamed call (admitted, first chunk, settled).
 
 They take the shape of Polly's telemetry (`event.name`, `pipeline.name`, `strategy.name`), so
 the metrics layer can turn each into one counter increment. Events are built only when a
 listener is registered, and a failing listener is logged, never raised into the call.
+
+A `StreamingPipeline` adds what a per-call metric needs: how the call ended (`outcome`), how
+long it took and when its first chunk went out (on the pipeline's clock), the weight it was
+charged, and `detail`, an object the pipeline's owner attached to the call (the pipeline
+never looks inside it; a GenAI metrics listener finds its operation and token usage there).
 
 Usage:
 
@@ -32,7 +38,21 @@ class ResilienceEvent:
             "circuit_open", "rate_limited", "bulkhead_full" or "timeout".
         attempt: The attempt concerned (for "retry": the one that failed); 0 before any.
         delay: Seconds: the wait before the retry, the break duration for "opened", the
-            advised retry-after of a rejection, or the timeout that fired.
+            advised retry-after of a rejection, the pause of "cooldown", or the timeout that
+            fired.
+        outcome: A rejection's reason (the `reason` of the error the caller gets); for
+            "settled", "success", "failure" or "ignored". None otherwise.
+        elapsed: Seconds since the call was admitted ("first_chunk", "settled").
+        first_chunk: For "settled": seconds from admission to the first chunk, or None if
+            none went out.
+        weight: The weight reserved ("admitted", rejections) or finally charged ("settled").
+        detail: What the pipeline's owner attached to the call (`admit(detail=...)`,
+            `settle(detail=...)`); opaque to the resilience core.
+
+    Strategies and events of a `StreamingPipeline` beyond the ones above: "cooldown" with
+    "cooling_down" (a rejection) and "cooldown" (a pause began); "rate_limiter" with
+    "over_capacity" (a weight no limiter can ever grant); "stream" with "admitted",
+    "first_chunk" and "settled" (delivered only to lifecycle listeners).
     """
 
     pipeline: str
@@ -40,6 +60,11 @@ class ResilienceEvent:
     event: str
     attempt: int
     delay: float | None
+    outcome: str | None = None
+    elapsed: float | None = None
+    first_chunk: float | None = None
+    weight: float | None = None
+    detail: object = None
 
 
 EventListener = Callable[[ResilienceEvent], None]

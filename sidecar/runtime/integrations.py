@@ -11,6 +11,7 @@ from typing import Any, Generic, TypeVar
 
 from opentelemetry.metrics import Meter
 
+from sidecar.ai.services import ModelService
 from sidecar.backends.registry import BuiltBackend, build_backend
 from sidecar.backends.spec import BuildContext
 from sidecar.config import Config, ServiceConfig
@@ -24,6 +25,9 @@ __all__ = ["Integration", "Integrations", "build_integrations"]
 
 B = TypeVar("B")
 _log = logging.getLogger("sidecar.runtime")
+_STREAMING_TYPES = frozenset({"ai_model", "ai_alias"})
+"""Service types whose calls run through `sidecar.ai` (one streaming pipeline per
+deployment), never through a pipeline of the service itself."""
 
 
 @dataclass(eq=False)
@@ -34,7 +38,10 @@ class Integration(Generic[B]):
     type: str
     backend_name: str
     backend: B
-    pipeline: Pipeline
+    pipeline: Pipeline | None
+    """The unary pipeline every call to the backend runs through; None for `ai_model` and
+    `ai_alias` services, whose calls run through their deployments' streaming pipelines
+    (kept by the `ModelService`: `pipelines()`, `snapshot()`, `breaker_states()`)."""
     settings: Any
     is_default: bool
     features: frozenset[str] = frozenset()
@@ -96,12 +103,15 @@ class Integrations:
         return len(self._by_name)
 
     def breaker_states(self) -> list[tuple[str, CircuitState]]:
-        """(integration, breaker state) of every integration that has a breaker."""
-        return [
-            (item.name, item.pipeline.circuit_breaker.state)
-            for item in self._by_name.values()
-            if item.pipeline.circuit_breaker is not None
-        ]
+        """(name, breaker state) of every breaker that runs: each integration's pipeline's,
+        and each AI deployment's (named `service/model`)."""
+        states: list[tuple[str, CircuitState]] = []
+        for item in self._by_name.values():
+            if isinstance(item.backend, ModelService):
+                states.extend(item.backend.breaker_states())
+            elif item.pipeline is not None and item.pipeline.circuit_breaker is not None:
+                states.append((item.name, item.pipeline.circuit_breaker.state))
+        return states
 
     def types(self) -> set[str]:
         """Capability types with at least one integration."""
@@ -135,13 +145,15 @@ def build_integrations(config: Config, clock: Clock = SYSTEM_CLOCK) -> Integrati
         for name, service in config.services.items()
     }
     for name, service in config.services.items():
-        pipeline = Pipeline(
-            name,
-            pipeline_options(config.policies_for(name)),
-            clock=clock,
-            classify=classify,
-            rate_limiter=_shared_rate_limiter(name, config, connections, clock),
-        )
+        pipeline = None
+        if service.type not in _STREAMING_TYPES:
+            pipeline = Pipeline(
+                name,
+                pipeline_options(config.policies_for(name)),
+                clock=clock,
+                classify=classify,
+                rate_limiter=_shared_rate_limiter(name, config, connections, clock),
+            )
         items.append(
             Integration(
                 name=name,

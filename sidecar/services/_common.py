@@ -50,7 +50,10 @@ async def call_through(
     deadline = Deadline.after(remaining, SYSTEM_CLOCK) if remaining is not None else None
     if not idempotent:
         idempotent = _has_idempotency_key(context)
-    return await integration.pipeline.execute(operation, deadline=deadline, idempotent=idempotent)
+    pipeline = integration.pipeline
+    if pipeline is None:  # an AI service: its calls run through sidecar.ai, never through here
+        raise TypeError(f"integration {integration.name!r} has no unary pipeline")
+    return await pipeline.execute(operation, deadline=deadline, idempotent=idempotent)
 
 
 def _has_idempotency_key(context: Context) -> bool:

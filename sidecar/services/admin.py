@@ -1,12 +1,18 @@
-"""AdminService: what is configured and the live state of each integration's policies."""
+"""AdminService: what is configured and the live state of each integration's policies.
+
+An `ai_model` service has no pipeline of its own: each of its deployments runs through its
+own streaming pipeline. It is described by the deployment whose breaker is worst (with that
+deployment's token bucket and the service's shared bulkhead); an `ai_alias` has no policies
+of its own to describe (its deployments' services do)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from generated.integration.v1 import admin_pb2, admin_pb2_grpc, common_pb2
+from sidecar.ai import AliasService, ModelService
 from sidecar.errors import NotFound
-from sidecar.resilience import CircuitState
+from sidecar.resilience import CircuitState, Pipeline, PipelineSnapshot
 from sidecar.runtime import Integration, Integrations
 from sidecar.services._common import Context, invalid
 
@@ -89,9 +95,19 @@ def _health(healthy: bool) -> admin_pb2.HealthState.ValueType:
     return admin_pb2.HEALTH_STATE_SERVING if healthy else admin_pb2.HEALTH_STATE_NOT_SERVING
 
 
+def _snapshot(item: Integration[Any]) -> PipelineSnapshot | None:
+    """The policies that really guard the integration's calls, or None if none do."""
+    backend = item.backend
+    if isinstance(backend, ModelService):
+        return backend.snapshot()
+    if isinstance(backend, AliasService):
+        return None
+    pipeline: Pipeline | None = item.pipeline
+    return pipeline.snapshot() if pipeline is not None else None
+
+
 def describe(item: Integration[Any]) -> admin_pb2.Integration:
     """The admin view of one integration."""
-    snapshot = item.pipeline.snapshot()
     result = admin_pb2.Integration(
         name=item.name,
         type=item.type,
@@ -101,6 +117,9 @@ def describe(item: Integration[Any]) -> admin_pb2.Integration:
         connection=item.connection or "",
         features=sorted(item.features),
     )
+    snapshot = _snapshot(item)
+    if snapshot is None:
+        return result
     breaker = snapshot.circuit_breaker
     if breaker is not None:
         result.circuit_breaker.CopyFrom(

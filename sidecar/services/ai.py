@@ -72,6 +72,9 @@ class AIServicer(ai_pb2_grpc.AIServiceServicer):
         self._metrics = (
             GenAIMetrics(meter, self._router.breaker_states) if meter is not None else None
         )
+        if self._metrics is not None:
+            # Attempts and refusals reach the GenAI metrics as the deployments' events.
+            self._router.observe(self._metrics.listener)
 
     @property
     def router(self) -> AIRouter:
@@ -136,7 +139,7 @@ class AIServicer(ai_pb2_grpc.AIServiceServicer):
         call = RoutedCall()
         try:
             async with asyncio.timeout(seconds):
-                result = await embed(route, inputs, dimensions, deadline, call, self._metrics)
+                result = await embed(route, inputs, dimensions, deadline, call)
         except TimeoutError as exc:
             raise _too_late(call) from exc
         return ai_pb2.EmbedResponse(

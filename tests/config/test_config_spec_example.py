@@ -224,7 +224,7 @@ def test_metrics_settings_the_sidecar_cannot_honour_are_refused_clearly(
 ) -> None:
     with pytest.raises(ConfigError) as caught:
         parse_config(f"integration:\n  metrics: {{{setting}}}\n", environ={})
-    name = setting.split(":")[0]
+    name = setting.split(":", maxsplit=1)[0]
     ((path, message),) = caught.value.problems
     assert path == f"integration.metrics.{name}"
     assert message.startswith(f"{name} is not the sidecar's to set")

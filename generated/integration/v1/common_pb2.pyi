@@ -104,6 +104,16 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """The target's backend was closed (the sidecar is stopping or reloading it)."""
     ERROR_REASON_UNSUPPORTED_BACKEND: _ErrorReason.ValueType  # 33
     """The configured backend of a target is not one this build supports."""
+    ERROR_REASON_EXECUTION_REJECTED: _ErrorReason.ValueType  # 34
+    """A resilience policy refused the call before it reached the upstream (the general form
+    of CIRCUIT_OPEN, RATE_LIMITED, BULKHEAD_FULL, COOLING_DOWN and OVER_CAPACITY).
+    """
+    ERROR_REASON_COOLING_DOWN: _ErrorReason.ValueType  # 35
+    """The target rests after its upstream asked for a pause (HTTP 429); RetryInfo says how long."""
+    ERROR_REASON_OVER_CAPACITY: _ErrorReason.ValueType  # 36
+    """The call asks for more than a limiter holds when full (say more tokens than a
+    tokens-per-minute budget): it can never be admitted as it is.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """ErrorReason lists the stable reasons the sidecar puts in google.rpc.ErrorInfo.reason.
@@ -188,6 +198,16 @@ ERROR_REASON_BACKEND_CLOSED: ErrorReason.ValueType  # 32
 """The target's backend was closed (the sidecar is stopping or reloading it)."""
 ERROR_REASON_UNSUPPORTED_BACKEND: ErrorReason.ValueType  # 33
 """The configured backend of a target is not one this build supports."""
+ERROR_REASON_EXECUTION_REJECTED: ErrorReason.ValueType  # 34
+"""A resilience policy refused the call before it reached the upstream (the general form
+of CIRCUIT_OPEN, RATE_LIMITED, BULKHEAD_FULL, COOLING_DOWN and OVER_CAPACITY).
+"""
+ERROR_REASON_COOLING_DOWN: ErrorReason.ValueType  # 35
+"""The target rests after its upstream asked for a pause (HTTP 429); RetryInfo says how long."""
+ERROR_REASON_OVER_CAPACITY: ErrorReason.ValueType  # 36
+"""The call asks for more than a limiter holds when full (say more tokens than a
+tokens-per-minute budget): it can never be admitted as it is.
+"""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 
 class _NullValue:
