@@ -308,7 +308,6 @@ class MetricsConfig(ConfigModel):
         "serves nothing. Default null.",
     )
 
-
     @field_validator("export_interval", "retention_period")
     @classmethod
     def _not_the_sidecars_to_set(cls, value: float, info: ValidationInfo) -> float:

@@ -24,7 +24,7 @@ from sidecar.resilience.circuit_breaker import (
     CircuitState,
     TransitionListener,
 )
-from sidecar.resilience.clock import SYSTEM_CLOCK, Clock, FakeClock, SystemClock
+from sidecar.resilience.clock import SYSTEM_CLOCK, Clock, SystemClock
 from sidecar.resilience.deadline import Deadline
 from sidecar.resilience.errors import (
     BulkheadFullError,
@@ -73,7 +73,6 @@ __all__ = [
     "EventListener",
     "ExecutionRejected",
     "ExecutionTimeout",
-    "FakeClock",
     "OverCapacityError",
     "Pipeline",
     "PipelineOptions",

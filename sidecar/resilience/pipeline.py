@@ -163,6 +163,11 @@ class Pipeline:
         return self._name
 
     @property
+    def clock(self) -> Clock:
+        """The clock the pipeline runs on (a call's deadline must be on it too)."""
+        return self._clock
+
+    @property
     def circuit_breaker(self) -> CircuitBreaker | None:
         """The breaker, or None when off."""
         return self._breaker

@@ -34,7 +34,7 @@ from sidecar.observability.call_context import note_target
 from sidecar.observability.genai_metrics import GenAIMetrics
 from sidecar.resilience import SYSTEM_CLOCK, Clock, Deadline
 from sidecar.runtime import Integrations
-from sidecar.services._common import Context
+from sidecar.services._common import Context, call_deadline
 from sidecar.services.ai_mapping import (
     Assembler,
     chat_request,
@@ -88,11 +88,8 @@ class AIServicer(ai_pb2_grpc.AIServiceServicer):
 
     def _deadline(self, context: Context) -> tuple[Deadline | None, float | None]:
         """The sidecar's deadline on its clock, and the real seconds it has left."""
-        remaining = context.time_remaining()
-        if remaining is None:
-            return None, None
-        seconds = max(remaining - min(_MARGIN, remaining * 0.1), 0.0)
-        return Deadline.after(seconds, self._clock), seconds
+        deadline = call_deadline(context, self._clock, margin=_MARGIN)
+        return deadline, deadline.remaining() if deadline is not None else None
 
     async def Complete(
         self, request: ai_pb2.CompleteRequest, context: Context

@@ -22,9 +22,9 @@ from generated.integration.v1 import common_pb2, sql_pb2, sql_pb2_grpc
 from sidecar.backends.sql import IsolationLevel, Row, RowStream, Statement
 from sidecar.backends.sql.base import result_too_large
 from sidecar.errors import Aborted
-from sidecar.resilience import SYSTEM_CLOCK, Deadline, ExecutionTimeout, run_with_timeout
+from sidecar.resilience import ExecutionTimeout, run_with_timeout
 from sidecar.runtime import Integration, Integrations
-from sidecar.services._common import Context, call_through, invalid, resolve
+from sidecar.services._common import Context, call_deadline, call_through, invalid, resolve
 from sidecar.services._sql_values import columns_to_proto, parameters_from_proto, rows_to_proto
 
 __all__ = ["SqlServicer"]
@@ -64,13 +64,14 @@ class SqlServicer(sql_pb2_grpc.SqlServiceServicer):
         statement = _statement(request.sql, request.parameters, "")
         max_rows: int = sql.settings.max_rows_per_query
         max_bytes = self._max_result_bytes
-        deadline = _deadline(context)
+        deadline = call_deadline(context, self._integrations.clock)
         result = await call_through(
             sql,
             context,
             lambda: sql.backend.query(
                 statement, max_rows=max_rows, deadline=deadline, max_bytes=max_bytes
             ),
+            deadline=deadline,
         )
         return sql_pb2.QueryResponse(
             columns=columns_to_proto(result.columns),
@@ -86,11 +87,12 @@ class SqlServicer(sql_pb2_grpc.SqlServiceServicer):
         if not 0 <= request.batch_size <= _MAX_BATCH_SIZE:
             raise invalid("batch_size", f"must be between 0 and {_MAX_BATCH_SIZE}")
         batch_size: int = request.batch_size or sql.settings.stream_batch_size
-        deadline = _deadline(context)
+        deadline = call_deadline(context, self._integrations.clock)
         stream: RowStream = await call_through(
             sql,
             context,
             lambda: sql.backend.stream(statement, batch_size=batch_size, deadline=deadline),
+            deadline=deadline,
         )
         idle_timeout: float = sql.settings.stream_idle_timeout
         try:
@@ -110,12 +112,13 @@ class SqlServicer(sql_pb2_grpc.SqlServiceServicer):
     ) -> sql_pb2.ExecuteResponse:
         sql = self._target(request.target)
         statement = _statement(request.sql, request.parameters, "")
-        deadline = _deadline(context)
+        deadline = call_deadline(context, self._integrations.clock)
         result = await call_through(
             sql,
             context,
             lambda: sql.backend.execute(statement, deadline=deadline),
             idempotent=False,
+            deadline=deadline,
         )
         return sql_pb2.ExecuteResponse(
             command_tag=result.command_tag, rows_affected=result.rows_affected
@@ -139,7 +142,7 @@ class SqlServicer(sql_pb2_grpc.SqlServiceServicer):
         max_rows: int = sql.settings.max_rows_per_query
         read_only = request.read_only
         max_bytes = self._max_result_bytes
-        deadline = _deadline(context)
+        deadline = call_deadline(context, self._integrations.clock)
         results = await call_through(
             sql,
             context,
@@ -152,6 +155,7 @@ class SqlServicer(sql_pb2_grpc.SqlServiceServicer):
                 max_bytes=max_bytes,
             ),
             idempotent=False,
+            deadline=deadline,
         )
         return sql_pb2.TransactionResponse(
             results=[
@@ -203,11 +207,6 @@ class SqlServicer(sql_pb2_grpc.SqlServiceServicer):
             return [message]
         half = len(rows) // 2
         return [*self._messages(rows[:half], columns), *self._messages(rows[half:])]
-
-
-def _deadline(context: Context) -> Deadline | None:
-    remaining = context.time_remaining()
-    return None if remaining is None else Deadline.after(remaining, SYSTEM_CLOCK)
 
 
 def _statement(sql: str, parameters: Sequence[common_pb2.Value], prefix: str) -> Statement:

@@ -11,8 +11,9 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from sidecar.config import Config, load_config, parse_config
-from sidecar.resilience import SYSTEM_CLOCK, Clock, FakeClock
+from sidecar.resilience import SYSTEM_CLOCK, Clock
 from sidecar.server import RunningServer, start_server
+from sidecar.testing.clock import FakeClock
 
 __all__ = ["FakeClock", "serve_for_test"]
 

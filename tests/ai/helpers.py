@@ -12,9 +12,9 @@ from typing import Any
 import grpc
 
 from generated.integration.v1 import ai_pb2, ai_pb2_grpc
-from sidecar.resilience import SYSTEM_CLOCK, Clock, FakeClock
+from sidecar.resilience import SYSTEM_CLOCK, Clock
 from sidecar.server import RunningServer
-from sidecar.testing import serve_for_test
+from sidecar.testing import FakeClock, serve_for_test
 
 API_KEY = "test-key"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from sidecar.resilience import FakeClock
+from sidecar.testing import FakeClock
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from sidecar.backends.cache import (
     SetOp,
 )
 from sidecar.errors import ResourceExhausted
-from sidecar.resilience import FakeClock
+from sidecar.testing import FakeClock
 
 
 def test_max_keys_below_one_is_rejected() -> None:

@@ -7,7 +7,7 @@ import pytest
 
 from sidecar.backends.cache import MISS
 from sidecar.backends.cache._near_cache import NearCache
-from sidecar.resilience import FakeClock
+from sidecar.testing import FakeClock
 
 
 @pytest.fixture

@@ -7,7 +7,8 @@ import contextlib
 
 import pytest
 
-from sidecar.resilience import Bulkhead, BulkheadFullError, BulkheadOptions, Deadline, FakeClock
+from sidecar.resilience import Bulkhead, BulkheadFullError, BulkheadOptions, Deadline
+from sidecar.testing import FakeClock
 
 
 def bulkhead(clock: FakeClock, concurrent: int = 1, queued: int = 10) -> Bulkhead:

@@ -11,8 +11,8 @@ from sidecar.resilience import (
     CircuitBreakerOptions,
     CircuitOpenError,
     CircuitState,
-    FakeClock,
 )
+from sidecar.testing import FakeClock
 
 # Only the rule under test is on; the other is disabled with 0.
 CONSECUTIVE = CircuitBreakerOptions(failure_threshold=3, failure_ratio=0, reset_timeout=10)

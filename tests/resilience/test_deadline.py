@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from sidecar.resilience import Deadline, FakeClock
+from sidecar.resilience import Deadline
+from sidecar.testing import FakeClock
 
 
 async def test_deadline_after_counts_down_with_the_clock(clock: FakeClock) -> None:

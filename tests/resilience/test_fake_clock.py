@@ -6,7 +6,8 @@ import asyncio
 
 import pytest
 
-from sidecar.resilience import SYSTEM_CLOCK, FakeClock, SystemClock
+from sidecar.resilience import SYSTEM_CLOCK, SystemClock
+from sidecar.testing import FakeClock
 
 
 async def test_sleep_blocks_until_time_is_advanced_past_wake_time(clock: FakeClock) -> None:

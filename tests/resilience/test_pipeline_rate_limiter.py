@@ -11,7 +11,6 @@ from sidecar.resilience import (
     CircuitOpenError,
     Classification,
     Deadline,
-    FakeClock,
     Pipeline,
     PipelineOptions,
     RateLimitedError,
@@ -21,6 +20,7 @@ from sidecar.resilience import (
     TokenBucket,
     TokenBucketOptions,
 )
+from sidecar.testing import FakeClock
 
 
 class Flaky(Exception):

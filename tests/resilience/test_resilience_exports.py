@@ -45,7 +45,6 @@ def test_package_exports_exactly_the_public_api() -> None:
             "EventListener",
             "ExecutionRejected",
             "ExecutionTimeout",
-            "FakeClock",
             "OverCapacityError",
             "Pipeline",
             "PipelineOptions",
@@ -95,3 +94,11 @@ def test_core_imports_nothing_from_grpc_or_the_sidecar_errors() -> None:
         text = Path(source).read_text(encoding="utf-8")
         assert "import grpc" not in text
         assert "sidecar.errors" not in text
+
+
+def test_the_one_fake_clock_lives_in_the_test_kit() -> None:
+    import sidecar.resilience
+    import sidecar.testing
+
+    assert not hasattr(sidecar.resilience, "FakeClock")
+    assert sidecar.testing.FakeClock.__module__ == "sidecar.testing.clock"

@@ -19,7 +19,6 @@ from sidecar.resilience import (
     Classification,
     Deadline,
     ExecutionTimeout,
-    FakeClock,
     Pipeline,
     PipelineOptions,
     RateLimitedError,
@@ -29,6 +28,7 @@ from sidecar.resilience import (
     TokenBucketOptions,
     current_attempt,
 )
+from sidecar.testing import FakeClock
 
 T = TypeVar("T")
 

@@ -14,11 +14,11 @@ from sidecar.resilience import (
     CircuitOpenError,
     CircuitState,
     Deadline,
-    FakeClock,
     RateLimitedError,
     TokenBucket,
     TokenBucketOptions,
 )
+from sidecar.testing import FakeClock
 
 # --- token bucket: never grants more than burst + rate * elapsed -------------------------
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from sidecar.resilience import FakeClock, RetryBudget, RetryOptions, backoff_delay
+from sidecar.resilience import RetryBudget, RetryOptions, backoff_delay
+from sidecar.testing import FakeClock
 
 NO_JITTER = RetryOptions(base_delay=1, backoff_multiplier=2, max_delay=30, jitter=False)
 

@@ -7,7 +7,8 @@ import contextlib
 
 import pytest
 
-from sidecar.resilience import SYSTEM_CLOCK, ExecutionTimeout, FakeClock, run_with_timeout
+from sidecar.resilience import SYSTEM_CLOCK, ExecutionTimeout, run_with_timeout
+from sidecar.testing import FakeClock
 
 
 async def test_result_arrives_within_the_timeout(clock: FakeClock) -> None:

@@ -18,11 +18,11 @@ from sidecar.resilience import (
     Classification,
     Deadline,
     ExecutionTimeout,
-    FakeClock,
     Pipeline,
     PipelineOptions,
     TimeoutOptions,
 )
+from sidecar.testing import FakeClock
 
 # Only the slow-call rule is on: failures alone never trip these breakers.
 SLOW = CircuitBreakerOptions(

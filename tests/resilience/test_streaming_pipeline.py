@@ -19,7 +19,6 @@ from sidecar.resilience import (
     CoolingDownError,
     Deadline,
     ExecutionRejected,
-    FakeClock,
     OverCapacityError,
     RateLimit,
     RateLimitedError,
@@ -32,6 +31,7 @@ from sidecar.resilience import (
     StreamOutcome,
     TokenBucketOptions,
 )
+from sidecar.testing import FakeClock
 
 BREAKER = CircuitBreakerOptions(failure_threshold=1, reset_timeout=10.0, half_open_max_calls=1)
 REQUESTS = RateLimit("requests", TokenBucketOptions(1.0, 2.0, max_queue=10))

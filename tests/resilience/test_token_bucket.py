@@ -9,11 +9,11 @@ import pytest
 
 from sidecar.resilience import (
     Deadline,
-    FakeClock,
     RateLimitedError,
     TokenBucket,
     TokenBucketOptions,
 )
+from sidecar.testing import FakeClock
 
 
 async def cancel(task: asyncio.Task[None]) -> None:

@@ -22,7 +22,8 @@ from sidecar.errors import (
     SidecarError,
     Unavailable,
 )
-from sidecar.resilience import Deadline, FakeClock
+from sidecar.resilience import Deadline
+from sidecar.testing import FakeClock
 
 
 @pytest.mark.parametrize(

@@ -29,7 +29,7 @@ from sidecar.backends.spec import BuildContext
 from sidecar.config import CacheServiceConfig, Config
 from sidecar.config.backends import backend_names
 from sidecar.connections import Connection
-from sidecar.resilience import FakeClock
+from sidecar.testing import FakeClock
 
 __all__ = ["redis_address"]
 
