@@ -45,9 +45,9 @@ from sidecar.reflection import enable_reflection
 from sidecar.resilience import SYSTEM_CLOCK, Clock, TokenBucketOptions
 from sidecar.runtime import Integrations, build_integrations
 from sidecar.runtime.health import HealthMonitor
-from sidecar.services import AdminServicer, CacheServicer, PubSubServicer
-from sidecar.services.ai import AIServicer
-from sidecar.services.sql import SqlServicer
+from sidecar.servicers import AdminServicer, CacheServicer, PubSubServicer
+from sidecar.servicers.ai import AIServicer
+from sidecar.servicers.sql import SqlServicer
 
 __all__ = ["SERVICE_NAMES", "RunningServer", "serve", "start_server"]
 

@@ -3,7 +3,7 @@
 Neither a backend nor a servicer: it sits between them. `AIRouter` resolves a request's
 target to a `Route` (ordered `Deployment`s plus retry, budget and cache); `stream_chat` and
 `embed` run one call over a route. Providers (`sidecar.backends.ai`) know nothing of
-routes; the servicer (`sidecar.services.ai`) knows nothing of fallback.
+routes; the servicer (`sidecar.servicers.ai`) knows nothing of fallback.
 
     services.py         the backend objects of `ai_model` and `ai_alias` services
     pipelines.py        the streaming pipelines of a service's deployments, refusals

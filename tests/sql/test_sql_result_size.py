@@ -18,7 +18,7 @@ from support import error_info
 from generated.integration.v1 import common_pb2, sql_pb2, sql_pb2_grpc
 from sidecar.backends.sql import Column, Interval, Json, ResultSet
 from sidecar.backends.sql.base import result_size
-from sidecar.services._sql_values import columns_to_proto, rows_to_proto
+from sidecar.servicers._sql_values import columns_to_proto, rows_to_proto
 from sidecar.testing import serve_for_test
 
 pytestmark = pytest.mark.e2e

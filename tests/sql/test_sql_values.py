@@ -13,7 +13,7 @@ from google.protobuf import duration_pb2, timestamp_pb2
 from generated.integration.v1 import common_pb2
 from sidecar.backends.sql import Interval, Json
 from sidecar.errors import InvalidArgument
-from sidecar.services._sql_values import parameters_from_proto, value_from_proto, value_to_proto
+from sidecar.servicers._sql_values import parameters_from_proto, value_from_proto, value_to_proto
 
 V = common_pb2.Value
 UTC = dt.UTC

@@ -14,7 +14,7 @@ from sidecar.ai import AliasService, ModelService
 from sidecar.errors import NotFound
 from sidecar.resilience import CircuitState, Pipeline, PipelineSnapshot
 from sidecar.runtime import Integration, Integrations
-from sidecar.services._common import Context, invalid
+from sidecar.servicers._common import Context, invalid
 
 __all__ = ["AdminServicer"]
 

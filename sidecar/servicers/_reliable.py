@@ -18,7 +18,7 @@ from generated.integration.v1 import pubsub_pb2
 from sidecar.backends.pubsub import DeadLetter, ReliableMessage, ReliablePubSub, glob_match
 from sidecar.errors import FailedPrecondition, InvalidArgument
 from sidecar.runtime import Integration
-from sidecar.services._common import invalid, require_name
+from sidecar.servicers._common import invalid, require_name
 
 __all__ = [
     "DEFAULT_IN_FLIGHT",

@@ -19,8 +19,8 @@ from google.protobuf import timestamp_pb2
 from generated.integration.v1 import common_pb2, pubsub_pb2, pubsub_pb2_grpc
 from sidecar.backends.pubsub import Message, ReliableSubscription, Subscription
 from sidecar.runtime import Integration, Integrations
-from sidecar.services import _reliable as reliable
-from sidecar.services._common import Context, call_through, invalid, require_name, resolve
+from sidecar.servicers import _reliable as reliable
+from sidecar.servicers._common import Context, call_through, invalid, require_name, resolve
 
 __all__ = ["PubSubServicer"]
 

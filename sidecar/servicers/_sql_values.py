@@ -22,7 +22,7 @@ from google.protobuf import duration_pb2, timestamp_pb2
 
 from generated.integration.v1 import common_pb2, sql_pb2
 from sidecar.backends.sql import Column, Interval, Json, Row, SqlValue
-from sidecar.services._common import invalid
+from sidecar.servicers._common import invalid
 
 __all__ = [
     "columns_to_proto",

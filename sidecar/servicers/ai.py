@@ -34,8 +34,8 @@ from sidecar.observability.call_context import note_target
 from sidecar.observability.genai_metrics import GenAIMetrics
 from sidecar.resilience import SYSTEM_CLOCK, Clock, Deadline
 from sidecar.runtime import Integrations
-from sidecar.services._common import Context, call_deadline
-from sidecar.services.ai_mapping import (
+from sidecar.servicers._common import Context, call_deadline
+from sidecar.servicers.ai_mapping import (
     Assembler,
     chat_request,
     check_target,

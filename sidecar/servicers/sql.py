@@ -24,8 +24,8 @@ from sidecar.backends.sql.base import result_too_large
 from sidecar.errors import Aborted
 from sidecar.resilience import ExecutionTimeout, run_with_timeout
 from sidecar.runtime import Integration, Integrations
-from sidecar.services._common import Context, call_deadline, call_through, invalid, resolve
-from sidecar.services._sql_values import columns_to_proto, parameters_from_proto, rows_to_proto
+from sidecar.servicers._common import Context, call_deadline, call_through, invalid, resolve
+from sidecar.servicers._sql_values import columns_to_proto, parameters_from_proto, rows_to_proto
 
 __all__ = ["SqlServicer"]
 

@@ -34,7 +34,7 @@ from sidecar.backends.ai.base import (
     ToolChoice,
     Usage,
 )
-from sidecar.services._common import invalid
+from sidecar.servicers._common import invalid
 
 __all__ = [
     "Assembler",

@@ -6,7 +6,7 @@ from typing import Any, cast
 
 import pytest
 
-from sidecar.services._common import Context, call_deadline
+from sidecar.servicers._common import Context, call_deadline
 from sidecar.testing import FakeClock
 
 

@@ -24,7 +24,7 @@ from sidecar.backends.cache import (
     sets_of,
 )
 from sidecar.runtime import Integration, Integrations
-from sidecar.services._common import (
+from sidecar.servicers._common import (
     Context,
     call_through,
     invalid,
