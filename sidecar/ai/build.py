@@ -1,13 +1,12 @@
 """Build the backend objects of `ai_model` and `ai_alias` services from their config.
 
-Called by the backend registry with a service's settings and its resolved policies. A
+Called by the runtime with a service's settings, its resolved policies and the pipeline
+options it made of them (so routing never reaches up into the runtime). A
 provider module (and with it its SDK: `import openai` alone takes about a second) is
 imported only here, and only for providers that are configured.
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 from sidecar.ai.services import (
     AliasService,
@@ -17,12 +16,13 @@ from sidecar.ai.services import (
     TokenLimits,
 )
 from sidecar.backends.ai.base import ChatProvider, UpstreamTimeouts
-from sidecar.runtime.policies import pipeline_options
+from sidecar.config import AIAliasServiceConfig, AIModelServiceConfig, ServicePolicies
+from sidecar.resilience import PipelineOptions
 
 __all__ = ["alias_service", "model_service", "provider_for"]
 
 
-def provider_for(settings: Any) -> ChatProvider:
+def provider_for(settings: AIModelServiceConfig) -> ChatProvider:
     """The provider client of an `ai_model` service's settings."""
     auth = settings.auth
     token = auth.token.get_secret_value() if auth.token is not None else None
@@ -52,6 +52,7 @@ def provider_for(settings: Any) -> ChatProvider:
     if settings.provider == "huggingface":
         from sidecar.backends.ai.huggingface import HuggingFaceProvider
 
+        assert settings.endpoint is not None  # the config requires one for huggingface
         return HuggingFaceProvider(
             endpoint=settings.endpoint, api_key=api_key, headers=headers, query=query
         )
@@ -60,13 +61,10 @@ def provider_for(settings: Any) -> ChatProvider:
     return EchoProvider()
 
 
-def model_service(settings: Any, policies: Any) -> ModelService:
+def model_service(
+    settings: AIModelServiceConfig, policies: ServicePolicies, options: PipelineOptions
+) -> ModelService:
     """The backend of an `ai_model` service."""
-    if policies is None:
-        from sidecar.config import Config
-
-        policies = Config(services={"ai": settings}).policies_for("ai")
-    options = pipeline_options(policies)
     timeouts = policies.timeouts
     defaults = settings.defaults
     limits = settings.limits
@@ -85,9 +83,9 @@ def model_service(settings: Any, policies: Any) -> ModelService:
     )
 
 
-def alias_service(settings: Any, policies: Any) -> AliasService:
+def alias_service(settings: AIAliasServiceConfig, options: PipelineOptions) -> AliasService:
     """The backend of an `ai_alias` service."""
-    retry = pipeline_options(policies).retry if policies is not None else None
+    retry = options.retry
     cache = settings.cache
     return AliasService(
         deployments=tuple(DeploymentRef(d.service, d.model) for d in settings.deployments),

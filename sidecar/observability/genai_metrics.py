@@ -38,7 +38,6 @@ from typing import Final, Protocol
 
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 
-from sidecar.backends.ai.base import Usage
 from sidecar.resilience import CircuitState, EventListener, ResilienceEvent
 
 __all__ = ["BreakerStates", "GenAIAttempt", "GenAIMetrics", "MeteredDeployment"]
@@ -91,6 +90,17 @@ _REFUSALS: Final = frozenset(
 """The pipeline events that refuse a call before any request is sent."""
 
 
+class TokenUsage(Protocol):
+    """The tokens of one call, as a provider's `Usage` carries them (metrics sit below the
+    backends, so they name only what they read)."""
+
+    @property
+    def input_tokens(self) -> int: ...
+
+    @property
+    def output_tokens(self) -> int: ...
+
+
 @dataclass(frozen=True, slots=True)
 class GenAIAttempt:
     """What the GenAI metrics need to know about one attempt, attached to its pipeline
@@ -106,7 +116,7 @@ class GenAIAttempt:
 
     operation: str
     outcome: str = "OK"
-    usage: Usage | None = None
+    usage: TokenUsage | None = None
     response_model: str = ""
 
 
@@ -264,7 +274,7 @@ class GenAIMetrics:
         outcome: str,
         duration: float,
         first_chunk: float | None = None,
-        usage: Usage | None = None,
+        usage: TokenUsage | None = None,
         response_model: str = "",
     ) -> None:
         """One attempt on a deployment ended after `duration` seconds, its first chunk

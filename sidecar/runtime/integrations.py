@@ -179,11 +179,13 @@ def _build(
     if service.type == "ai_model":
         from sidecar.ai.build import model_service
 
-        return BuiltBackend(model_service(service, policies), frozenset())
+        return BuiltBackend(
+            model_service(service, policies, pipeline_options(policies)), frozenset()
+        )
     if service.type == "ai_alias":
         from sidecar.ai.build import alias_service
 
-        return BuiltBackend(alias_service(service, policies), frozenset())
+        return BuiltBackend(alias_service(service, pipeline_options(policies)), frozenset())
     used = config.connection_of(name)
     connection = connections.get(used) if used is not None else None
     return build_backend(BuildContext(name, service, policies, connection, clock))

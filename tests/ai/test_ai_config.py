@@ -7,6 +7,7 @@ import pytest
 
 from sidecar.ai.build import model_service
 from sidecar.config import ConfigError, parse_config
+from sidecar.runtime.policies import pipeline_options
 
 SPEC_OPENAI = """\
 services:
@@ -50,7 +51,8 @@ def test_model_service_takes_timeouts_breaker_and_retry_from_the_policies() -> N
         "    retry_policy: {max_retries: 1}\n"
     )
     config = parse_config(text, environ={"OPENAI_API_KEY": "k"})
-    built = model_service(config.services["openai"], config.policies_for("openai"))
+    policies = config.policies_for("openai")
+    built = model_service(config.services["openai"], policies, pipeline_options(policies))
     assert (built.first_chunk_timeout, built.timeouts.read, built.timeouts.connect) == (5, 7, 2)
     assert built.circuit_breaker is not None and built.circuit_breaker.failure_threshold == 3
     assert built.retry is not None and built.retry.max_retries == 1
