@@ -9,7 +9,7 @@ config never imports a client library.
 
 from __future__ import annotations
 
-__all__ = ["BACKENDS", "backend_names"]
+__all__ = ["BACKENDS", "BACKEND_CONNECTIONS", "backend_names"]
 
 # ==== BACKENDS: one line per backend, (type, backend) -> the module declaring its SPEC ======
 BACKENDS: dict[tuple[str, str], str] = {
@@ -22,6 +22,15 @@ BACKENDS: dict[tuple[str, str], str] = {
     ("cloud", "aws"): "sidecar.backends.cloud.aws",
 }
 # ==== end of BACKENDS =======================================================================
+
+# The connection type each backend runs on (its spec's `connection_type`); a backend not
+# listed talks to no shared upstream. `sidecar.connections` opens one connection of this type
+# per name a service uses (its `connection:`, or its inline settings).
+BACKEND_CONNECTIONS: dict[tuple[str, str], str] = {
+    ("cache", "redis"): "redis",
+    ("pubsub", "redis"): "redis",
+    ("cloud", "aws"): "aws",
+}
 
 
 def backend_names(type_name: str) -> tuple[str, ...]:

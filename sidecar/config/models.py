@@ -29,6 +29,7 @@ from pydantic import (
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from ._common import ConfigModel, ServiceName
+from .backends import BACKEND_CONNECTIONS
 from .connections import ConnectionConfig
 from .policies import (
     BulkheadConfig,
@@ -329,10 +330,8 @@ def _redis_target_errors(
 
 
 def connection_type(service: ServiceConfig) -> str | None:
-    """The type of connection a service runs on, or None (memory backends, SQL, AI)."""
-    if service.type == "cloud":
-        return "aws"
-    return "redis" if getattr(service, "backend", None) == "redis" else None
+    """The type of connection a service runs on, or None (memory backends, ...)."""
+    return BACKEND_CONNECTIONS.get((service.type, getattr(service, "backend", "")))
 
 
 def _connection_reference_errors(

@@ -13,16 +13,32 @@ closed. Resilience policies stay per service.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from sidecar.config import AwsEndpoint, Config, RedisEndpoint
+from sidecar.config import Config, ServiceConfig
+from sidecar.config.connections import ConnectionConfig, ConnectionSettingsBase
+from sidecar.config.models import connection_type
 
-__all__ = ["Connection", "ConnectionEntry", "Connections", "build_connections"]
+__all__ = ["OPENERS", "Connection", "ConnectionEntry", "Connections", "build_connections"]
 
 _log = logging.getLogger("sidecar.connections")
+
+
+ConnectionSettings = ConnectionConfig | ServiceConfig
+"""A named connection's settings, or the inline settings of a service (its implicit one)."""
+
+
+def endpoint_type(settings: ConnectionSettings) -> str:
+    """The connection type of a named connection, or of a service's inline settings."""
+    if isinstance(settings, ConnectionSettingsBase):
+        return str(settings.type)
+    kind = connection_type(settings)
+    assert kind is not None
+    return kind
 
 
 class Connection(Protocol):
@@ -99,7 +115,6 @@ def build_connections(config: Config) -> Connections:
         if used is None:
             continue
         if used not in entries:  # inline settings: the service's own connection
-            assert isinstance(service, RedisEndpoint | AwsEndpoint)
             entries[used] = ConnectionEntry(_open(config, used, service), implicit=True)
         entries[used].users.append(service_name)
     for service_name in config.services:
@@ -115,21 +130,18 @@ def build_connections(config: Config) -> Connections:
     return Connections(entries)
 
 
-def _open(config: Config, name: str, endpoint: RedisEndpoint | AwsEndpoint) -> Connection:
-    """The connection of one endpoint's settings (a client library is imported only here)."""
-    if isinstance(endpoint, AwsEndpoint):
-        from sidecar.connections.aws import AwsConnection
+# ==== OPENERS: one line per connection type -> the module whose `open_connection` opens it ====
+OPENERS: dict[str, str] = {
+    "redis": "sidecar.connections.redis",
+    "aws": "sidecar.connections.aws",
+}
+# ==== end of OPENERS ========================================================================
 
-        return AwsConnection(name, endpoint)
-    from sidecar.connections.redis import RedisConnection, create_client
 
+def _open(config: Config, name: str, endpoint: ConnectionSettings) -> Connection:
+    """The connection of one endpoint's settings; its type's module (and so its client
+    library) is imported only here, when a service uses one."""
     pool, timeouts = config.connection_policies(name)
-    client = create_client(
-        endpoint,
-        max_connections=pool.max_connections,
-        acquire_timeout=pool.acquire_timeout,
-        connect_timeout=timeouts.connect,
-        socket_timeout=timeouts.read,
-        client_name=f"sidecar:{name}",
-    )
-    return RedisConnection(name, client)
+    module = importlib.import_module(OPENERS[endpoint_type(endpoint)])
+    connection: Connection = module.open_connection(name, endpoint, pool, timeouts)
+    return connection

@@ -7,9 +7,9 @@ shows its health as unknown rather than claim a check that did not happen.
 
 from __future__ import annotations
 
-from sidecar.config import AwsEndpoint
+from sidecar.config import AwsEndpoint, ConnectionPoolConfig, TimeoutsConfig
 
-__all__ = ["AwsConnection"]
+__all__ = ["AwsConnection", "open_connection"]
 
 
 class AwsConnection:
@@ -28,3 +28,10 @@ class AwsConnection:
 
     async def close(self) -> None:
         """Nothing to release."""
+
+
+def open_connection(
+    name: str, endpoint: AwsEndpoint, pool: ConnectionPoolConfig, timeouts: TimeoutsConfig
+) -> AwsConnection:
+    """The AWS connection of one account's settings (no I/O)."""
+    return AwsConnection(name, endpoint)
