@@ -7,6 +7,7 @@ certificate for mutual TLS, and whether to verify the server.
       cert_file: /var/run/secrets/client.crt    # mutual TLS: present this certificate
       key_file: /var/run/secrets/client.key
       verify: true                              # false: no certificate or name check
+      server_name: redis.internal               # check (and send as SNI) this name, not the host
 """
 
 from __future__ import annotations
@@ -42,6 +43,16 @@ class TlsConfig(ConfigModel):
         default=True,
         description="Check the server's certificate and name; false accepts any server (for "
         "tests only: it allows a man in the middle). Default true.",
+    )
+
+    server_name: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=253,
+        pattern=r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$",
+        description="The name the server's certificate must carry, also sent as SNI, when it "
+        "differs from the host you connect to (an IP address, a tunnel, a proxy). Default "
+        "null: the host.",
     )
 
     @model_validator(mode="before")

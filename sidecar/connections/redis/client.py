@@ -93,8 +93,13 @@ def create_client(
             "ssl_cert_reqs": "required" if tls.verify else "none",
             "ssl_check_hostname": tls.verify,
         }
+    connection_class: type[Connection] = Connection
+    if tls.enabled:
+        connection_class = (
+            _named_tls_connection(tls.server_name) if tls.server_name else SSLConnection
+        )
     pool = BlockingConnectionPool(
-        connection_class=SSLConnection if tls.enabled else Connection,
+        connection_class=connection_class,
         max_connections=max_connections,
         timeout=acquire_timeout,
         host=settings.host,
@@ -112,6 +117,19 @@ def create_client(
         **tls_options,
     )
     return Redis.from_pool(pool)
+
+
+def _named_tls_connection(name: str) -> type[SSLConnection]:
+    """An `SSLConnection` that checks (and sends as SNI) `name` instead of the host; the
+    multiplexer reads `server_name` off the pool's class to do the same."""
+
+    class NamedTlsConnection(SSLConnection):
+        server_name = name
+
+        def _connection_arguments(self) -> Mapping[str, Any]:
+            return {**super()._connection_arguments(), "server_hostname": name}
+
+    return NamedTlsConnection
 
 
 def glob_escape(text: str) -> str:

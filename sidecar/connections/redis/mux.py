@@ -204,6 +204,8 @@ class Multiplexer:
         self._tls = (
             _tls_context(kwargs) if issubclass(pool.connection_class, SSLConnection) else None
         )
+        # tls.server_name: the name the certificate is checked against, instead of the host
+        self._server_name: str | None = getattr(pool.connection_class, "server_name", None)
         self._handshake: list[tuple[Any, ...]] = []
         password, username = kwargs.get("password"), kwargs.get("username")
         if password is not None:
@@ -283,7 +285,11 @@ class Multiplexer:
         loop = asyncio.get_running_loop()
         context = self._tls
         _, link = await loop.create_connection(
-            lambda: _Link(loop), self._host, self._port, ssl=context
+            lambda: _Link(loop),
+            self._host,
+            self._port,
+            ssl=context,
+            server_hostname=self._server_name if context is not None else None,
         )
         try:  # AUTH, SELECT and CLIENT SETNAME pipelined; each must succeed
             for reply in [link.call(command) for command in self._handshake]:

@@ -232,6 +232,26 @@ async def test_verify_false_accepts_an_untrusted_server(
     await connection.ping()
 
 
+async def test_server_name_is_the_name_checked_instead_of_the_host(
+    kind: ConnectionType,
+    tls_endpoint: tuple[str, int],
+    tls_files: TlsFiles,
+    open_connection: Callable[[str], Connection],
+) -> None:
+    files = (tls_files.ca, tls_files.client_cert, tls_files.client_key)
+    named = open_connection(
+        kind.section("127.0.0.1", tls_endpoint[1], tls(*files, server_name="localhost"))
+    )
+    await named.ping()
+    await exercise_every_link(named)
+    # The certificate names localhost and 127.0.0.1 only: another name must fail the check.
+    wrong = open_connection(
+        kind.section("127.0.0.1", tls_endpoint[1], tls(*files, server_name="elsewhere.example"))
+    )
+    with pytest.raises(Unavailable):
+        await wrong.ping()
+
+
 async def exercise_every_link(connection: Connection) -> None:
     """Type-specific: every client object of the connection works over TLS."""
     from sidecar.connections.redis import RedisConnection
