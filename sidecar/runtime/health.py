@@ -3,9 +3,13 @@
 Every `check_interval` each connection, and each backend on no connection, is pinged with a
 timeout; after `consecutive_failures` failed probes it turns NOT_SERVING, and one good probe
 turns it back. A service on a connection has its connection's health (one PING per
-upstream, however many services share it). Health names: "" (the process), each gRPC service
-(following its default integration), and each integration by name, so a probe can watch one
-dependency; AdminService also shows each connection's.
+upstream, however many services share it). A service whose circuit breaker is open (its
+break still running) or isolated is NOT_SERVING too, whatever its probe says: its calls are
+being refused. The process ("") stays SERVING: an upstream's outage is not the pod's.
+
+Health names: "" (the process), each gRPC service (following its default integration), and
+each integration by name, so a probe can watch one dependency; AdminService also shows each
+connection's.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from typing import Any
 from grpc_health.v1 import health, health_pb2
 
 from sidecar.connections import ConnectionEntry
+from sidecar.resilience import CircuitState
 from sidecar.runtime.integrations import Integration, Integrations
 
 __all__ = ["HealthMonitor"]
@@ -55,6 +60,8 @@ class HealthMonitor:
         self._timeout = timeout
         self._threshold = consecutive_failures
         self._failures: dict[str, int] = {}
+        self._down_by_probe: dict[str, str] = {}
+        """Integrations whose own probe failed `consecutive_failures` times, and why."""
         self._task: asyncio.Task[None] | None = None
 
     async def publish_initial(self) -> None:
@@ -112,19 +119,30 @@ class HealthMonitor:
     async def _probe(self, item: Integration[Any]) -> None:
         if item.connection is not None:
             entry = self._integrations.connections.entry(item.connection)
-            await self._publish(item, entry.healthy, None if entry.healthy else "connection down")
-            return
-        try:
-            await asyncio.wait_for(item.backend.ping(), self._timeout)
-        except Exception as exc:
-            failures = self._failures[item.name] = self._failures.get(item.name, 0) + 1
-            if failures >= self._threshold:
-                await self._publish(item, False, repr(exc))
-            return
-        self._failures[item.name] = 0
-        await self._publish(item, True, None)
+            self._probe_verdict(item.name, None if entry.healthy else "connection down")
+        else:
+            try:
+                await asyncio.wait_for(item.backend.ping(), self._timeout)
+            except Exception as exc:
+                failures = self._failures[item.name] = self._failures.get(item.name, 0) + 1
+                if failures >= self._threshold:
+                    self._probe_verdict(item.name, repr(exc))
+            else:
+                self._failures[item.name] = 0
+                self._probe_verdict(item.name, None)
+        await self._publish(item)
 
-    async def _publish(self, item: Integration[Any], healthy: bool, error: str | None) -> None:
+    def _probe_verdict(self, name: str, error: str | None) -> None:
+        if error is None:
+            self._down_by_probe.pop(name, None)
+        else:
+            self._down_by_probe[name] = error
+
+    async def _publish(self, item: Integration[Any]) -> None:
+        """Publish `item`'s health: down while its probe says so, or while the breaker
+        guarding its calls refuses them."""
+        error = self._down_by_probe.get(item.name) or _breaker_refusing(item)
+        healthy = error is None
         if healthy == item.healthy:
             return
         item.healthy = healthy
@@ -134,3 +152,18 @@ class HealthMonitor:
         else:
             _log.warning("integration unhealthy", extra={"integration": item.name, "error": error})
             await self._servicer.set(item.name, NOT_SERVING)
+
+
+def _breaker_refusing(item: Integration[Any]) -> str | None:
+    """Why `item`'s breaker refuses calls now, or None: open with its break still running,
+    or isolated by hand. An open breaker whose break has run out admits the next call (a
+    probe), so it no longer counts against health."""
+    snapshot = item.snapshot()
+    breaker = snapshot.circuit_breaker if snapshot is not None else None
+    if breaker is None:
+        return None
+    if breaker.state is CircuitState.ISOLATED:
+        return "circuit breaker isolated"
+    if breaker.state is CircuitState.OPEN and (breaker.retry_after or 0.0) > 0.0:
+        return "circuit breaker open"
+    return None

@@ -17,7 +17,14 @@ from sidecar.backends.spec import BuildContext
 from sidecar.config import Config, ServiceConfig
 from sidecar.connections import Connections, build_connections
 from sidecar.errors import NotFound
-from sidecar.resilience import SYSTEM_CLOCK, CircuitState, Clock, Pipeline, RateLimiter
+from sidecar.resilience import (
+    SYSTEM_CLOCK,
+    CircuitState,
+    Clock,
+    Pipeline,
+    PipelineSnapshot,
+    RateLimiter,
+)
 from sidecar.runtime.classify import classify
 from sidecar.runtime.policies import pipeline_options, token_bucket_options
 
@@ -49,6 +56,14 @@ class Integration(Generic[B]):
     healthy: bool = True
     connection: str | None = None
     """The connection the service is on (its health is the connection's), if any."""
+
+    def snapshot(self) -> PipelineSnapshot | None:
+        """The policies that really guard the integration's calls, or None if none do: its
+        pipeline's, or for an `ai_model` its deployment with the worst breaker (an
+        `ai_alias` has none of its own)."""
+        if isinstance(self.backend, ModelService):
+            return self.backend.snapshot()
+        return self.pipeline.snapshot() if self.pipeline is not None else None
 
 
 class Integrations:

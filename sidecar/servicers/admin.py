@@ -10,9 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 from generated.integration.v1 import admin_pb2, admin_pb2_grpc, common_pb2
-from sidecar.ai import AliasService, ModelService
 from sidecar.errors import NotFound
-from sidecar.resilience import CircuitState, Pipeline, PipelineSnapshot
+from sidecar.resilience import CircuitState
 from sidecar.runtime import Integration, Integrations
 from sidecar.servicers._common import Context, invalid
 
@@ -95,17 +94,6 @@ def _health(healthy: bool) -> admin_pb2.HealthState.ValueType:
     return admin_pb2.HEALTH_STATE_SERVING if healthy else admin_pb2.HEALTH_STATE_NOT_SERVING
 
 
-def _snapshot(item: Integration[Any]) -> PipelineSnapshot | None:
-    """The policies that really guard the integration's calls, or None if none do."""
-    backend = item.backend
-    if isinstance(backend, ModelService):
-        return backend.snapshot()
-    if isinstance(backend, AliasService):
-        return None
-    pipeline: Pipeline | None = item.pipeline
-    return pipeline.snapshot() if pipeline is not None else None
-
-
 def describe(item: Integration[Any]) -> admin_pb2.Integration:
     """The admin view of one integration."""
     result = admin_pb2.Integration(
@@ -117,7 +105,7 @@ def describe(item: Integration[Any]) -> admin_pb2.Integration:
         connection=item.connection or "",
         features=sorted(item.features),
     )
-    snapshot = _snapshot(item)
+    snapshot = item.snapshot()
     if snapshot is None:
         return result
     breaker = snapshot.circuit_breaker
