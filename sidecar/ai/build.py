@@ -1,12 +1,15 @@
 """Build the backend objects of `ai_model` and `ai_alias` services from their config.
 
-Called by the runtime with a service's settings, its resolved policies and the pipeline
-options it made of them (so routing never reaches up into the runtime). A
+Called by the runtime with a service's settings, its resolved policies, the pipeline
+options it made of them (so routing never reaches up into the runtime) and the http
+connection the service talks over (its named one, or its own). A
 provider module (and with it its SDK: `import openai` alone takes about a second) is
 imported only here, and only for providers that are configured.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 from sidecar.ai.services import (
     AliasService,
@@ -19,11 +22,19 @@ from sidecar.backends.ai.base import ChatProvider, UpstreamTimeouts
 from sidecar.config import AIAliasServiceConfig, AIModelServiceConfig, ServicePolicies
 from sidecar.resilience import PipelineOptions
 
+if TYPE_CHECKING:
+    from sidecar.connections import Connection
+    from sidecar.connections.http.connection import HttpConnection
+
 __all__ = ["alias_service", "model_service", "provider_for"]
 
 
-def provider_for(settings: AIModelServiceConfig) -> ChatProvider:
-    """The provider client of an `ai_model` service's settings."""
+def provider_for(
+    settings: AIModelServiceConfig, connection: HttpConnection | None = None
+) -> ChatProvider:
+    """The provider client of an `ai_model` service's settings, on `connection`'s HTTP
+    client (None: one of the provider's own). The endpoint is the service's, else the
+    connection's base URL, else the provider's public API."""
     auth = settings.auth
     token = auth.token.get_secret_value() if auth.token is not None else None
     headers = dict(settings.headers)
@@ -33,28 +44,33 @@ def provider_for(settings: AIModelServiceConfig) -> ChatProvider:
     elif auth.type == "header" and token:
         headers[auth.header] = token
     query = dict(settings.query)
+    http = connection.client if connection is not None else None
+    endpoint = settings.endpoint
+    if endpoint is None and connection is not None:
+        endpoint = connection.base_url
     if settings.provider == "openai":
         from sidecar.backends.ai.openai import OpenAIProvider
 
         return OpenAIProvider(
-            endpoint=settings.endpoint,
+            endpoint=endpoint,
             api_key=api_key,
             headers=headers,
             query=query,
             store=settings.store,
+            http=http,
         )
     if settings.provider == "anthropic":
         from sidecar.backends.ai.anthropic import AnthropicProvider
 
         return AnthropicProvider(
-            endpoint=settings.endpoint, api_key=api_key, headers=headers, query=query
+            endpoint=endpoint, api_key=api_key, headers=headers, query=query, http=http
         )
     if settings.provider == "huggingface":
         from sidecar.backends.ai.huggingface import HuggingFaceProvider
 
-        assert settings.endpoint is not None  # the config requires one for huggingface
+        assert endpoint is not None  # the config requires one, or a connection, for huggingface
         return HuggingFaceProvider(
-            endpoint=settings.endpoint, api_key=api_key, headers=headers, query=query
+            endpoint=endpoint, api_key=api_key, headers=headers, query=query, http=http
         )
     from sidecar.backends.ai.echo import EchoProvider
 
@@ -62,14 +78,24 @@ def provider_for(settings: AIModelServiceConfig) -> ChatProvider:
 
 
 def model_service(
-    settings: AIModelServiceConfig, policies: ServicePolicies, options: PipelineOptions
+    settings: AIModelServiceConfig,
+    policies: ServicePolicies,
+    options: PipelineOptions,
+    connection: Connection | None = None,
 ) -> ModelService:
-    """The backend of an `ai_model` service."""
+    """The backend of an `ai_model` service, on its http connection (None for echo, or a
+    client of the provider's own)."""
+    http: HttpConnection | None = None
+    if connection is not None:  # never for echo: it must not import an HTTP stack
+        from sidecar.connections.http.connection import HttpConnection
+
+        assert isinstance(connection, HttpConnection), connection
+        http = connection
     timeouts = policies.timeouts
     defaults = settings.defaults
     limits = settings.limits
     return ModelService(
-        provider=provider_for(settings),
+        provider=provider_for(settings, http),
         model=settings.default_model,
         models=tuple(settings.models),
         defaults=ModelDefaults(defaults.temperature, defaults.top_p, defaults.max_tokens),

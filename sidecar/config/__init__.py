@@ -15,13 +15,17 @@ Modules: `models` (`Config`, `ServicePolicies`, the policy merge), `server` (`se
 """
 
 from ._units import Bytes, DurationSeconds, parse_bytes, parse_duration
-from .aws import AwsCredentials, AwsEndpoint
+from .aws import AwsAssumeRole, AwsCredentials, AwsEndpoint
 from .connections import (
     CONNECTION_TYPES,
     AwsConnectionConfig,
     ConnectionConfig,
+    HttpConnectionConfig,
+    PostgresConnectionConfig,
     RedisConnectionConfig,
+    SqliteConnectionConfig,
 )
+from .http import HttpEndpoint
 from .loader import ConfigError, load_config, parse_config
 from .models import Config, ServicePolicies
 from .policies import (
@@ -43,6 +47,7 @@ from .policies import (
     TimeoutsConfig,
     TimeoutsOverride,
 )
+from .postgres import PostgresEndpoint
 from .server import AuthConfig, InboundRateLimitConfig, KeepaliveConfig, ServerConfig
 from .services import (
     SERVICE_TYPES,
@@ -57,6 +62,7 @@ from .services import (
     ServiceConfig,
     SqlServiceConfig,
 )
+from .sqlite import SqliteEndpoint
 
 __all__ = [
     "CONNECTION_TYPES",
@@ -64,6 +70,7 @@ __all__ = [
     "AIAliasServiceConfig",
     "AIModelServiceConfig",
     "AuthConfig",
+    "AwsAssumeRole",
     "AwsConnectionConfig",
     "AwsCredentials",
     "AwsEndpoint",
@@ -82,10 +89,14 @@ __all__ = [
     "ConnectionPoolsConfig",
     "DurationSeconds",
     "HealthMonitoringConfig",
+    "HttpConnectionConfig",
+    "HttpEndpoint",
     "InboundRateLimitConfig",
     "IntegrationConfig",
     "KeepaliveConfig",
     "MetricsConfig",
+    "PostgresConnectionConfig",
+    "PostgresEndpoint",
     "PubSubServiceConfig",
     "RateLimitConfig",
     "RateLimitOverride",
@@ -100,6 +111,8 @@ __all__ = [
     "ServiceConfig",
     "ServicePolicies",
     "SqlServiceConfig",
+    "SqliteConnectionConfig",
+    "SqliteEndpoint",
     "TimeoutsConfig",
     "TimeoutsOverride",
     "load_config",

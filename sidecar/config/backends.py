@@ -30,6 +30,13 @@ BACKEND_CONNECTIONS: dict[tuple[str, str], str] = {
     ("cache", "redis"): "redis",
     ("pubsub", "redis"): "redis",
     ("cloud", "aws"): "aws",
+    ("sql", "postgres"): "postgres",
+    ("sql", "sqlite"): "sqlite",
+    # ai_model services are built by sidecar.ai (their backend is the provider); echo has
+    # no upstream.
+    ("ai_model", "openai"): "http",
+    ("ai_model", "anthropic"): "http",
+    ("ai_model", "huggingface"): "http",
 }
 
 

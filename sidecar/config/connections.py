@@ -23,15 +23,21 @@ from pydantic import Field, model_validator
 
 from ._common import ConfigModel
 from .aws import AwsEndpoint, region_required
+from .http import HttpEndpoint
 from .policies import ConnectionPoolOverride, TimeoutsOverride
+from .postgres import PostgresEndpoint, check_postgres_endpoint
 from .services.redis import RedisEndpoint
+from .sqlite import SqliteEndpoint
 
 __all__ = [
     "CONNECTION_TYPES",
     "AwsConnectionConfig",
     "ConnectionConfig",
     "ConnectionSettingsBase",
+    "HttpConnectionConfig",
+    "PostgresConnectionConfig",
     "RedisConnectionConfig",
+    "SqliteConnectionConfig",
 ]
 
 
@@ -67,10 +73,44 @@ class AwsConnectionConfig(AwsEndpoint, ConnectionSettingsBase):
         return self
 
 
+class HttpConnectionConfig(HttpEndpoint, ConnectionSettingsBase):
+    """An HTTP(S) API: one pooled client (base URL, headers, TLS), shared by the services
+    naming it (ai_model services today)."""
+
+    type: Literal["http"] = Field(description="Connection type. Required.")
+    base_url: str = Field(  # required here; a service's inline settings may omit it
+        max_length=2048,
+        description="Where requests go: scheme://host[:port][/path] (https:// speaks TLS). "
+        "Required.",
+    )
+
+
+class PostgresConnectionConfig(PostgresEndpoint, ConnectionSettingsBase):
+    """A PostgreSQL database: one asyncpg pool, shared by the sql services naming it."""
+
+    type: Literal["postgres"] = Field(description="Connection type. Required.")
+
+    @model_validator(mode="after")
+    def _dsn_alone(self) -> PostgresConnectionConfig:
+        check_postgres_endpoint(self)
+        return self
+
+
+class SqliteConnectionConfig(SqliteEndpoint, ConnectionSettingsBase):
+    """A SQLite database: one connection, shared (in turns) by the sql services naming it."""
+
+    type: Literal["sqlite"] = Field(description="Connection type. Required.")
+
+
 ConnectionConfig = Annotated[
-    RedisConnectionConfig | AwsConnectionConfig, Field(discriminator="type")
+    RedisConnectionConfig
+    | AwsConnectionConfig
+    | HttpConnectionConfig
+    | PostgresConnectionConfig
+    | SqliteConnectionConfig,
+    Field(discriminator="type"),
 ]
 """Any connection; the `type` key picks the model."""
 
-CONNECTION_TYPES: tuple[str, ...] = ("redis", "aws")
+CONNECTION_TYPES: tuple[str, ...] = ("redis", "aws", "http", "postgres", "sqlite")
 """Every supported connection `type`."""

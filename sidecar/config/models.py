@@ -16,16 +16,18 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, get_args
 
 from pydantic import (
     BaseModel,
     Field,
     PrivateAttr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
+from pydantic.fields import FieldInfo
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from ._common import ConfigModel, ServiceName
@@ -39,10 +41,11 @@ from .policies import (
     RateLimitConfig,
     RetryPolicyConfig,
     TimeoutsConfig,
+    with_connection_type_defaults,
     with_service_type_defaults,
 )
 from .server import ServerConfig
-from .services import ServiceConfig, default_services
+from .services import ServiceConfig, ServiceModel, default_services
 
 __all__ = ["Config", "ServicePolicies"]
 
@@ -96,6 +99,32 @@ class Config(ConfigModel):
             else service
             for name, service in services.items()
         }
+
+    @field_validator("services", mode="before")
+    @classmethod
+    def _backend_of_named_connection(cls, services: Any, info: ValidationInfo) -> Any:
+        """A service naming a connection without saying `backend:` runs on the one backend
+        of its type that uses that connection type (`type: sql, connection: orders-pg` on a
+        postgres connection is `backend: postgres`)."""
+        connections = info.data.get("connections")
+        if not isinstance(services, Mapping) or not isinstance(connections, Mapping):
+            return services
+        inferred = dict(services)
+        for name, service in services.items():
+            if not isinstance(service, Mapping) or "backend" in service:
+                continue
+            kind, named = service.get("type"), service.get("connection")
+            connection = connections.get(named) if isinstance(named, str) else None
+            if connection is None or kind not in _MODELS_WITH_BACKEND:
+                continue
+            backends = [
+                backend
+                for (service_type, backend), on in BACKEND_CONNECTIONS.items()
+                if service_type == kind and on == connection.type
+            ]
+            if len(backends) == 1:
+                inferred[name] = {**service, "backend": backends[0]}
+        return inferred
 
     @field_validator("services")
     @classmethod
@@ -164,7 +193,10 @@ class Config(ConfigModel):
         if connection is None:
             policies = self.policies_for(name)
             return policies.connection_pool, policies.timeouts
-        pool, timeouts = self.integration.connection_pools.default, self.integration.timeouts
+        pool = with_connection_type_defaults(
+            "connection_pool", connection.type, self.integration.connection_pools.default
+        )
+        timeouts = self.integration.timeouts
         if connection.connection_pool is not None:
             pool = type(pool).model_validate(
                 {**pool.model_dump(), **connection.connection_pool.model_dump(exclude_none=True)}
@@ -200,6 +232,14 @@ class Config(ConfigModel):
         if type_name in names:
             return type_name
         return None
+
+
+_MODELS_WITH_BACKEND = frozenset(
+    model.model_fields["type"].default
+    for model in get_args(ServiceModel)
+    if isinstance(model.model_fields.get("backend"), FieldInfo)
+)
+"""The service types whose model has a `backend:` field."""
 
 
 class _Unresolved(Exception):

@@ -34,6 +34,7 @@ from ._common import (
 from ._units import DurationSeconds
 
 __all__ = [
+    "CONNECTION_TYPE_DEFAULTS",
     "SERVICE_TYPE_DEFAULTS",
     "BulkheadConfig",
     "BulkheadOverride",
@@ -52,6 +53,7 @@ __all__ = [
     "RetryPolicyOverride",
     "TimeoutsConfig",
     "TimeoutsOverride",
+    "with_connection_type_defaults",
     "with_service_type_defaults",
 ]
 
@@ -71,7 +73,8 @@ class ConnectionPoolConfig(ConfigModel):
     )
     max_connections: AtLeastOne = Field(
         default=10,
-        description="Most connections open at once; must be >= min_connections. Default 10.",
+        description="Most connections open at once; must be >= min_connections. Default 10 "
+        "(1000 for http connections and ai_model services: their bulkheads bound them).",
     )
     acquire_timeout: DurationSeconds = Field(
         default=10.0,
@@ -432,12 +435,25 @@ _REDIS_DEFAULTS: Mapping[str, Mapping[str, float]] = {
     "circuit_breaker": {"slow_call_duration": 1.0},
 }
 
+_HTTP_DEFAULTS: Mapping[str, Mapping[str, float]] = {
+    # Concurrency on an HTTP connection is bounded by each service's bulkhead: the pool only
+    # has to never be the limit (one streamed AI answer holds a connection throughout).
+    "connection_pool": {"max_connections": 1000},
+}
+
 SERVICE_TYPE_DEFAULTS: Mapping[str, Mapping[str, Mapping[str, float]]] = {
     "cache": _REDIS_DEFAULTS,
     "pubsub": _REDIS_DEFAULTS,
+    "ai_model": _HTTP_DEFAULTS,  # its own (implicit) http connection's pool
 }
 """service type -> policy section -> field -> the default for that type. Types not listed
-(sql, ai_model, ai_alias) keep the `integration:` models' own defaults."""
+(sql, ai_alias) keep the `integration:` models' own defaults."""
+
+CONNECTION_TYPE_DEFAULTS: Mapping[str, Mapping[str, Mapping[str, float]]] = {
+    "http": _HTTP_DEFAULTS,
+}
+"""connection type -> policy section -> field -> the default for a connection of that type
+under `connections:`, where `integration:` leaves the field unset."""
 
 _Section = TypeVar("_Section", bound=BaseModel)
 
@@ -445,7 +461,19 @@ _Section = TypeVar("_Section", bound=BaseModel)
 def with_service_type_defaults(section: str, service_type: str, inherited: _Section) -> _Section:
     """`inherited` (a section of `integration:`) with the service type's own defaults for
     the fields `integration:` leaves unset; the service's override is merged over this."""
-    defaults = SERVICE_TYPE_DEFAULTS.get(service_type, {}).get(section, {})
+    return _with_defaults(SERVICE_TYPE_DEFAULTS.get(service_type, {}).get(section, {}), inherited)
+
+
+def with_connection_type_defaults(
+    section: str, connection_type: str, inherited: _Section
+) -> _Section:
+    """`inherited` with a connection type's own defaults for the fields `integration:` leaves
+    unset; the connection's override is merged over this."""
+    defaults = CONNECTION_TYPE_DEFAULTS.get(connection_type, {}).get(section, {})
+    return _with_defaults(defaults, inherited)
+
+
+def _with_defaults(defaults: Mapping[str, float], inherited: _Section) -> _Section:
     unset = {
         name: value for name, value in defaults.items() if name not in inherited.model_fields_set
     }

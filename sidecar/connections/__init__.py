@@ -134,6 +134,9 @@ def build_connections(config: Config) -> Connections:
 OPENERS: dict[str, str] = {
     "redis": "sidecar.connections.redis",
     "aws": "sidecar.connections.aws",
+    "postgres": "sidecar.connections.postgres",
+    "sqlite": "sidecar.connections.sqlite",
+    "http": "sidecar.connections.http",
 }
 # ==== end of OPENERS ========================================================================
 

@@ -117,10 +117,16 @@ class HealthMonitor:
             _log.info("connection healthy again", extra={"connection": name})
 
     async def _probe(self, item: Integration[Any]) -> None:
-        if item.connection is not None:
-            entry = self._integrations.connections.entry(item.connection)
+        entry = (
+            self._integrations.connections.entry(item.connection)
+            if item.connection is not None
+            else None
+        )
+        if entry is not None and entry.connection.probed:
             self._probe_verdict(item.name, None if entry.healthy else "connection down")
         else:
+            # On no connection, or on one no health check pings (an http connection without
+            # a health_path): the backend's own ping (an AI provider lists its models).
             try:
                 await asyncio.wait_for(item.backend.ping(), self._timeout)
             except Exception as exc:

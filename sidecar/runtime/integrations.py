@@ -191,18 +191,17 @@ def _build(
     """The backend of one service: AI services are composed by `sidecar.ai` (routing over
     deployments), every other one by its backend's spec."""
     policies = config.policies_for(name)
+    used = config.connection_of(name)
+    connection = connections.get(used) if used is not None else None
     if service.type == "ai_model":
         from sidecar.ai.build import model_service
 
-        return BuiltBackend(
-            model_service(service, policies, pipeline_options(policies)), frozenset()
-        )
+        built = model_service(service, policies, pipeline_options(policies), connection)
+        return BuiltBackend(built, frozenset())
     if service.type == "ai_alias":
         from sidecar.ai.build import alias_service
 
         return BuiltBackend(alias_service(service, pipeline_options(policies)), frozenset())
-    used = config.connection_of(name)
-    connection = connections.get(used) if used is not None else None
     return build_backend(BuildContext(name, service, policies, connection, clock))
 
 

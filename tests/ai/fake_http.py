@@ -111,6 +111,7 @@ class _Connection(asyncio.Protocol):
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
         self._server.connections.add(self)
+        self._server.accepted += 1
 
     def data_received(self, data: bytes) -> None:
         self._buffer += data
@@ -193,6 +194,7 @@ class FakeHTTPServer:
     Attributes:
         exchanges: every request seen, in arrival order.
         write_pauses: how often a client stopped reading long enough to fill the socket.
+        accepted: TCP connections accepted so far.
     """
 
     def __init__(self, handler: Handler) -> None:
@@ -201,6 +203,7 @@ class FakeHTTPServer:
         self.arrived = asyncio.Event()  # set at every new request
         self.connections: set[_Connection] = set()
         self.write_pauses = 0
+        self.accepted = 0
         self._server: asyncio.Server | None = None
         self.port = 0
 

@@ -147,3 +147,95 @@ def test_an_alias_caching_on_an_unknown_cache_is_a_config_error() -> None:
     assert caught.value.problems == [
         ("services.chat.cache.target", "'nosuch' is not a configured cache service")
     ]
+
+
+GATEWAY = "connections:\n  gw: {type: http, base_url: 'https://llm.internal/v1'}\n"
+
+
+@pytest.mark.parametrize(
+    ("services", "path", "message"),
+    [
+        (
+            "  a: {type: ai_model, connection: gw, endpoint: 'https://x/v1'}\n",
+            "services.a.endpoint",
+            "connection 'gw' gives the endpoint (its base_url): set endpoint or connection, "
+            "not both",
+        ),
+        (
+            "  a: {type: ai_model, provider: echo, connection: gw}\n",
+            "services.a.connection",
+            "provider echo talks to no upstream: remove connection",
+        ),
+        (
+            "  a: {type: ai_model, connection: nosuch}\n",
+            "services.a.connection",
+            "'nosuch' is not a configured http connection (gw)",
+        ),
+        (
+            "  a: {type: ai_model, provider: huggingface, connection: gw}\n",
+            "services.a",
+            "provider huggingface needs model",
+        ),
+        (
+            "  gw: {type: ai_model, endpoint: 'https://y/v1'}\n",
+            "services.gw",
+            "'gw' has inline settings, which make a connection named like the service, but "
+            "connections: has one of that name; name it with connection:",
+        ),
+        (
+            "  a: {type: ai_model, connection: gw, connection_pool: {max_connections: 5}}\n",
+            "services.a.connection_pool",
+            "the pool belongs to connection 'gw', shared by its services: set connection_pool "
+            "under connections.gw",
+        ),
+    ],
+)
+def test_a_service_on_an_http_connection_is_checked_by_path(
+    services: str, path: str, message: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(GATEWAY + "services:\n" + services, environ={})
+    assert dict(caught.value.problems).get(path) == message
+
+
+def test_a_service_on_a_connection_takes_its_endpoint_from_the_base_url() -> None:
+    text = GATEWAY + (
+        "services:\n"
+        "  hf: {type: ai_model, provider: huggingface, connection: gw, model: org/m}\n"
+        "  openai: {type: ai_model, connection: gw}\n"
+    )
+    config = parse_config(text, environ={})
+    assert (config.connection_of("hf"), config.connection_of("openai")) == ("gw", "gw")
+    assert config.services["openai"].endpoint is None
+    # The AI path's pool stays as wide as before (1000) unless the config narrows it.
+    assert config.connection_policies("gw")[0].max_connections == 1000
+    assert config.policies_for("openai").connection_pool.max_connections == 1000
+
+
+def test_the_connection_sections_http_settings_are_checked() -> None:
+    bad = {
+        "connections:\n  gw: {type: http}\n": ("connections.gw.base_url", None),
+        "connections:\n  gw: {type: http, base_url: 'ftp://x'}\n": (
+            "connections.gw.base_url",
+            "must be an http:// or https:// URL with a host",
+        ),
+        "connections:\n  gw: {type: http, base_url: 'http://x', tls: true}\n": (
+            "connections.gw",
+            "tls is set but base_url is http://: use an https:// URL",
+        ),
+        "connections:\n  gw: {type: http, base_url: 'http://x', health_path: health}\n": (
+            "connections.gw.health_path",
+            None,
+        ),
+        "connections:\n  gw: {type: http, base_url: 'http://x', headers: {'a b': c}}\n": (
+            "connections.gw.headers",
+            "not HTTP header names: a b",
+        ),
+    }
+    for text, (path, message) in bad.items():
+        with pytest.raises(ConfigError) as caught:
+            parse_config(text, environ={})
+        problems = dict(caught.value.problems)
+        assert path in problems, (text, problems)
+        if message is not None:
+            assert problems[path] == message

@@ -1,7 +1,8 @@
 """The specification's configuration, verbatim (its "Integration Configuration" section),
 passes `check-config` and serves: SQL on the local PostgreSQL, the cache on the local Redis,
 the AI model on the local fake upstream (the one line changed: its endpoint), and the AWS
-account listed by AdminService with its connection."""
+account listed by AdminService with its connection, probed on moto (reached through
+`AWS_ENDPOINT_URL`, as any AWS SDK does, so the specification's text stays as it is)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import asyncpg
 import grpc
 import pytest
 from ai.fake_llm import FakeLLM
+from aws_server import MotoServer, moto_server
 from config.test_config_spec_example import SPEC_INTEGRATION, SPEC_SERVICES
 from support import ROOT
 
@@ -24,6 +26,7 @@ from generated.integration.v1.sql_pb2_grpc import SqlServiceStub
 from sidecar.testing import serve_for_test
 
 pytestmark = pytest.mark.e2e
+__all__ = ["moto_server"]
 
 SPEC = SPEC_INTEGRATION + SPEC_SERVICES
 ENVIRONMENT = {
@@ -72,10 +75,14 @@ def test_check_config_accepts_the_specification_verbatim(tmp_path: Path) -> None
 
 
 async def test_the_specification_serves(
-    fake: FakeLLM, parallel_ai_database: None, monkeypatch: pytest.MonkeyPatch
+    fake: FakeLLM,
+    parallel_ai_database: None,
+    moto_server: MotoServer,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     for name, value in ENVIRONMENT.items():
         monkeypatch.setenv(name, value)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_server.url)
     spec = SPEC.replace("https://api.openai.com/v1", f"{fake.url}/v1")
     assert spec.count("\n") == SPEC.count("\n")  # only the endpoint changed
     async with (
@@ -112,13 +119,18 @@ async def test_the_specification_serves(
         }
         assert kinds == {
             "aws": ("cloud", "aws", "aws"),
-            "openai": ("ai_model", "openai", ""),
-            "postgresql": ("sql", "postgres", ""),
+            "openai": ("ai_model", "openai", "openai"),
+            "postgresql": ("sql", "postgres", "postgresql"),
             "redis": ("cache", "redis", "redis"),
         }
+        pinged = moto_server.calls("sts:GetCallerIdentity")
+        await running.monitor.check_once()  # the 30s check_interval, without the wait
+        assert moto_server.calls("sts:GetCallerIdentity") == pinged + 1  # really probed
         connections = await admin.ListConnections(admin_pb2.ListConnectionsRequest())
         shown = {c.name: (c.type, c.health, list(c.users)) for c in connections.connections}
         assert shown == {
-            "aws": ("aws", admin_pb2.HEALTH_STATE_UNSPECIFIED, ["aws"]),  # nothing probes it yet
+            "aws": ("aws", admin_pb2.HEALTH_STATE_SERVING, ["aws"]),
+            "openai": ("http", admin_pb2.HEALTH_STATE_UNSPECIFIED, ["openai"]),  # no health_path
+            "postgresql": ("postgres", admin_pb2.HEALTH_STATE_SERVING, ["postgresql"]),
             "redis": ("redis", admin_pb2.HEALTH_STATE_SERVING, ["redis"]),
         }

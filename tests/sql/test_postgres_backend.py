@@ -9,16 +9,17 @@ from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
+from sql_backends import postgres_backend
 
 from sidecar.backends.sql import Statement
 from sidecar.backends.sql import postgres as pg_module
-from sidecar.backends.sql.postgres import PostgresBackend, PostgresOptions
+from sidecar.backends.sql.postgres import PostgresBackend
 from sidecar.errors import Unavailable
 
 
 @pytest.fixture
 async def backend(pg_dsn: str) -> AsyncIterator[PostgresBackend]:
-    running = PostgresBackend(PostgresOptions(dsn=pg_dsn, min_size=1, max_size=1))
+    running = postgres_backend(dsn=pg_dsn, min_size=1, max_size=1)
     yield running
     await running.close()
 
@@ -65,9 +66,7 @@ async def test_session_settings_do_not_leak_into_the_next_call(backend: Postgres
 
 async def test_an_unreachable_database_is_unavailable_on_every_call() -> None:
     port = port_with_nothing_listening()
-    backend = PostgresBackend(
-        PostgresOptions(host="127.0.0.1", port=port, user="postgres", connect_timeout=1)
-    )
+    backend = postgres_backend(host="127.0.0.1", port=port, user="postgres", connect_timeout=1)
     with pytest.raises(Unavailable):
         await backend.query(Statement("SELECT 1"), max_rows=1, deadline=None)
     with pytest.raises(Unavailable):

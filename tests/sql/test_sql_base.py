@@ -46,6 +46,8 @@ from sidecar.testing import FakeClock
         ("57P03", Unavailable, "UPSTREAM_UNAVAILABLE"),
         ("08P01", InvalidArgument, "SQL_ERROR"),
         ("53300", Unavailable, "SQL_ERROR"),
+        ("28P01", Unavailable, "UPSTREAM_UNAVAILABLE"),  # the sidecar's own login refused
+        ("28000", Unavailable, "UPSTREAM_UNAVAILABLE"),  # e.g. no client certificate
         ("53100", ResourceExhausted, "SQL_ERROR"),
         ("XX000", Unavailable, "SQL_ERROR"),
         ("P0001", FailedPrecondition, "SQL_ERROR"),

@@ -11,10 +11,9 @@ from typing import Any
 
 import pytest
 from pg_roles import login_role, with_user
+from sql_backends import postgres_backend, sqlite_backend
 
 from sidecar.backends.sql import IsolationLevel, SqlBackend, Statement
-from sidecar.backends.sql.postgres import PostgresBackend, PostgresOptions
-from sidecar.backends.sql.sqlite import SqliteBackend, SqliteOptions
 from sidecar.errors import (
     AlreadyExists,
     DeadlineExceeded,
@@ -56,8 +55,8 @@ class Db:
 def _factory(kind: str, pg_dsn: str, **options: Any) -> SqlBackend:
     if kind == "postgres":
         options.setdefault("dsn", pg_dsn)
-        return PostgresBackend(PostgresOptions(min_size=1, max_size=2, **options))
-    return SqliteBackend(SqliteOptions(path=":memory:", **options))
+        return postgres_backend(min_size=1, max_size=2, **options)
+    return sqlite_backend(path=":memory:", **options)
 
 
 @pytest.fixture(params=BACKENDS)

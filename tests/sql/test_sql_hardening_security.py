@@ -16,11 +16,11 @@ import asyncpg
 import grpc
 import pytest
 from pg_roles import login_role, with_user
+from sql_backends import sqlite_backend
 
 from generated.integration.v1 import common_pb2, sql_pb2, sql_pb2_grpc
 from sidecar.backends.sql import IsolationLevel, Statement
 from sidecar.backends.sql.base import check_statement
-from sidecar.backends.sql.sqlite import SqliteBackend, SqliteOptions
 from sidecar.errors import InvalidArgument
 from sidecar.resilience import CircuitState
 from sidecar.server import RunningServer
@@ -354,7 +354,7 @@ async def test_many_callers_never_see_each_others_temp_tables(
 
 
 async def test_sqlite_temp_objects_do_not_outlive_the_call() -> None:
-    backend = SqliteBackend(SqliteOptions(path=":memory:"))
+    backend = sqlite_backend(path=":memory:")
     try:
         await backend.execute(Statement("CREATE TABLE base (x int)"), deadline=None)
         await backend.execute(Statement("CREATE TEMP TABLE leak (x int)"), deadline=None)

@@ -114,6 +114,14 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """The call asks for more than a limiter holds when full (say more tokens than a
     tokens-per-minute budget): it can never be admitted as it is.
     """
+    ERROR_REASON_UPSTREAM_NOT_FOUND: _ErrorReason.ValueType  # 37
+    """The upstream has no such resource (HTTP 404: an object, a bucket, a queue, a table);
+    for AWS, ErrorInfo.metadata["aws_error_code"] says which (NoSuchKey, NoSuchBucket, ...).
+    """
+    ERROR_REASON_UPSTREAM_CONDITION_FAILED: _ErrorReason.ValueType  # 38
+    """A condition the request set did not hold at the upstream (HTTP 412, an ETag that
+    changed, a DynamoDB condition expression): read the current state, then decide.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """ErrorReason lists the stable reasons the sidecar puts in google.rpc.ErrorInfo.reason.
@@ -207,6 +215,14 @@ ERROR_REASON_COOLING_DOWN: ErrorReason.ValueType  # 35
 ERROR_REASON_OVER_CAPACITY: ErrorReason.ValueType  # 36
 """The call asks for more than a limiter holds when full (say more tokens than a
 tokens-per-minute budget): it can never be admitted as it is.
+"""
+ERROR_REASON_UPSTREAM_NOT_FOUND: ErrorReason.ValueType  # 37
+"""The upstream has no such resource (HTTP 404: an object, a bucket, a queue, a table);
+for AWS, ErrorInfo.metadata["aws_error_code"] says which (NoSuchKey, NoSuchBucket, ...).
+"""
+ERROR_REASON_UPSTREAM_CONDITION_FAILED: ErrorReason.ValueType  # 38
+"""A condition the request set did not hold at the upstream (HTTP 412, an ETag that
+changed, a DynamoDB condition expression): read the current state, then decide.
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 

@@ -1,13 +1,14 @@
 """The `anthropic` provider: the official SDK for the client, the cheap parser for the stream.
 
-As with the `openai` provider, the SDK supplies the client (auth headers, `anthropic-version`,
-base URL, pool, timeouts) and typed errors; calls use its raw `client.post(...,
-cast_to=httpx.Response, stream=True)` and `anthropic_wire.EventParser` reads the events.
+As with the `openai` provider, the SDK runs on the http connection's client and supplies
+auth headers, `anthropic-version`, base URL, timeouts and typed errors; streamed messages go
+out on that client directly (`_http.open_sse`) and `anthropic_wire.EventParser` reads the
+events.
 The Messages API has no embeddings: `embed` answers UNIMPLEMENTED.
 
 Usage:
 
-    provider = AnthropicProvider(endpoint="https://api.anthropic.com", api_key=key)
+    provider = AnthropicProvider(endpoint="https://api.anthropic.com", api_key=key, http=client)
 """
 
 from __future__ import annotations
@@ -18,13 +19,11 @@ from collections.abc import Mapping, Sequence
 import anthropic
 import httpx2
 
-from sidecar.backends.ai._http import LIMITS, open_sse, sdk_headers
+from sidecar.backends.ai._http import open_sse, sdk_headers
 from sidecar.backends.ai.anthropic_wire import EventParser, messages_body
 from sidecar.backends.ai.base import ChatRequest, ChatStream, EmbedResult, UpstreamTimeouts
-from sidecar.backends.ai.errors import (
-    mapped_sdk_errors,
-)
-from sidecar.backends.ai.sse_stream import SSEChatStream
+from sidecar.backends.ai.errors import mapped_sdk_errors, metadata_of, status_mapper
+from sidecar.connections.http.sse_stream import SSEStream
 from sidecar.errors import Unimplemented
 
 __all__ = ["AnthropicProvider", "mapped_anthropic_errors"]
@@ -46,6 +45,8 @@ class AnthropicProvider:
         api_key: Sent as `x-api-key`.
         headers: Extra headers on every request (for example `anthropic-beta`).
         query: Extra query parameters on every request.
+        http: The http connection's client to run on (not closed here); None makes one of
+            the provider's own (closed by `close`).
     """
 
     def __init__(
@@ -55,9 +56,11 @@ class AnthropicProvider:
         api_key: str | None = None,
         headers: Mapping[str, str] | None = None,
         query: Mapping[str, str] | None = None,
+        http: httpx2.AsyncClient | None = None,
     ) -> None:
         self.provider = _PROVIDER
-        self._http = anthropic.DefaultAsyncHttpxClient(limits=LIMITS)
+        self._owns_http = http is None
+        self._http = http if http is not None else anthropic.DefaultAsyncHttpxClient()
         self._client = anthropic.AsyncAnthropic(
             api_key=api_key or "no-key",
             base_url=endpoint,
@@ -69,6 +72,8 @@ class AnthropicProvider:
         self._messages_url = str(self._client.base_url).rstrip("/") + "/v1/messages"
         self._query = dict(query or {})
         self._headers: dict[str, str] | None = None
+        self._on_status = status_mapper(self.provider)
+        self._metadata = metadata_of(self.provider)
 
     def _errors(self) -> contextlib.AbstractContextManager[None]:
         return mapped_anthropic_errors(self.provider)
@@ -87,8 +92,12 @@ class AnthropicProvider:
             params=self._query,
             timeouts=timeouts,
             provider=self.provider,
+            metadata=self._metadata,
+            on_status=self._on_status,
         )
-        return SSEChatStream(response, EventParser(), self._errors, self.provider)
+        return SSEStream(
+            response, EventParser(), self._errors, self.provider, metadata=self._metadata
+        )
 
     async def embed(
         self, inputs: Sequence[str], model: str, dimensions: int | None, timeouts: UpstreamTimeouts
@@ -119,5 +128,7 @@ class AnthropicProvider:
                 raise
 
     async def close(self) -> None:
-        """Close the connection pool."""
-        await self._client.close()
+        """Close the client if it is the provider's own (a connection's is closed by its
+        owner, after every service on it)."""
+        if self._owns_http:
+            await self._client.close()

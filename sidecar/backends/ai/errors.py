@@ -1,75 +1,50 @@
-"""Upstream failures of AI providers as `sidecar.errors` types, one mapping for every provider.
+"""Upstream failures of AI providers as `sidecar.errors` types.
 
-Each provider module keeps its own context manager that recognises its SDK's exceptions;
-they all end here, so an HTTP status means the same gRPC code whoever answered it:
+The HTTP mapping itself is the http connection's (`sidecar.connections.http.errors`: one
+status means one gRPC code whoever answered it); this module gives it the AI wording:
 
-    400, 413, 422 -> InvalidArgument     UPSTREAM_REJECTED  (the request itself is wrong)
-    401, 403      -> FailedPrecondition  UPSTREAM_AUTH_FAILED (the sidecar's credentials
-                                          are wrong, not the caller's)
-    404           -> NotFound            MODEL_NOT_FOUND
-    408, 504      -> DeadlineExceeded    DEADLINE_EXCEEDED
-    429           -> ResourceExhausted   UPSTREAM_RATE_LIMITED, retry_after from Retry-After
-    5xx, 529      -> Unavailable         UPSTREAM_UNAVAILABLE
-    broken stream -> Unavailable         STREAM_INTERRUPTED
-
-Every error carries `metadata={"provider": ..., "upstream_status": ...}` for `ErrorInfo`.
+- every error carries `metadata={"provider": ..., "upstream_status": ...}` for `ErrorInfo`;
+- 404 means the model or route does not exist: NotFound with reason MODEL_NOT_FOUND;
+- `mapped_sdk_errors` recognises the `openai` and `anthropic` SDKs' typed exceptions.
 """
 
 from __future__ import annotations
 
 import contextlib
-import email.utils
-import time
+import ssl
 from collections.abc import Iterator, Mapping
 from types import ModuleType
 from typing import Final
 
-from sidecar.backends.ai.sse import SSEError
-from sidecar.errors import (
-    DeadlineExceeded,
-    FailedPrecondition,
-    InvalidArgument,
-    NotFound,
-    ResourceExhausted,
-    SidecarError,
-    Unavailable,
+from sidecar.connections.http import errors as http_errors
+from sidecar.connections.http.errors import (
+    UPSTREAM_RATE_LIMITED,
+    StatusMapper,
+    error_message,
+    parse_retry_after,
 )
+from sidecar.connections.http.sse import SSEError
+from sidecar.errors import DeadlineExceeded, SidecarError, Unavailable
 
 __all__ = [
     "UPSTREAM_RATE_LIMITED",
     "connection_error",
+    "error_message",
     "mapped_sdk_errors",
+    "metadata_of",
     "parse_retry_after",
     "status_error",
+    "status_mapper",
     "stream_interrupted",
     "upstream_timeout",
 ]
 
-UPSTREAM_RATE_LIMITED: Final = "UPSTREAM_RATE_LIMITED"
-_MAX_MESSAGE: Final = 500
+_NOT_FOUND: Final = ("has no such model or route", "MODEL_NOT_FOUND")
 
 
-def parse_retry_after(headers: Mapping[str, str]) -> float | None:
-    """Seconds the upstream asked us to wait: `retry-after-ms`, or `retry-after` as seconds
-    or an HTTP date; None when absent or unreadable."""
-    millis = headers.get("retry-after-ms")
-    if millis:
-        try:
-            return max(float(millis) / 1000, 0.0)
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if not value:
-        return None
-    try:
-        return max(float(value), 0.0)
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(when.timestamp() - time.time(), 0.0)
+def metadata_of(provider: str) -> Mapping[str, str]:
+    """What every error of `provider` carries besides `upstream_status`."""
+    return {"provider": provider}
 
 
 def status_error(
@@ -79,72 +54,38 @@ def status_error(
     retry_after: float | None = None,
 ) -> SidecarError:
     """The sidecar error for an upstream HTTP status."""
-    metadata = {"provider": provider, "upstream_status": str(status)}
-    detail = upstream_message.strip()[:_MAX_MESSAGE]
-    said = f": {detail}" if detail else ""
-    if status in (401, 403):
-        # The upstream's text may quote part of the key; say only what the operator must fix.
-        return FailedPrecondition(
-            f"{provider} rejected the sidecar's credentials (HTTP {status})",
-            reason="UPSTREAM_AUTH_FAILED",
-            metadata=metadata,
-        )
-    if status == 404:
-        return NotFound(
-            f"{provider} has no such model or route{said}",
-            reason="MODEL_NOT_FOUND",
-            metadata=metadata,
-        )
-    if status in (408, 504):
-        return DeadlineExceeded(
-            f"{provider} timed out (HTTP {status})", reason="DEADLINE_EXCEEDED", metadata=metadata
-        )
-    if status == 429:
-        return ResourceExhausted(
-            f"{provider} is rate limiting the sidecar{said}",
-            reason=UPSTREAM_RATE_LIMITED,
-            metadata=metadata,
-            retry_after=retry_after,
-        )
-    if status >= 500:
-        return Unavailable(
-            f"{provider} failed (HTTP {status})",
-            reason="UPSTREAM_UNAVAILABLE",
-            metadata=metadata,
-            retry_after=retry_after,
-        )
-    return InvalidArgument(
-        f"{provider} rejected the request (HTTP {status}){said}",
-        reason="UPSTREAM_REJECTED",
-        metadata=metadata,
+    return http_errors.status_error(
+        provider,
+        status,
+        upstream_message,
+        retry_after,
+        metadata=metadata_of(provider),
+        not_found=_NOT_FOUND,
     )
+
+
+def status_mapper(provider: str) -> StatusMapper:
+    """The error of a non-2xx answer to a streamed request, for `open_stream(on_status=)`."""
+
+    def mapped(status: int, body: bytes, headers: Mapping[str, str]) -> SidecarError:
+        return status_error(provider, status, error_message(body), parse_retry_after(headers))
+
+    return mapped
 
 
 def connection_error(provider: str, detail: str) -> Unavailable:
     """The upstream could not be reached (connect refused, reset before the answer)."""
-    return Unavailable(
-        f"cannot reach {provider}: {detail}",
-        reason="UPSTREAM_UNAVAILABLE",
-        metadata={"provider": provider, "upstream_status": "unreachable"},
-    )
+    return http_errors.connection_error(provider, detail, metadata=metadata_of(provider))
 
 
 def upstream_timeout(provider: str, detail: str) -> DeadlineExceeded:
     """The upstream did not send the next bytes within the read or connect timeout."""
-    return DeadlineExceeded(
-        f"{provider} did not answer in time: {detail}",
-        reason="DEADLINE_EXCEEDED",
-        metadata={"provider": provider, "upstream_status": "timeout"},
-    )
+    return http_errors.upstream_timeout(provider, detail, metadata=metadata_of(provider))
 
 
 def stream_interrupted(provider: str, detail: str, status: str = "200") -> Unavailable:
     """The upstream stream broke after it started (cut connection, no end, error event)."""
-    return Unavailable(
-        f"the {provider} stream broke off: {detail}",
-        reason="STREAM_INTERRUPTED",
-        metadata={"provider": provider, "upstream_status": status},
-    )
+    return http_errors.stream_interrupted(provider, detail, status, metadata=metadata_of(provider))
 
 
 @contextlib.contextmanager
@@ -169,7 +110,7 @@ def mapped_sdk_errors(sdk: ModuleType, provider: str) -> Iterator[None]:
         raise upstream_timeout(provider, type(exc).__name__) from exc
     except sdk.APIConnectionError as exc:
         raise connection_error(provider, str(exc.__cause__ or exc)[:200]) from exc
-    except (httpx2.TransportError, httpx2.StreamError, SSEError) as exc:
+    except (httpx2.TransportError, httpx2.StreamError, SSEError, ssl.SSLError) as exc:
         raise stream_interrupted(provider, str(exc)[:200] or type(exc).__name__) from exc
 
 

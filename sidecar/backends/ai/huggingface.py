@@ -20,18 +20,21 @@ OpenAI-compatible route.
 
 Usage:
 
-    provider = HuggingFaceProvider(endpoint="http://tgi:8080", api_key=token)
+    provider = HuggingFaceProvider(endpoint="http://tgi:8080", api_key=token, http=client)
+
+Requests go out on the service's http connection's client (`http`), with this service's
+headers, credentials and query parameters added per request.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import quote
 
-import httpx
+import httpx2
 
 from sidecar.backends.ai.base import (
     ChatEnd,
@@ -44,22 +47,22 @@ from sidecar.backends.ai.base import (
     Usage,
 )
 from sidecar.backends.ai.errors import (
-    connection_error,
+    metadata_of,
     parse_retry_after,
     status_error,
     stream_interrupted,
-    upstream_timeout,
 )
 from sidecar.backends.ai.openai_wire import finish_reason
-from sidecar.backends.ai.sse import SSEError
-from sidecar.backends.ai.sse_stream import SSEChatStream
 from sidecar.config.services.ai import huggingface_model_problem
-from sidecar.errors import InvalidArgument
+from sidecar.connections.http.errors import mapped_http_errors
+from sidecar.connections.http.sse_stream import SSEStream
+from sidecar.connections.http.stream import open_stream, request_timeout
+from sidecar.errors import InvalidArgument, SidecarError
 
 __all__ = ["HuggingFaceProvider", "render_prompt"]
 
 _PROVIDER = "huggingface"
-_LIMITS = httpx.Limits(max_connections=1000, max_keepalive_connections=100, keepalive_expiry=60)
+_METADATA = metadata_of(_PROVIDER)
 _TURN = {Role.USER: "User", Role.ASSISTANT: "Assistant", Role.TOOL: "Tool"}
 
 
@@ -116,18 +119,24 @@ class _TGIParser:
         return None
 
 
-@contextlib.contextmanager
-def _mapped(opening: bool) -> Iterator[None]:
+def _mapped(opening: bool) -> contextlib.AbstractContextManager[None]:
+    return mapped_http_errors(_PROVIDER, metadata=_METADATA, opening=opening)
+
+
+def _status_error(status: int, body: bytes, headers: Mapping[str, str]) -> SidecarError:
+    """TGI's `{"error", "error_type"}` body; a loading model's `estimated_time` becomes the
+    Retry-After when the upstream sent none."""
+    text = body.decode(errors="replace")
     try:
-        yield
-    except httpx.TimeoutException as exc:
-        raise upstream_timeout(_PROVIDER, type(exc).__name__) from exc
-    except httpx.TransportError as exc:
-        if opening:
-            raise connection_error(_PROVIDER, str(exc)[:200] or type(exc).__name__) from exc
-        raise stream_interrupted(_PROVIDER, str(exc)[:200] or type(exc).__name__) from exc
-    except (httpx.StreamError, SSEError) as exc:
-        raise stream_interrupted(_PROVIDER, str(exc)[:200]) from exc
+        error: Any = json.loads(text)
+    except ValueError:
+        error = {"error": text}
+    retry_after = parse_retry_after(headers)
+    if isinstance(error, dict):
+        if retry_after is None and error.get("estimated_time") is not None:
+            retry_after = float(error["estimated_time"])  # the model is still loading
+        text = str(error.get("error") or "")
+    return status_error(_PROVIDER, status, text, retry_after)
 
 
 class HuggingFaceProvider:
@@ -138,6 +147,8 @@ class HuggingFaceProvider:
         api_key: Sent as `Authorization: Bearer` (a Hugging Face token); None for none.
         headers: Extra headers on every request.
         query: Extra query parameters on every request.
+        http: The http connection's client to run on (not closed here); None makes one of
+            the provider's own (closed by `close`).
     """
 
     def __init__(
@@ -147,13 +158,17 @@ class HuggingFaceProvider:
         api_key: str | None = None,
         headers: Mapping[str, str] | None = None,
         query: Mapping[str, str] | None = None,
+        http: httpx2.AsyncClient | None = None,
     ) -> None:
         self.provider = _PROVIDER
         self._endpoint = endpoint.rstrip("/")
-        sent = dict(headers or {})
+        self._headers = dict(headers or {})
         if api_key:
-            sent["authorization"] = f"Bearer {api_key}"
-        self._client = httpx.AsyncClient(headers=sent, params=dict(query or {}), limits=_LIMITS)
+            self._headers["authorization"] = f"Bearer {api_key}"
+        self._query = dict(query or {})
+        self._post_headers = {**self._headers, "content-type": "application/json"}
+        self._owns_http = http is None
+        self._client = http if http is not None else httpx2.AsyncClient()
 
     def check_model(self, model: str) -> None:
         """Refuse a name that is not a Hugging Face model id (see the module docstring)."""
@@ -170,28 +185,20 @@ class HuggingFaceProvider:
 
     async def _post(
         self, url: str, body: dict[str, Any], timeouts: UpstreamTimeouts
-    ) -> httpx.Response:
+    ) -> httpx2.Response:
         """POST and return the open response; a non-2xx answer becomes a sidecar error."""
-        timeout = httpx.Timeout(timeouts.read, connect=timeouts.connect)
-        request = self._client.build_request("POST", url, json=body, timeout=timeout)
-        with _mapped(opening=True):
-            response = await self._client.send(request, stream=True)
-            if response.status_code < 400:
-                return response
-            try:
-                text = (await response.aread()).decode(errors="replace")
-            finally:
-                await response.aclose()
-        try:
-            error: Any = json.loads(text)
-        except ValueError:
-            error = {"error": text}
-        retry_after = parse_retry_after(response.headers)
-        if isinstance(error, dict):
-            if retry_after is None and error.get("estimated_time") is not None:
-                retry_after = float(error["estimated_time"])  # the model is still loading
-            text = str(error.get("error") or "")
-        raise status_error(_PROVIDER, response.status_code, text, retry_after)
+        return await open_stream(
+            self._client,
+            "POST",
+            url,
+            content=json.dumps(body, separators=(",", ":")).encode(),
+            headers=self._post_headers,
+            params=self._query,
+            timeouts=request_timeout(timeouts.connect, timeouts.read),
+            upstream=_PROVIDER,
+            metadata=_METADATA,
+            on_status=_status_error,
+        )
 
     async def open_stream(
         self, request: ChatRequest, model: str, timeouts: UpstreamTimeouts
@@ -201,7 +208,9 @@ class HuggingFaceProvider:
         body = {"inputs": prompt, "parameters": _parameters(request), "stream": True}
         response = await self._post(self._url(model), body, timeouts)
         parser = _TGIParser(prompt_tokens=max(1, len(prompt) // 4))
-        return SSEChatStream(response, parser, lambda: _mapped(opening=False), self.provider)
+        return SSEStream(
+            response, parser, lambda: _mapped(opening=False), self.provider, metadata=_METADATA
+        )
 
     async def embed(
         self, inputs: Sequence[str], model: str, dimensions: int | None, timeouts: UpstreamTimeouts
@@ -226,13 +235,17 @@ class HuggingFaceProvider:
         """GET `{endpoint}/health` (TGI); any answer but 401, 403 or 5xx means reachable."""
         with _mapped(opening=True):
             root = self._endpoint.replace("{model}", "")
-            response = await self._client.get(root + "/health", timeout=5.0)
+            response = await self._client.get(
+                root + "/health", headers=self._headers, params=self._query, timeout=5.0
+            )
         if response.status_code in (401, 403) or response.status_code >= 500:
             raise status_error(_PROVIDER, response.status_code)
 
     async def close(self) -> None:
-        """Close the connection pool."""
-        await self._client.aclose()
+        """Close the client if it is the provider's own (a connection's is closed by its
+        owner, after every service on it)."""
+        if self._owns_http:
+            await self._client.aclose()
 
 
 def _pooled(item: Any) -> list[float]:

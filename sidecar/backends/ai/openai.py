@@ -4,17 +4,19 @@ One `AsyncOpenAI` per configured service, reused by every call; with `base_url` 
 every OpenAI-compatible API (Azure OpenAI, vLLM, Ollama, Hugging Face TGI and its router,
 Together, Groq, ...).
 
-The SDK does what it is good at: connection pool, auth and default headers, base URL and
-query, timeouts, and typed errors for non-2xx answers. Calls go through its documented raw
-route, `client.post(path, cast_to=httpx.Response, stream=True)`, which skips the typed
-`create()` (its TypedDict transform alone costs ~0.5 ms per call) and returns the unread
-response; `openai_wire.ChunkParser` reads the events from it (~10 µs per chunk instead of
+The SDK runs on the service's http connection's client (`http_client=`: the pool, TLS and
+connection headers are the connection's, shared with every service naming it) and does
+what it is good at: auth and default headers, base URL and query, timeouts, and typed
+errors for non-2xx answers. Streamed completions skip the SDK's request path (the typed
+`create()`'s TypedDict transform alone costs ~0.5 ms per call): they go out on the same
+client with the SDK's headers (`_http.open_sse`) and return the unread response;
+`openai_wire.ChunkParser` reads the events from it (~10 µs per chunk instead of
 the SDK's pydantic chunk objects). The SDK's own retries are off: the router retries and
 falls back.
 
 Usage:
 
-    provider = OpenAIProvider(endpoint="https://api.openai.com/v1", api_key=key)
+    provider = OpenAIProvider(endpoint="https://api.openai.com/v1", api_key=key, http=client)
     stream = await provider.open_stream(request, "gpt-4o-mini", UpstreamTimeouts())
 """
 
@@ -27,14 +29,16 @@ from typing import Any
 import httpx2
 import openai
 
-from sidecar.backends.ai._http import LIMITS, open_sse, sdk_headers, timeout_of
+from sidecar.backends.ai._http import open_sse, sdk_headers, timeout_of
 from sidecar.backends.ai.base import ChatRequest, ChatStream, EmbedResult, UpstreamTimeouts, Usage
 from sidecar.backends.ai.errors import (
     mapped_sdk_errors,
+    metadata_of,
+    status_mapper,
     stream_interrupted,
 )
 from sidecar.backends.ai.openai_wire import ChunkParser, chat_body
-from sidecar.backends.ai.sse_stream import SSEChatStream
+from sidecar.connections.http.sse_stream import SSEStream
 from sidecar.errors import SidecarError
 
 __all__ = ["OpenAIProvider", "mapped_openai_errors"]
@@ -58,6 +62,8 @@ class OpenAIProvider:
         query: Extra query parameters on every request (for example `api-version`).
         store: Ask OpenAI to store completions (and send the requests' metadata with them).
         provider: The name errors and metrics use.
+        http: The http connection's client to run on (not closed here); None makes one of
+            the provider's own (closed by `close`).
     """
 
     def __init__(
@@ -69,10 +75,12 @@ class OpenAIProvider:
         query: Mapping[str, str] | None = None,
         store: bool = False,
         provider: str = _PROVIDER,
+        http: httpx2.AsyncClient | None = None,
     ) -> None:
         self.provider = provider
         self._store = store
-        self._http = openai.DefaultAsyncHttpxClient(limits=LIMITS)
+        self._owns_http = http is None
+        self._http = http if http is not None else openai.DefaultAsyncHttpxClient()
         self._client = openai.AsyncOpenAI(
             # A placeholder keeps the SDK from demanding OPENAI_API_KEY for keyless servers.
             api_key=api_key or "no-key",
@@ -85,6 +93,8 @@ class OpenAIProvider:
         self._chat_url = str(self._client.base_url).rstrip("/") + "/chat/completions"
         self._query = dict(query or {})
         self._headers: dict[str, str] | None = None
+        self._on_status = status_mapper(provider)
+        self._metadata = metadata_of(provider)
 
     def _errors(self) -> contextlib.AbstractContextManager[None]:
         return mapped_openai_errors(self.provider)
@@ -103,8 +113,12 @@ class OpenAIProvider:
             params=self._query,
             timeouts=timeouts,
             provider=self.provider,
+            metadata=self._metadata,
+            on_status=self._on_status,
         )
-        return SSEChatStream(response, ChunkParser(), self._errors, self.provider)
+        return SSEStream(
+            response, ChunkParser(), self._errors, self.provider, metadata=self._metadata
+        )
 
     async def embed(
         self, inputs: Sequence[str], model: str, dimensions: int | None, timeouts: UpstreamTimeouts
@@ -147,5 +161,7 @@ class OpenAIProvider:
                 raise
 
     async def close(self) -> None:
-        """Close the connection pool."""
-        await self._client.close()
+        """Close the client if it is the provider's own (a connection's is closed by its
+        owner, after every service on it)."""
+        if self._owns_http:
+            await self._client.close()

@@ -1,6 +1,7 @@
 """`AwsAccount`: a `type: cloud` service on AWS. It serves no RPC of its own yet: it holds
-its AWS connection (region, credentials, endpoint) for the AWS capabilities to use, and shows
-in AdminService with that connection."""
+its AWS connection (one aiobotocore session, one client per AWS service) for the AWS
+capabilities to use, and shows in AdminService with that connection and the health its STS
+ping finds."""
 
 from __future__ import annotations
 

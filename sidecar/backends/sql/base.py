@@ -1,5 +1,7 @@
-"""The SQL capability: domain values and results, the `SqlBackend` protocol, and the one
-table that turns a SQLSTATE into a domain error.
+"""The SQL capability: domain values and results, the `SqlBackend` protocol, and the
+statement checks. The table that turns a SQLSTATE into a domain error,
+`error_for_sqlstate`, lives with the connections (`sidecar.connections.sqlstate`), which
+map their client library's errors with it; it is re-exported here.
 
 Values are plain Python objects, the same for every backend:
 
@@ -35,7 +37,6 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -44,17 +45,9 @@ from decimal import Decimal
 from typing import Any, Protocol, TypeAlias
 from uuid import UUID
 
-from sidecar.errors import (
-    Aborted,
-    AlreadyExists,
-    DeadlineExceeded,
-    FailedPrecondition,
-    InvalidArgument,
-    PermissionDenied,
-    ResourceExhausted,
-    SidecarError,
-    Unavailable,
-)
+from sidecar.connections.sql_timeouts import statement_timeout_ms
+from sidecar.connections.sqlstate import error_for_sqlstate
+from sidecar.errors import InvalidArgument, ResourceExhausted
 from sidecar.resilience import Deadline
 
 __all__ = [
@@ -260,11 +253,6 @@ class SqlBackend(Protocol):
 
 _COUNTED = frozenset({"INSERT", "UPDATE", "DELETE", "SELECT", "MERGE", "MOVE", "FETCH", "COPY"})
 
-# The statement timeout ends this much before the caller's deadline (at most this fraction of
-# the time left), so the database's "canceling statement" reaches the caller in time.
-_TIMEOUT_MARGIN = 0.1
-_TIMEOUT_MARGIN_FRACTION = 0.1
-
 
 def rows_affected(command_tag: str) -> int:
     """The row count at the end of a command tag (`UPDATE 3` -> 3), 0 for other commands."""
@@ -280,20 +268,6 @@ def time_left(deadline: Deadline | None, cap: float) -> float:
         return cap
     left = deadline.remaining()
     return cap if left is None or left > cap else left
-
-
-def statement_timeout_ms(timeout: float) -> int:
-    """Milliseconds of statement timeout for `timeout` seconds left: slightly less, >= 1.
-
-    Raises:
-        DeadlineExceeded: no time is left at all.
-    """
-    if timeout <= 0:
-        raise DeadlineExceeded(
-            "the deadline passed before the statement ran", reason="DEADLINE_EXCEEDED"
-        )
-    margin = min(_TIMEOUT_MARGIN, timeout * _TIMEOUT_MARGIN_FRACTION)
-    return max(1, math.floor((timeout - margin) * 1000))
 
 
 def too_many_rows(max_rows: int) -> ResourceExhausted:
@@ -427,65 +401,6 @@ _SIZERS: dict[type, Callable[[Any], int]] = {
     Interval: lambda _: _delimited(3 * _MAX_VARINT_FIELD),
     list: _list_size,
 }
-
-
-def error_for_sqlstate(
-    sqlstate: str, message: str, metadata: Mapping[str, str] | None = None
-) -> SidecarError:
-    """The domain error for a database error, by SQLSTATE (class = its first two characters).
-
-    | SQLSTATE                     | error                                        |
-    |------------------------------|----------------------------------------------|
-    | 23505 unique violation       | AlreadyExists                                |
-    | other 23 integrity           | FailedPrecondition                           |
-    | 22 data, 42 syntax/access    | InvalidArgument (42501 PermissionDenied)     |
-    | 0A feature not supported     | InvalidArgument                              |
-    | 25006 read-only transaction  | PermissionDenied, reason READ_ONLY           |
-    | 40001, 40P01, other 40       | Aborted (retry the transaction)              |
-    | 57014 query canceled         | DeadlineExceeded                             |
-    | 57P01 session terminated     | Aborted (the server ended this session only) |
-    | 08P01 protocol violation     | InvalidArgument (the request was malformed)  |
-    | 08 connection, other 57P0x   | Unavailable, reason UPSTREAM_UNAVAILABLE     |
-    | 53300 too many connections   | Unavailable                                  |
-    | 53 insufficient resources    | ResourceExhausted                            |
-    | 58, XX system / internal     | Unavailable                                  |
-    | anything else                | FailedPrecondition                           |
-
-    The SQLSTATE is always in `metadata["sqlstate"]`; the reason is SQL_ERROR unless noted.
-    """
-    meta = {"sqlstate": sqlstate, **(metadata or {})}
-    cls = sqlstate[:2]
-    reason = "SQL_ERROR"
-    error_type: type[SidecarError]
-    if sqlstate == "23505":
-        error_type = AlreadyExists
-    elif sqlstate == "25006":
-        error_type, reason = PermissionDenied, "READ_ONLY"
-    elif sqlstate == "42501":
-        error_type = PermissionDenied
-    elif sqlstate == "57014":
-        error_type = DeadlineExceeded
-    elif sqlstate == "57P01":
-        # An administrator, a shutdown or the caller's own pg_terminate_backend ended this
-        # one session: a lost session, not a lost database (the next call reconnects).
-        error_type = Aborted
-    elif sqlstate == "08P01":
-        error_type = InvalidArgument
-    elif cls == "08" or sqlstate.startswith("57P"):
-        error_type, reason = Unavailable, "UPSTREAM_UNAVAILABLE"
-    elif sqlstate == "53300" or cls in ("58", "XX"):
-        error_type = Unavailable
-    elif cls == "23":
-        error_type = FailedPrecondition
-    elif cls in ("22", "42", "0A"):
-        error_type = InvalidArgument
-    elif cls == "40":
-        error_type = Aborted
-    elif cls == "53":
-        error_type = ResourceExhausted
-    else:
-        error_type = FailedPrecondition
-    return error_type(message, reason=reason, metadata=meta)
 
 
 # -- the statement check -----------------------------------------------------------------------

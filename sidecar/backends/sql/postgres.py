@@ -1,27 +1,32 @@
-"""PostgreSQL through an asyncpg pool: one pool per configured target.
+"""PostgreSQL through the asyncpg pool of a `PostgresConnection`: what one SQL service may do
+with the pooled sessions it shares with the other services on the connection.
 
-- **Pool**: created on first use inside the running loop; `min_size`/`max_size` connections,
-  idle ones closed after `idle_timeout`, a call waits at most `acquire_timeout` for one
-  (then `ResourceExhausted(reason="POOL_EXHAUSTED")`). Each connection is reset before it
-  goes back to the pool (`_RESET_SESSION`), so no session state leaks between calls.
-- **Statement cache**: each connection keeps its last `statement_cache_size` prepared
+- **Pool**: the connection's (`sidecar.connections.postgres`): sized by its
+  `connection_pool`, opened on first use, every session reset before it is reused, so no
+  session state leaks between calls, nor between services. A call waits at most
+  `acquire_timeout` for a connection (then `ResourceExhausted(reason="POOL_EXHAUSTED")`).
+- **Statement cache**: each pooled connection keeps its last `statement_cache_size` prepared
   statements (asyncpg's own cache, which also drops plans a schema change invalidated), so
   a repeated statement costs one round trip.
-- **Deadline**: the caller's time left becomes `statement_timeout`, a little shorter, so the
-  database cancels the statement and its error reaches the caller in time. Without a deadline
-  the session default (the request timeout) applies.
-- **Read-only targets**: every session starts with `default_transaction_read_only = on` and
-  every call runs in a `READ ONLY` transaction block, enforced by PostgreSQL, not by reading
-  the SQL; a role that can act on the server is refused (`_check_role`).
+- **Deadline**: the caller's time left, capped by the service's request timeout, becomes
+  `statement_timeout`, a little shorter, so the database cancels the statement and its error
+  reaches the caller in time; when that is the session default (the connection's request
+  timeout), nothing is sent.
+- **Read-only targets**: every call runs in a `READ ONLY` transaction block with its snapshot
+  taken, enforced by PostgreSQL, not by reading the SQL, and rolled back when the
+  connection goes back to the pool; so a read-only and a read-write service can share one
+  pool. A role that can act on the server is refused (`_check_role`).
 - **Statements** are checked first (`check_statement`): no NUL, no transaction control.
-- **Errors**: `_mapped()` is the one place asyncpg's exceptions become `sidecar.errors`
-  (see `error_for_sqlstate`).
+- **Errors**: the connection's `postgres_errors()` is the one place asyncpg's exceptions
+  become `sidecar.errors` (see `error_for_sqlstate`).
 
 Usage:
 
-    backend = PostgresBackend(PostgresOptions(dsn="postgresql://app@db/app", max_size=20))
+    connection = PostgresConnection("db", PostgresConnectOptions(dsn="postgresql://app@db/app"))
+    backend = PostgresBackend(connection, PostgresOptions(read_only=True))
     result = await backend.query(Statement("SELECT $1::int8", (1,)), max_rows=10, deadline=None)
     await backend.close()
+    await connection.close()
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ import contextlib
 import datetime as dt
 import logging
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -52,19 +57,23 @@ from sidecar.backends.sql.base import (
     acquire_within,
     check_statement,
     check_statements,
-    error_for_sqlstate,
     rows_affected,
     statement_timeout_ms,
     time_left,
     too_many_rows,
 )
 from sidecar.config import SqlServiceConfig
+from sidecar.connections.postgres import (
+    PgConnection,
+    PostgresConnection,
+    in_open_transaction,
+    map_postgres_error,
+    postgres_errors,
+    rollback,
+)
 from sidecar.errors import (
-    Aborted,
-    DeadlineExceeded,
     FailedPrecondition,
     InvalidArgument,
-    ResourceExhausted,
     SidecarError,
     Unavailable,
 )
@@ -73,9 +82,6 @@ from sidecar.resilience import Deadline
 __all__ = ["SPEC", "PostgresBackend", "PostgresOptions"]
 
 _log = logging.getLogger("sidecar.backends.sql")
-
-# Clean-up (ROLLBACK, pool close) must finish even when the connection is slow or dead.
-_CLEANUP_TIMEOUT = 5.0
 
 # Two private asyncpg entry points, each with a public fallback; both are pinned by
 # tests/sql/test_postgres_backend.py, so an asyncpg upgrade that moves them fails loudly.
@@ -92,45 +98,25 @@ _BIND_EXECUTE: Callable[..., Any] | None = getattr(
 
 @dataclass(frozen=True, slots=True)
 class PostgresOptions:
-    """How to reach one PostgreSQL database, and how to pool connections to it.
+    """What one service may do on its PostgreSQL connection.
 
     Attributes:
-        dsn: a `postgresql://` URL; when set it wins over host, port, database and user.
-        host, port, database, user, password: the connection, when no dsn is given.
-        read_only: every session and transaction is read-only.
+        read_only: every call runs in a READ ONLY transaction.
         allow_privileged_role: serve a read-only target even when its role can act on the
             server (superuser, pg_execute_server_program, ...); see `_check_role`.
-        min_size, max_size: pool bounds.
-        acquire_timeout: seconds a call waits for a free connection.
-        idle_timeout: seconds after which an idle connection is closed.
-        connect_timeout: seconds to establish one connection.
         request_timeout: the statement timeout of a call that carries no deadline.
-        statement_cache_size: prepared statements kept per connection (0: none).
-        max_stream_connections: most connections open streams may hold at once, so that
-            other calls always find one (None: `max_size - 1`, at least 1).
-        application_name: shown in `pg_stat_activity`.
+        max_stream_connections: most pooled connections this service's open streams may
+            hold at once, so that other calls always find one (None: the pool's
+            `max_size - 1`, at least 1).
     """
 
-    dsn: str | None = None
-    host: str = "127.0.0.1"
-    port: int = 5432
-    database: str | None = None
-    user: str | None = None
-    password: str | None = field(default=None, repr=False)
     read_only: bool = False
     allow_privileged_role: bool = False
-    min_size: int = 2
-    max_size: int = 10
-    acquire_timeout: float = 10.0
-    idle_timeout: float = 300.0
-    connect_timeout: float = 10.0
     request_timeout: float = 30.0
-    statement_cache_size: int = 100
     max_stream_connections: int | None = None
-    application_name: str = "integration-sidecar"
 
 
-_Connection = Any  # an asyncpg connection (a pool proxy); asyncpg ships no types
+_Connection = PgConnection
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,19 +129,26 @@ class _Prepared:
 
 
 class PostgresBackend:
-    """A `SqlBackend` over one asyncpg pool (see the module docstring)."""
+    """A `SqlBackend` on a `PostgresConnection`'s pool (see the module docstring); closing
+    it leaves the connection open (its owner closes it)."""
 
-    def __init__(self, options: PostgresOptions) -> None:
-        self._options = options
-        self._pool: Any = None
-        self._pool_lock = asyncio.Lock()
+    def __init__(
+        self, connection: PostgresConnection, options: PostgresOptions | None = None
+    ) -> None:
+        self.connection = connection
+        self._options = options = options or PostgresOptions()
         self._closed = False
+        self._role_checked = False
+        self._role_lock = asyncio.Lock()
         self._refused_role: tuple[str, str] | None = None  # (role, privileges) if refused
-        self._releasing: set[asyncio.Task[None]] = set()
-        streams = options.max_stream_connections or options.max_size - 1
-        self._max_streams = max(1, min(streams, options.max_size))
+        max_size = connection.max_size
+        streams = options.max_stream_connections or max_size - 1
+        self._max_streams = max(1, min(streams, max_size))
         self._stream_slots = asyncio.Semaphore(self._max_streams)
         self._default_timeout_ms = statement_timeout_ms(max(options.request_timeout, 0.001))
+        self._session_timeout_ms = connection.statement_timeout_ms
+        connection.on_session_start(_init_connection)
+        connection.add_user(read_only=options.read_only)
 
     @property
     def read_only(self) -> bool:
@@ -202,12 +195,12 @@ class PostgresBackend:
         with _mapped():
             await self._take_stream_slot()
             try:
-                pool = await self._get_pool()
-                conn = await self._acquire(pool)
+                await self._ready()
+                conn = await self.connection.acquire()
             except BaseException:
                 self._stream_slots.release()
                 raise
-            stream = _PostgresStream(pool, conn, batch_size, self._stream_slots.release)
+            stream = _PostgresStream(self.connection, conn, batch_size, self._stream_slots.release)
             try:
                 await conn.execute(self._begin(IsolationLevel.DEFAULT, False, deadline))
                 prepared = await self._prepare(conn, statement.sql)
@@ -242,8 +235,8 @@ class PostgresBackend:
                             budget.charge(results[-1])
                     await _commit(conn)
                 finally:
-                    if _in_open_transaction(conn):
-                        await asyncio.shield(_rollback(conn))
+                    if in_open_transaction(conn):
+                        await asyncio.shield(rollback(conn))
         return results
 
     async def _step(self, conn: _Connection, statement: Statement, max_rows: int) -> ResultSet:
@@ -259,84 +252,42 @@ class PostgresBackend:
         return ResultSet(columns, rows, tag, rows_affected(tag))
 
     async def ping(self) -> None:
-        """Run `SELECT 1` on a pooled connection (a pool with every connection busy is alive)."""
+        """The connection's ping (`SELECT 1` on a pooled connection), after this service's
+        own checks (a refused role fails it)."""
         with _mapped():
-            pool = await self._get_pool()
-            if pool.get_idle_size() == 0 and pool.get_size() >= pool.get_max_size():
-                return
-            async with self._connection() as conn:
-                await conn.execute("SELECT 1")
+            await self._ready()
+        await self.connection.ping()
 
     async def close(self) -> None:
-        """Close the pool, terminating connections that do not close in time."""
+        """Refuse further calls; the pool stays open for the connection's other services
+        (its owner closes it, after every service on it)."""
         self._closed = True
-        if self._releasing:
-            await asyncio.wait(list(self._releasing), timeout=_CLEANUP_TIMEOUT)
-        pool, self._pool = self._pool, None
-        if pool is None:
-            return
-        try:
-            await asyncio.wait_for(pool.close(), _CLEANUP_TIMEOUT)
-        except (TimeoutError, OSError, pg_errors.PostgresError, pg_errors.InterfaceError):
-            pool.terminate()
 
     # -- connections -------------------------------------------------------------------------
 
-    async def _get_pool(self) -> Any:
-        if self._pool is not None:
-            return self._pool
+    async def _ready(self) -> None:
+        """Open the pool (on first use) and check the role once: a refused one fails every
+        call without reaching the database."""
         if self._closed:
             raise Unavailable("the SQL backend is closed", reason="UPSTREAM_UNAVAILABLE")
         if self._refused_role is not None:
             raise _privileged_role_refused(*self._refused_role)
-        async with self._pool_lock:
-            if self._pool is None:
-                try:
-                    self._pool = await self._create_pool()
-                except TimeoutError:
-                    raise Unavailable(
-                        "connecting to the database timed out", reason="UPSTREAM_UNAVAILABLE"
-                    ) from None
-        return self._pool
+        if self._role_checked:
+            return
+        async with self._role_lock:
+            if not self._role_checked:
+                await self._check_role()
+                self._role_checked = True
 
-    async def _create_pool(self) -> Any:
-        options = self._options
-        settings = {
-            "application_name": options.application_name,
-            "statement_timeout": str(self._default_timeout_ms),
-        }
-        if options.read_only:
-            settings["default_transaction_read_only"] = "on"
-        pool = asyncpg.create_pool(
-            dsn=options.dsn,
-            host=None if options.dsn else options.host,
-            port=None if options.dsn else options.port,
-            database=None if options.dsn else options.database,
-            user=None if options.dsn else options.user,
-            password=options.password,
-            min_size=options.min_size,
-            max_size=options.max_size,
-            max_inactive_connection_lifetime=options.idle_timeout,
-            timeout=options.connect_timeout,
-            statement_cache_size=options.statement_cache_size,
-            server_settings=settings,
-            init=_init_connection,
-            reset=_reset_session,
-        )
-        try:
-            await pool
-            await self._check_role(pool)
-        except BaseException:
-            pool.terminate()
-            raise
-        return pool
-
-    async def _check_role(self, pool: Any) -> None:
+    async def _check_role(self) -> None:
         """Warn when the database role can act on the server (run programs, read or write its
         files, signal other sessions): READ ONLY transactions do not stop that, only the
         role does. A read-only target refuses such a role unless `allow_privileged_role`."""
-        async with pool.acquire() as conn:
+        conn = await self.connection.acquire()
+        try:
             role, superuser, members = await conn.fetchrow(_ROLE_POWERS, list(_SERVER_ROLES))
+        finally:
+            self.connection.release_soon(conn)
         privileges = "superuser" if superuser else ",".join(members)
         if not privileges:
             return
@@ -360,46 +311,21 @@ class PostgresBackend:
         as long as its reader takes, so streams get at most `max_stream_connections`."""
         await acquire_within(
             self._stream_slots,
-            self._options.acquire_timeout,
+            self.connection.options.acquire_timeout,
             f"{self._max_streams} open QueryStreams hold every connection streams may use, "
             "and none ended",
             {"max_stream_connections": str(self._max_streams)},
         )
 
-    async def _acquire(self, pool: Any) -> _Connection:
-        # With a connection idle, none of asyncpg's timeout wrapper: it costs a task per call.
-        timeout = None if pool.get_idle_size() else self._options.acquire_timeout
-        try:
-            conn: _Connection = await pool.acquire(timeout=timeout)
-        except TimeoutError:
-            if pool.get_size() >= pool.get_max_size() and pool.get_idle_size() == 0:
-                raise ResourceExhausted(
-                    f"no database connection became free within "
-                    f"{self._options.acquire_timeout:g}s (pool of {pool.get_max_size()})",
-                    reason="POOL_EXHAUSTED",
-                    metadata={"max_connections": str(pool.get_max_size())},
-                ) from None
-            raise Unavailable(
-                "connecting to the database timed out", reason="UPSTREAM_UNAVAILABLE"
-            ) from None
-        return conn
-
     @contextlib.asynccontextmanager
     async def _connection(self) -> AsyncIterator[_Connection]:
-        pool = await self._get_pool()
-        conn = await self._acquire(pool)
+        await self._ready()
+        conn = await self.connection.acquire()
         try:
             yield conn
         finally:
-            self._release_soon(pool, conn)
-
-    def _release_soon(self, pool: Any, conn: _Connection) -> None:
-        """Give the connection back in the background: the release resets the session
-        (RESET ALL, CLOSE ALL, ...), a round trip the caller need not wait for. The
-        connection rejoins the pool only once that is done."""
-        task = asyncio.get_running_loop().create_task(_release(pool, conn))
-        self._releasing.add(task)
-        task.add_done_callback(self._releasing.discard)
+            # The release (ROLLBACK, session reset) runs in the background.
+            self.connection.release_soon(conn)
 
     async def _open_call(self, conn: _Connection, deadline: Deadline | None) -> None:
         """Before a Query or Execute: lower statement_timeout to the caller's deadline (reset
@@ -414,11 +340,13 @@ class PostgresBackend:
             await conn.execute(f"SET statement_timeout = {ms:d}")
 
     def _timeout_ms(self, deadline: Deadline | None) -> int | None:
-        """The statement timeout for the time left, or None when the session default fits."""
+        """The statement timeout for the time left (at most the service's request timeout),
+        or None when it is the session's default already."""
         if deadline is None or deadline.at is None:
-            return None
-        ms = statement_timeout_ms(time_left(deadline, self._options.request_timeout))
-        return ms if ms < self._default_timeout_ms else None
+            ms = self._default_timeout_ms
+        else:
+            ms = statement_timeout_ms(time_left(deadline, self._options.request_timeout))
+        return None if ms == self._session_timeout_ms else ms
 
     def _begin(self, isolation: IsolationLevel, read_only: bool, deadline: Deadline | None) -> str:
         """One message that opens a transaction: BEGIN, its timeout, and (read-only) a snapshot.
@@ -468,9 +396,13 @@ class _PostgresStream:
     """An open cursor and the connection (and transaction) it lives in."""
 
     def __init__(
-        self, pool: Any, conn: _Connection, batch_size: int, free_slot: Callable[[], None]
+        self,
+        connection: PostgresConnection,
+        conn: _Connection,
+        batch_size: int,
+        free_slot: Callable[[], None],
     ) -> None:
-        self._pool = pool
+        self._connection = connection
         self._conn: _Connection | None = conn
         self._free_slot = free_slot
         self._batch_size = batch_size
@@ -508,7 +440,7 @@ class _PostgresStream:
     async def _release(self, conn: _Connection) -> None:
         self._cursor = None
         try:
-            await _release(self._pool, conn)
+            await self._connection.release(conn)
         finally:
             self._free_slot()
 
@@ -601,35 +533,6 @@ async def _execute(
     return _columns(statement), rows, statement.get_statusmsg() or ""
 
 
-async def _release(pool: Any, conn: _Connection) -> None:
-    try:
-        if _in_open_transaction(conn):
-            await _rollback(conn)  # a read-only target's call leaves its READ ONLY transaction
-        await pool.release(conn, timeout=_CLEANUP_TIMEOUT)
-    except (
-        OSError,
-        pg_errors.PostgresError,
-        pg_errors.InterfaceError,
-        pg_errors.InternalClientError,  # a lost connection's holder went back on its own
-    ) as exc:
-        # asyncpg has already dropped a connection it could not reset; the pool replaces it.
-        _log.debug("releasing a connection failed", extra={"error": repr(exc)})
-
-
-def _in_open_transaction(conn: _Connection) -> bool:
-    """Whether `conn` is alive and inside a transaction. A pooled connection that died has
-    already gone back to the pool, and its proxy then refuses every call."""
-    try:
-        return bool(not conn.is_closed() and conn.is_in_transaction())
-    except pg_errors.InterfaceError:
-        return False
-
-
-async def _reset_session(conn: _Connection) -> None:
-    """The pool's reset, run before a connection is reused (one round trip)."""
-    await conn.execute(_RESET_SESSION)
-
-
 async def _commit(conn: _Connection) -> None:
     """COMMIT. A connection lost on the way leaves the outcome unknown (the database may
     have committed before its answer was lost): that is its own error, never retried here,
@@ -648,16 +551,6 @@ async def _commit(conn: _Connection) -> None:
         raise error from exc
 
 
-async def _rollback(conn: _Connection) -> None:
-    """Roll back, or drop a connection that cannot even do that (the pool replaces it)."""
-    try:
-        await asyncio.wait_for(conn.execute("ROLLBACK"), _CLEANUP_TIMEOUT)
-    except (TimeoutError, OSError, pg_errors.PostgresError, pg_errors.InterfaceError):
-        # A connection lost meanwhile is already back in the pool: nothing left to drop.
-        with contextlib.suppress(pg_errors.InterfaceError):
-            conn.terminate()
-
-
 @contextlib.contextmanager
 def _statement_index(index: int) -> Iterator[None]:
     """Name the failing statement of a transaction in its error."""
@@ -667,59 +560,15 @@ def _statement_index(index: int) -> Iterator[None]:
         exc.metadata.setdefault("statement_index", str(index))
         raise
     except pg_errors.PostgresError as exc:
-        error = _from_postgres(exc)
+        error = map_postgres_error(exc)
+        assert error is not None
         error.metadata["statement_index"] = str(index)
         raise error from exc
 
 
-@contextlib.contextmanager
-def _mapped() -> Iterator[None]:
-    """Turn asyncpg's exceptions into `sidecar.errors`, raised from the original."""
-    try:
-        yield
-    except SidecarError:
-        raise
-    except (pg_errors.InvalidCachedStatementError, pg_errors.OutdatedSchemaCacheError) as exc:
-        raise Aborted(
-            "the schema changed while the statement was prepared; retry the call",
-            reason="SQL_ERROR",
-            metadata={"sqlstate": getattr(exc, "sqlstate", None) or "0A000"},
-        ) from exc
-    except pg_errors.PostgresError as exc:
-        raise _from_postgres(exc) from exc
-    except pg_errors.InterfaceError as exc:
-        if "connection is closed" in str(exc) or "connection was closed" in str(exc):
-            raise Unavailable(
-                "lost the database connection", reason="UPSTREAM_UNAVAILABLE"
-            ) from exc
-        raise
-    except TimeoutError as exc:
-        raise DeadlineExceeded(
-            "the database did not answer in time", reason="DEADLINE_EXCEEDED"
-        ) from exc
-    except OSError as exc:
-        raise Unavailable(
-            f"cannot reach the database: {exc.strerror or type(exc).__name__}",
-            reason="UPSTREAM_UNAVAILABLE",
-        ) from exc
+_mapped = postgres_errors
+"""asyncpg's exceptions as `sidecar.errors` (the connection's mapping)."""
 
-
-# Everything a call can leave in its session, cleared before the next call: DISCARD ALL
-# without its DEALLOCATE ALL, which would also drop asyncpg's cached statements (one more
-# round trip per call to prepare again). Session authorization first: it also resets the
-# role, and the rest runs as the login role. A session holding the caller's own PREPAREd
-# statements fails the last line (division by zero), and the pool replaces the connection:
-# dropping them one by one would need a DO block, which costs every call ~45 us.
-_RESET_SESSION = """
-SET SESSION AUTHORIZATION DEFAULT;
-RESET ALL;
-CLOSE ALL;
-UNLISTEN *;
-SELECT pg_catalog.pg_advisory_unlock_all();
-DISCARD TEMP;
-DISCARD SEQUENCES;
-SELECT 1 / (NOT EXISTS (SELECT FROM pg_catalog.pg_prepared_statements WHERE from_sql))::int;
-"""
 
 # Predefined roles that act on the server itself, beyond the database's data.
 _SERVER_ROLES = (
@@ -746,51 +595,18 @@ def _privileged_role_refused(role: str, privileges: str) -> FailedPrecondition:
     )
 
 
-_DETAIL_FIELDS = ("schema_name", "table_name", "column_name", "constraint_name", "data_type_name")
-
-
-def _from_postgres(exc: pg_errors.PostgresError) -> SidecarError:
-    if isinstance(exc.__cause__, pg_errors.PostgresError):
-        # "connection was closed in the middle of operation" (08003) carries the server's
-        # own reason when it ended the session (57P01): classify by that.
-        exc = exc.__cause__
-    sqlstate = getattr(exc, "sqlstate", None) or "XX000"
-    metadata = {
-        name.removesuffix("_name"): str(value)
-        for name in _DETAIL_FIELDS
-        if (value := getattr(exc, name, None))
-    }
-    # The primary message only (DETAIL may quote row values); asyncpg's own client-side
-    # errors (a lost connection) have no primary message, only their text.
-    message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
-    return error_for_sqlstate(sqlstate, str(message), metadata)
-
-
 def _build(context: BuildContext[SqlServiceConfig]) -> PostgresBackend:
-    settings, pool, timeouts = (
-        context.settings,
-        context.policies.connection_pool,
-        context.policies.timeouts,
-    )
+    connection = context.connection
+    assert isinstance(connection, PostgresConnection)
+    settings = context.settings
     return PostgresBackend(
+        connection,
         PostgresOptions(
-            dsn=settings.dsn.get_secret_value() if settings.dsn else None,
-            host=settings.host,
-            port=settings.port,
-            database=settings.database,
-            user=settings.username,
-            password=settings.password.get_secret_value() if settings.password else None,
             read_only=settings.read_only,
             allow_privileged_role=settings.allow_privileged_role,
-            min_size=pool.min_connections,
-            max_size=pool.max_connections,
-            acquire_timeout=pool.acquire_timeout,
-            idle_timeout=pool.idle_timeout,
-            connect_timeout=timeouts.connect,
-            request_timeout=timeouts.request,
-            statement_cache_size=settings.statement_cache_size,
+            request_timeout=context.policies.timeouts.request,
             max_stream_connections=settings.max_stream_connections,
-        )
+        ),
     )
 
 
@@ -799,5 +615,6 @@ SPEC = BackendSpec(
     backend="postgres",
     settings=SqlServiceConfig,
     build=_build,
+    connection_type="postgres",
     features=frozenset({"transactions", "query_stream", "read_only"}),
 )

@@ -1,15 +1,17 @@
 """SQLite through aiosqlite: the embedded default, behind the same `SqlBackend` protocol.
 
-- **One connection**, opened on first use (`path` is a file, a `file:` URI, or `:memory:`,
-  which lives as long as the process). SQLite runs one statement at a time, so calls take
-  turns: a call waits at most `acquire_timeout` for the connection, then gets
+- **One connection**, the `SqliteConnection`'s (`sidecar.connections.sqlite`: the path, a
+  file, a `file:` URI, or `:memory:`, opened on first use), shared by every service naming
+  it. SQLite runs one statement at a time, so calls (of every service on it) take turns: a
+  call waits at most `acquire_timeout` for the connection, then gets
   `ResourceExhausted(reason="POOL_EXHAUSTED")`, exactly as with an exhausted pool. A
   QueryStream holds the connection until it ends or is cancelled. TEMP tables, views and
   triggers a call creates are dropped when it ends, as they would outlive it otherwise.
 - **Deadline**: SQLite has no statement timeout, so the statement is interrupted
   (`sqlite3_interrupt`) when the caller's time is up.
-- **Read-only**: an authorizer, installed on the connection, denies every write (INSERT,
-  UPDATE, DELETE, DDL, writing PRAGMAs). SQLite consults it when it compiles a statement, so
+- **Read-only**: an authorizer, installed on the connection for each call of a read-only
+  service (`use_authorizer`), denies every write (INSERT, UPDATE, DELETE, DDL, writing
+  PRAGMAs). SQLite consults it when it compiles a statement, so
   it holds whatever the SQL text says. ATTACH and DETACH are always denied: a client must not
   reach other files through the sidecar.
 - **Values**: SQLite stores integer, real, text, blob and null. Parameters of other types are
@@ -21,7 +23,7 @@
 
 Usage:
 
-    backend = SqliteBackend(SqliteOptions(path=":memory:"))
+    backend = SqliteBackend(SqliteConnection("db", SqliteConnectOptions(path=":memory:")))
     await backend.execute(Statement("CREATE TABLE t (id INTEGER PRIMARY KEY)"), deadline=None)
 """
 
@@ -53,13 +55,17 @@ from sidecar.backends.sql.base import (
     acquire_within,
     check_statement,
     check_statements,
-    error_for_sqlstate,
     rows_affected,
     statement_timeout_ms,
     time_left,
     too_many_rows,
 )
 from sidecar.config import SqlServiceConfig
+from sidecar.connections.sqlite import (
+    SqliteConnection,
+    map_sqlite_error,
+    sqlite_errors,
+)
 from sidecar.errors import (
     DeadlineExceeded,
     FailedPrecondition,
@@ -78,32 +84,27 @@ _INSERT_TAG_OID = "0"  # PostgreSQL's INSERT tag carries an OID, always 0 nowada
 
 @dataclass(frozen=True, slots=True)
 class SqliteOptions:
-    """One SQLite database.
+    """What one service may do on its SQLite connection.
 
     Attributes:
-        path: a file path, a `file:` URI, or `:memory:`.
         read_only: refuse every write.
-        acquire_timeout: seconds a call waits for its turn on the connection.
         request_timeout: how long a statement may run when the call has no deadline.
-        busy_timeout: seconds SQLite waits on a file locked by another process.
     """
 
-    path: str = ":memory:"
     read_only: bool = False
-    acquire_timeout: float = 10.0
     request_timeout: float = 30.0
-    busy_timeout: float = 5.0
 
 
 class SqliteBackend:
-    """A `SqlBackend` over one aiosqlite connection (see the module docstring)."""
+    """A `SqlBackend` on a `SqliteConnection` (see the module docstring); closing it leaves
+    the connection open (its owner closes it)."""
 
-    def __init__(self, options: SqliteOptions) -> None:
-        self._options = options
-        self._conn: aiosqlite.Connection | None = None
-        self._turn = asyncio.Lock()
+    def __init__(self, connection: SqliteConnection, options: SqliteOptions | None = None) -> None:
+        self.connection = connection
+        self._options = options or SqliteOptions()
         self._closed = False
         self._temp_created = False  # by the call holding the turn; see `_authorize`
+        self._authorizer = _read_only_authorizer if self._options.read_only else self._authorize
 
     @property
     def read_only(self) -> bool:
@@ -176,7 +177,7 @@ class SqliteBackend:
         with _mapped():
             async with self._session() as conn:
                 if guard:
-                    await conn.set_authorizer(_read_only_authorizer)
+                    await self.connection.use_authorizer(_read_only_authorizer)
                 try:
                     begin = "BEGIN DEFERRED" if read_only else "BEGIN IMMEDIATE"
                     await self._bounded(conn, deadline, lambda: conn.execute(begin))
@@ -199,41 +200,31 @@ class SqliteBackend:
         return results
 
     async def ping(self) -> None:
-        """Open the database if needed; a busy connection counts as alive."""
-        with _mapped():
-            await self._connection()
+        """The connection's ping: open the database if needed, `select 1` unless a call
+        holds it (a busy connection counts as alive)."""
+        if self._closed:
+            raise Unavailable("the SQL backend is closed", reason="UPSTREAM_UNAVAILABLE")
+        await self.connection.ping()
 
     async def close(self) -> None:
-        """Close the connection."""
+        """Refuse further calls; the connection stays open for its other services (its
+        owner closes it)."""
         self._closed = True
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            with contextlib.suppress(sqlite3.Error, ValueError, TimeoutError):
-                await asyncio.wait_for(conn.close(), _CLEANUP_TIMEOUT)
 
     # -- internals ---------------------------------------------------------------------------
 
     async def _connection(self) -> aiosqlite.Connection:
-        if self._conn is not None:
-            return self._conn
+        """The connection, with this service's authorizer installed (the caller holds the
+        turn)."""
         if self._closed:
             raise Unavailable("the SQL backend is closed", reason="UPSTREAM_UNAVAILABLE")
-        path = self._options.path
-        conn = await aiosqlite.connect(
-            path,
-            isolation_level=None,  # autocommit; transactions are explicit
-            timeout=self._options.busy_timeout,
-            uri=path.startswith("file:"),
-        )
-        authorizer = _read_only_authorizer if self._options.read_only else self._authorize
-        await conn.set_authorizer(authorizer)
-        self._conn = conn
-        return conn
+        await self.connection.use_authorizer(self._authorizer)
+        return await self.connection.connect()
 
     async def _take_turn(self) -> None:
         await acquire_within(
-            self._turn,
-            self._options.acquire_timeout,
+            self.connection.turn,
+            self.connection.options.acquire_timeout,
             "the SQLite connection did not become free",
             {"max_connections": "1"},
         )
@@ -242,12 +233,12 @@ class SqliteBackend:
         """Drop the TEMP objects the call made (every call shares the one connection, so
         they would outlive it), then let the next call in."""
         try:
-            conn = self._conn
-            if self._temp_created and conn is not None:
+            if self._temp_created:
                 self._temp_created = False
-                await _drop_temp_objects(conn)
+                with contextlib.suppress(Unavailable):
+                    await _drop_temp_objects(await self.connection.connect())
         finally:
-            self._turn.release()
+            self.connection.turn.release()
 
     def _authorize(
         self, action: int, arg1: str | None, arg2: str | None, db: str | None, src: str | None
@@ -324,7 +315,7 @@ class SqliteBackend:
                     await asyncio.wait_for(conn.execute("ROLLBACK"), _CLEANUP_TIMEOUT)
         finally:
             if guard:
-                await conn.set_authorizer(self._authorize)
+                await self.connection.use_authorizer(self._authorizer)
 
 
 class _SqliteStream:
@@ -540,14 +531,6 @@ def _read_only_authorizer(
 
 # -- errors ------------------------------------------------------------------------------------
 
-_CONSTRAINT_SQLSTATES = {
-    "SQLITE_CONSTRAINT_UNIQUE": "23505",
-    "SQLITE_CONSTRAINT_PRIMARYKEY": "23505",
-    "SQLITE_CONSTRAINT_NOTNULL": "23502",
-    "SQLITE_CONSTRAINT_FOREIGNKEY": "23503",
-    "SQLITE_CONSTRAINT_CHECK": "23514",
-}
-
 
 @contextlib.contextmanager
 def _statement_index(index: int) -> Iterator[None]:
@@ -557,59 +540,24 @@ def _statement_index(index: int) -> Iterator[None]:
         exc.metadata.setdefault("statement_index", str(index))
         raise
     except sqlite3.Error as exc:
-        error = _from_sqlite(exc)
+        error = map_sqlite_error(exc)
         error.metadata["statement_index"] = str(index)
         raise error from exc
 
 
-@contextlib.contextmanager
-def _mapped() -> Iterator[None]:
-    """Turn sqlite3 and aiosqlite exceptions into `sidecar.errors`, raised from the original."""
-    try:
-        yield
-    except SidecarError:
-        raise
-    except sqlite3.Error as exc:
-        raise _from_sqlite(exc) from exc
-    except ValueError as exc:  # aiosqlite: "Connection closed" / "no active connection"
-        raise Unavailable("the SQLite connection is closed", reason="UPSTREAM_UNAVAILABLE") from exc
-
-
-def _from_sqlite(exc: sqlite3.Error) -> SidecarError:
-    name = getattr(exc, "sqlite_errorname", "") or ""
-    message = str(exc) or name or type(exc).__name__
-    meta = {"sqlite_error": name} if name else {}
-    if isinstance(exc, sqlite3.IntegrityError) or name.startswith("SQLITE_CONSTRAINT"):
-        return error_for_sqlstate(_CONSTRAINT_SQLSTATES.get(name, "23000"), message, meta)
-    if name in ("SQLITE_AUTH", "SQLITE_AUTH_USER") or name.startswith("SQLITE_READONLY"):
-        return error_for_sqlstate("25006", message, meta)
-    if name == "SQLITE_INTERRUPT":
-        return error_for_sqlstate("57014", message, meta)
-    if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_CANTOPEN", "SQLITE_IOERR")):
-        return Unavailable(message, reason="UPSTREAM_UNAVAILABLE", metadata=meta)
-    if name == "SQLITE_FULL":
-        return error_for_sqlstate("53100", message, meta)
-    if isinstance(exc, sqlite3.ProgrammingError | sqlite3.InterfaceError | sqlite3.DataError):
-        # "Incorrect number of bindings", "Error binding parameter", or the SQL itself
-        # ("You can only execute one statement at a time").
-        field = "parameters" if "bind" in message.lower() else "sql"
-        return InvalidArgument(message, reason="INVALID_REQUEST", metadata={"field": field})
-    if name in ("SQLITE_ERROR", "SQLITE_RANGE", "SQLITE_MISMATCH", "SQLITE_TOOBIG"):
-        return error_for_sqlstate("42000", message, meta)
-    if name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB", "SQLITE_NOMEM")):
-        return error_for_sqlstate("58000", message, meta)
-    return FailedPrecondition(message, reason="SQL_ERROR", metadata=meta)
+_mapped = sqlite_errors
+"""sqlite3's and aiosqlite's exceptions as `sidecar.errors` (the connection's mapping)."""
 
 
 def _build(context: BuildContext[SqlServiceConfig]) -> SqliteBackend:
-    settings = context.settings
+    connection = context.connection
+    assert isinstance(connection, SqliteConnection)
     return SqliteBackend(
+        connection,
         SqliteOptions(
-            path=settings.path,
-            read_only=settings.read_only,
-            acquire_timeout=context.policies.connection_pool.acquire_timeout,
+            read_only=context.settings.read_only,
             request_timeout=context.policies.timeouts.request,
-        )
+        ),
     )
 
 
@@ -618,5 +566,6 @@ SPEC = BackendSpec(
     backend="sqlite",
     settings=SqlServiceConfig,
     build=_build,
+    connection_type="sqlite",
     features=frozenset({"transactions", "query_stream", "read_only"}),
 )

@@ -10,6 +10,10 @@
         rate_limit: {requests_per_minute: 3500, tokens_per_minute: 90000}
         model: gpt-4o-mini               # what `target: openai` uses
         defaults: {temperature: 0.7, max_tokens: 2048}
+      local-llm:
+        type: ai_model
+        connection: gpu-pool             # an http connection: its base_url, TLS and pool
+        model: llama-3.1-8b
       chat:
         type: ai_alias
         default: true
@@ -22,6 +26,11 @@ override other service types take there. `timeouts.request` bounds the wait for 
 chunk of each attempt (then the next deployment is tried), `timeouts.read` the gap between
 chunks, and the caller's deadline the whole call. On an `ai_alias` only `retry_policy` of
 the shared policy overrides applies: breakers, limits and timeouts belong to the deployments.
+
+An `ai_model` service (all but echo) talks over an `http` connection: the one it names with
+`connection:` (then the connection's `base_url` is its endpoint, and services naming one
+connection share its client and pool), or else one of its own, named like the service.
+Credentials (`auth`) and `headers` stay per service.
 """
 
 from __future__ import annotations
@@ -152,11 +161,19 @@ class AIModelServiceConfig(ServiceBase):
         "routes), or echo (the embedded stand-in: echoes the last user message). "
         "Default openai.",
     )
+    connection: ServiceName | None = Field(
+        default=None,
+        description="An http connection (under connections:) to talk over: its base_url is "
+        "the endpoint, and its client, pool and TLS are shared with every service naming "
+        "it. Not with endpoint, nor with provider echo. Default null: a connection of this "
+        "service's own.",
+    )
     endpoint: str | None = Field(
         default=None,
         description="Base URL (https://api.openai.com/v1, https://api.anthropic.com, a TGI "
         "server, or for huggingface a URL with {model} as whole path segments). Default "
-        "null: the provider's public API; required for huggingface.",
+        "null: the connection's base_url, else the provider's public API; huggingface needs "
+        "one or the other.",
     )
     auth: AIAuthConfig = Field(default_factory=AIAuthConfig, description="Credentials.")
     # The spec's per-minute limits sit under `rate_limit`, where other service types keep a
@@ -206,9 +223,27 @@ class AIModelServiceConfig(ServiceBase):
         description="Extra query parameters on every request (Azure's api-version).",
     )
 
+    @field_validator("connection")
+    @classmethod
+    def _echo_has_no_upstream(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and info.data.get("provider") == "echo":
+            raise PydanticCustomError(
+                "connection_without_upstream",
+                "provider echo talks to no upstream: remove connection",
+            )
+        return value
+
     @field_validator("endpoint")
     @classmethod
-    def _model_only_in_the_path(cls, value: str | None) -> str | None:
+    def _model_only_in_the_path(cls, value: str | None, info: ValidationInfo) -> str | None:
+        connection = info.data.get("connection")
+        if value is not None and connection is not None:
+            raise PydanticCustomError(
+                "endpoint_with_connection",
+                "connection {connection} gives the endpoint (its base_url): set endpoint "
+                "or connection, not both",
+                {"connection": repr(connection)},
+            )
         problem = _model_placeholder_problem(value) if value is not None else None
         if problem is not None:
             raise PydanticCustomError("model_placeholder", problem)
@@ -245,7 +280,8 @@ class AIModelServiceConfig(ServiceBase):
     @model_validator(mode="after")
     def _huggingface_needs_endpoint_and_model(self) -> AIModelServiceConfig:
         if self.provider == "huggingface":
-            missing = [name for name in ("endpoint", "model") if not getattr(self, name)]
+            needed = ("model",) if self.connection is not None else ("endpoint", "model")
+            missing = [name for name in needed if not getattr(self, name)]
             if missing:
                 raise PydanticCustomError(
                     "huggingface_settings",

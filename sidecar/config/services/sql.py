@@ -14,21 +14,36 @@ PostgreSQL, in the shape of the specification's `postgresql` example:
         connection_pool: {max_connections: 20, idle_timeout: 30s}
 
 or with `dsn: ${DATABASE_URL}` instead of host, port, database and username. SQLite, the
-embedded default, needs only a `path` (a file, or `:memory:`). The pool is sized by the
-service's `connection_pool` (min_connections, max_connections, acquire_timeout,
-idle_timeout) merged over `integration.connection_pools.default`, and `timeouts.connect`
-and `timeouts.request` bound connecting and each statement.
+embedded default, needs only a `path` (a file, or `:memory:`). These inline settings make a
+connection of the service's own, named like it; its pool is sized by the service's
+`connection_pool` (min_connections, max_connections, acquire_timeout, idle_timeout) merged
+over `integration.connection_pools.default`, and `timeouts.connect` and `timeouts.request`
+bound connecting and each statement.
+
+Or the service names a `type: postgres` / `type: sqlite` connection, and shares its pool
+with every other service naming it; what is per service stays here (read_only, row and
+stream limits, its policies):
+
+    connections:
+      orders-pg: {type: postgres, dsn: '${DATABASE_URL}', connection_pool: {max_connections: 20}}
+    services:
+      orders: {type: sql, connection: orders-pg}
+      reports: {type: sql, connection: orders-pg, read_only: true}
+
+(`backend:` follows the connection's type when not given.)
 """
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, model_validator
 from pydantic_core import PydanticCustomError
 
-from .._common import AtLeastOne, AtLeastZero
+from .._common import AtLeastOne, ServiceName
 from .._units import DurationSeconds
+from ..postgres import POSTGRES_ENDPOINT_FIELDS, PostgresEndpoint, check_postgres_endpoint
+from ..sqlite import SQLITE_ENDPOINT_FIELDS, SqliteEndpoint
 from .base import ServiceBase
 
 __all__ = ["SqlServiceConfig"]
@@ -40,14 +55,17 @@ _POSTGRES_ONLY = (
     "database",
     "username",
     "password",
+    "tls",
     "allow_privileged_role",
     "max_stream_connections",
 )
 _SQLITE_ONLY = ("path",)
 
 
-class SqlServiceConfig(ServiceBase):
-    """A SQL database (SqlService): PostgreSQL through asyncpg, or embedded SQLite."""
+class SqlServiceConfig(PostgresEndpoint, SqliteEndpoint, ServiceBase):
+    """A SQL database (SqlService): PostgreSQL through asyncpg, or embedded SQLite; the
+    endpoint is a named connection (`connection:`) or the inline fields of the backend's
+    endpoint (`PostgresEndpoint`, `SqliteEndpoint`), which make a connection of its own."""
 
     type: Literal["sql"] = Field(default="sql", description="Service type.")
     backend: str = Field(
@@ -55,42 +73,12 @@ class SqlServiceConfig(ServiceBase):
         description="postgres: a PostgreSQL server through an asyncpg pool; sqlite: an "
         "embedded SQLite database (one connection, calls take turns). Default sqlite.",
     )
-    dsn: SecretStr | None = Field(
+    connection: ServiceName | None = Field(
         default=None,
-        description="postgresql:// connection URL (backend: postgres), instead of host, port, "
-        "database and username; write it as a ${ENV} reference if it holds a password. "
-        "Default null.",
-    )
-    host: str = Field(
-        default="127.0.0.1",
-        description="PostgreSQL host name, IP address or Unix socket directory (backend: "
-        "postgres). Default 127.0.0.1.",
-    )
-    port: int = Field(
-        default=5432,
-        ge=1,
-        le=65535,
-        description="PostgreSQL TCP port (backend: postgres). Default 5432.",
-    )
-    database: str | None = Field(
-        default=None,
-        description="Database name (backend: postgres); null means the user's name, as libpq "
-        "does. Default null.",
-    )
-    username: str | None = Field(
-        default=None,
-        description="Database user (backend: postgres); null means the OS user, as libpq "
-        "does. Default null.",
-    )
-    password: SecretStr | None = Field(
-        default=None,
-        description="Database password (backend: postgres); write it as a ${ENV} reference, "
-        "never in the file. It never appears in repr, logs or dumps. Default null.",
-    )
-    path: str = Field(
-        default=":memory:",
-        description="SQLite database (backend: sqlite): a file path, a file: URI, or :memory: "
-        "(private to the process, gone when it exits). Default :memory:.",
+        description="The name of a postgres or sqlite connection (under connections:) to "
+        "use; services naming one connection share its pool (postgres) or its database "
+        "connection (sqlite). Without it, the inline dsn/host/.../path settings make a "
+        "connection of this service's own. Default null.",
     )
     read_only: bool = Field(
         default=False,
@@ -105,11 +93,6 @@ class SqlServiceConfig(ServiceBase):
         description="Serve a read_only target (backend: postgres) even though its role can "
         "act on the server, which READ ONLY transactions do not stop (a warning is logged). "
         "Default false.",
-    )
-    statement_cache_size: AtLeastZero = Field(
-        default=100,
-        description="Prepared statements kept per connection (backend: postgres), so a "
-        "repeated statement costs one round trip; 0 prepares every time. Default 100.",
     )
     max_rows_per_query: AtLeastOne = Field(
         default=10_000,
@@ -152,20 +135,19 @@ class SqlServiceConfig(ServiceBase):
                     "other": other,
                 },
             )
-        if self.dsn is not None:
-            clashing = sorted(
-                name
-                for name in ("host", "port", "database", "username")
-                if name in self.model_fields_set
+        own = POSTGRES_ENDPOINT_FIELDS if self.backend == "postgres" else SQLITE_ENDPOINT_FIELDS
+        inline = sorted(own & self.model_fields_set)
+        if self.connection is not None and inline:
+            raise PydanticCustomError(
+                "inline_sql_with_connection",
+                "{names} {verb} set by connection {connection}; remove {them} here",
+                {
+                    "names": ", ".join(inline),
+                    "verb": "is" if len(inline) == 1 else "are",
+                    "connection": repr(self.connection),
+                    "them": "it" if len(inline) == 1 else "them",
+                },
             )
-            if clashing:
-                raise PydanticCustomError(
-                    "dsn_and_fields",
-                    "set either dsn or {names}, not both",
-                    {"names": ", ".join(clashing)},
-                )
-            if not self.dsn.get_secret_value().startswith(("postgresql://", "postgres://")):
-                raise PydanticCustomError(
-                    "invalid_dsn", "dsn must be a postgresql:// or postgres:// URL"
-                )
+        if self.backend == "postgres":
+            check_postgres_endpoint(self)
         return self

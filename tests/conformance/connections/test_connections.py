@@ -8,13 +8,16 @@ Connections are built as the sidecar builds them: from a `connections:` section,
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import trustme
+from aws_server import FAKE_KEY, FAKE_SECRET, MotoServer
 from faultproxy import FaultProxy
+from http_server import HttpServer, server_context
 from redis_server import OwnedRedis, free_port
 
 from sidecar.config import parse_config
@@ -29,12 +32,41 @@ class ConnectionType:
     name: str
     section: Callable[[str, int, str], str]
     """(host, port, extra YAML flow entries) -> the connection's flow mapping."""
+    network: bool = True
+    """False: the type has no network (an embedded database), so the refused, black-holed
+    and TLS tests do not apply to it; they report it as not applicable."""
 
 
 # ==== the connection types: one row each ====================================================
 TYPES = (
     ConnectionType(
         "redis", lambda host, port, extra: f"{{type: redis, host: {host}, port: {port}{extra}}}"
+    ),
+    ConnectionType(
+        "http",
+        lambda host, port, extra: (
+            f"{{type: http, base_url: '{'https' if 'tls:' in extra else 'http'}://{host}:{port}'"
+            f", health_path: /health{extra}}}"
+        ),
+    ),
+    ConnectionType(
+        "aws",
+        lambda host, port, extra: (
+            f"{{type: aws, region: us-east-1"
+            f", endpoint_url: {'https' if 'tls:' in extra else 'http'}://{host}:{port}"
+            f", credentials: {{access_key_id: {FAKE_KEY}, secret_access_key: {FAKE_SECRET}}}"
+            f"{extra}}}"
+        ),
+    ),
+    ConnectionType(
+        "postgres",
+        lambda host, port, extra: (
+            f"{{type: postgres, host: {host}, port: {port}, username: postgres"
+            f", database: postgres{extra}}}"
+        ),
+    ),
+    ConnectionType(
+        "sqlite", lambda path, _, extra: f"{{type: sqlite, path: '{path}'{extra}}}", network=False
     ),
 )
 # ==== end of the connection types ===========================================================
@@ -94,9 +126,16 @@ async def test_close_is_idempotent_and_a_closed_connection_answers_unavailable(
         await connection.ping()
 
 
+def not_applicable_without_network(kind: ConnectionType) -> None:
+    """Report a network test as not applicable to a type the table marks `network=False`."""
+    if not kind.network:
+        pytest.skip(f"not applicable: {kind.name} has no network (TYPES: network=False)")
+
+
 async def test_a_refused_upstream_is_unavailable(
     kind: ConnectionType, open_connection: Callable[[str], Connection]
 ) -> None:
+    not_applicable_without_network(kind)
     connection = open_connection(kind.section("127.0.0.1", free_port(), FAST))
     with pytest.raises(Unavailable) as raised:
         await connection.ping()
@@ -108,6 +147,7 @@ async def test_a_black_holed_upstream_is_deadline_exceeded_and_recovers(
     live_endpoint: tuple[str, int],
     open_connection: Callable[[str], Connection],
 ) -> None:
+    not_applicable_without_network(kind)
     async with FaultProxy(*live_endpoint) as proxy:
         connection = open_connection(kind.section(proxy.host, proxy.port, FAST))
         await connection.ping()
@@ -171,8 +211,34 @@ def redis_tls_address(tls_files: TlsFiles) -> Iterator[tuple[str, int]]:
     server.kill()
 
 
+@pytest.fixture(scope="module")
+def http_tls_address(tls_files: TlsFiles) -> Iterator[tuple[str, int]]:
+    """An HTTPS server requiring a client certificate its CA signed."""
+    folder = tls_files.ca.parent
+    context = server_context(
+        str(folder / "server.pem"), str(folder / "server.key"), client_ca=str(tls_files.ca)
+    )
+    server = HttpServer(context).start()
+    yield ("127.0.0.1", server.port)
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def aws_tls_address(tls_files: TlsFiles) -> Iterator[tuple[str, int]]:
+    """moto over HTTPS, requiring a client certificate its CA signed."""
+    folder = tls_files.ca.parent
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(str(folder / "server.pem"), str(folder / "server.key"))
+    context.load_verify_locations(str(tls_files.ca))
+    context.verify_mode = ssl.CERT_REQUIRED
+    server = MotoServer(ssl_context=context).start()
+    yield (server.host, server.port)
+    server.stop()
+
+
 @pytest.fixture
 def tls_endpoint(kind: ConnectionType, request: pytest.FixtureRequest) -> tuple[str, int]:
+    not_applicable_without_network(kind)
     address: tuple[str, int] = request.getfixturevalue(f"{kind.name}_tls_address")
     return address
 
@@ -254,7 +320,28 @@ async def test_server_name_is_the_name_checked_instead_of_the_host(
 
 async def exercise_every_link(connection: Connection) -> None:
     """Type-specific: every client object of the connection works over TLS."""
+    from sidecar.connections.aws import AwsConnection
+    from sidecar.connections.http.connection import HttpConnection
+    from sidecar.connections.postgres import PostgresConnection
     from sidecar.connections.redis import RedisConnection
+
+    if isinstance(connection, AwsConnection):
+        s3 = await connection.client("s3")  # a second client (and pool) of the connection
+        assert "Buckets" in await s3.list_buckets()
+
+    if isinstance(connection, PostgresConnection):  # every pooled connection speaks TLS
+        conns = [await connection.acquire() for _ in range(2)]
+        try:
+            for conn in conns:
+                query = "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"
+                assert await conn.fetchval(query) is True
+        finally:
+            for conn in conns:
+                await connection.release(conn)
+
+    if isinstance(connection, HttpConnection):
+        response = await connection.client.get("/health")  # the pooled client, shared
+        assert (response.status_code, response.content) == (200, b"ok")
 
     if isinstance(connection, RedisConnection):
         assert await connection.client.ping()  # a pooled connection

@@ -1,10 +1,10 @@
 """A cheap incremental Server-Sent Events decoder working on raw bytes.
 
 The `openai` SDK builds a pydantic object per streamed chunk (~100-250 µs each); the sidecar
-only needs the event's JSON, so it splits the byte stream itself and hands `bytes` to
-`json.loads`. The common event (`data: {...}` on one line) takes one `startswith` and one
-slice; the full grammar (comments, `event:`, multi-line `data:`, CR / CRLF line ends split
-across reads) is handled on a slower path.
+only needs each event's data (JSON, for the AI providers), so it splits the byte stream
+itself and hands `bytes` on. The common event (`data: {...}` on one line) takes one
+`startswith` and one slice; the full grammar (comments, `event:`, multi-line `data:`, CR /
+CRLF line ends split across reads) is handled on a slower path.
 
 The buffer is bounded: an upstream that never ends an event cannot make the sidecar hold
 more than `max_event_size` bytes.

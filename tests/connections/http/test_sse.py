@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sidecar.backends.ai.sse import SSEDecoder, SSEError
+from sidecar.connections.http.sse import SSEDecoder, SSEError
 
 STREAM = (
     b": keep-alive comment\n\n"
