@@ -38,9 +38,9 @@ import email.utils
 import math
 import time
 from collections.abc import Mapping
-from types import TracebackType
 from typing import Any, Final
 
+from sidecar.connections._mapped_errors import MappedErrors
 from sidecar.errors import (
     DeadlineExceeded,
     FailedPrecondition,
@@ -255,34 +255,10 @@ def map_aws_error(exc: BaseException, target: str) -> SidecarError | None:
     return None
 
 
-class AwsErrors:
-    """A reusable context manager turning botocore exceptions into `sidecar.errors`.
-
-    Stateless: build one per connection or service and enter it on every call. The sidecar
-    error is raised `from` the original, so logs keep AWS's own message.
-    """
-
-    __slots__ = ("_target",)
-
-    def __init__(self, target: str) -> None:
-        self._target = target
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        if exc is None or not isinstance(exc, Exception) or isinstance(exc, SidecarError):
-            return
-        mapped = map_aws_error(exc, self._target)
-        if mapped is not None:
-            raise mapped from exc
+AwsErrors = MappedErrors
+"""The context manager of `map_aws_error` (see `aws_errors`)."""
 
 
 def aws_errors(target: str) -> AwsErrors:
     """The exception-mapping context manager for the connection or service `target`."""
-    return AwsErrors(target)
+    return MappedErrors(target, map_aws_error)

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import builtins
 from collections.abc import Mapping
-from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from redis import exceptions as rex
@@ -36,6 +35,7 @@ from redis.asyncio import BlockingConnectionPool, Connection, Redis, SSLConnecti
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from sidecar.connections._mapped_errors import MappedErrors
 from sidecar.errors import (
     DeadlineExceeded,
     FailedPrecondition,
@@ -210,33 +210,8 @@ def _response_error(text: str, metadata: Mapping[str, str]) -> SidecarError:
     )
 
 
-class RedisErrors:
-    """A reusable context manager turning redis-py exceptions into `sidecar.errors`.
-
-    Stateless, so a backend builds one per instance and enters it on every call: a plain
-    class costs far less per call than a `@contextmanager` generator. The sidecar error is
-    raised `from` the original, so logs keep Redis's own message.
-    """
-
-    __slots__ = ("_target",)
-
-    def __init__(self, target: str) -> None:
-        self._target = target
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        if exc is None or not isinstance(exc, Exception) or isinstance(exc, SidecarError):
-            return
-        mapped = map_redis_error(exc, self._target)
-        if mapped is not None:
-            raise mapped from exc
+RedisErrors = MappedErrors
+"""The context manager of `map_redis_error` (see `redis_errors`)."""
 
 
 def redis_errors(target: str) -> RedisErrors:
@@ -247,4 +222,4 @@ def redis_errors(target: str) -> RedisErrors:
     "not an integer" -> `NOT_AN_INTEGER`, overflow -> `INTEGER_OVERFLOW`, OOM ->
     `ResourceExhausted(CACHE_FULL)`, failover replies -> `Unavailable`; see `map_redis_error`.
     """
-    return RedisErrors(target)
+    return MappedErrors(target, map_redis_error)
