@@ -16,6 +16,7 @@ Usage:
     reply = await pipeline.execute(lambda: client.complete(prompt), deadline=deadline)
 """
 
+from sidecar.resilience.answered import Answered
 from sidecar.resilience.bulkhead import Bulkhead, BulkheadOptions, BulkheadSnapshot
 from sidecar.resilience.circuit_breaker import (
     CircuitBreaker,
@@ -57,6 +58,7 @@ from sidecar.resilience.timeout import TimeoutOptions, run_with_timeout
 
 __all__ = [
     "SYSTEM_CLOCK",
+    "Answered",
     "Bulkhead",
     "BulkheadFullError",
     "BulkheadOptions",

@@ -3,15 +3,15 @@ operation through the target's pipeline, and request validation with clear error
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar, cast
 
 import grpc
 from google.protobuf import duration_pb2
 
 from sidecar.errors import InvalidArgument
 from sidecar.observability.call_context import current_call, note_target
-from sidecar.resilience import Clock, Deadline
+from sidecar.resilience import Answered, Clock, Deadline
 from sidecar.runtime import Integration, Integrations
 
 __all__ = [
@@ -52,15 +52,26 @@ async def call_through(
     *,
     idempotent: bool = True,
     deadline: Deadline | None = None,
+    may_answer_locally: bool = False,
 ) -> T:
     """Run `operation` through the integration's pipeline within the caller's deadline
     (`deadline`, when the servicer already made it; else made here, once).
 
     A non-idempotent operation is retried only when the caller sent an idempotency key.
+    With `may_answer_locally`, an operation whose backend answers from memory (an
+    `Answered`, say a near cache's held value) returns that answer without the pipeline: no
+    upstream call was made, so there is nothing to guard. The operation must then be cheap
+    and free of effects until awaited (a coroutine function's call is).
     """
     pipeline = integration.pipeline
     if pipeline is None:  # an AI service: its calls run through sidecar.ai, never through here
         raise TypeError(f"integration {integration.name!r} has no unary pipeline")
+    if may_answer_locally:
+        first: object = operation()
+        if type(first) is Answered:
+            return cast(T, first.value)
+        if isinstance(first, Coroutine):
+            first.close()  # never started: the pipeline makes its own attempts
     if deadline is None:
         deadline = call_deadline(context, pipeline.clock)
     if not idempotent:

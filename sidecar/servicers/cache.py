@@ -8,7 +8,6 @@ from typing import Any
 
 from generated.integration.v1 import cache_pb2, cache_pb2_grpc
 from sidecar.backends.cache import (
-    MISS,
     CacheOp,
     DeleteOp,
     ExistsOp,
@@ -61,9 +60,9 @@ class CacheServicer(cache_pb2_grpc.CacheServiceServicer):
     async def Get(self, request: cache_pb2.GetRequest, context: Context) -> cache_pb2.GetResponse:
         cache = self._target(request.target)
         key = _key(cache, request.key)
-        value = cache.backend.held(key)  # a near-cache hit makes no upstream call
-        if value is MISS:
-            value = await call_through(cache, context, lambda: cache.backend.get(key))
+        value = await call_through(
+            cache, context, lambda: cache.backend.get(key), may_answer_locally=True
+        )
         if value is None:
             return cache_pb2.GetResponse(found=False)
         return cache_pb2.GetResponse(found=True, value=value)

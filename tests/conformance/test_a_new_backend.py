@@ -31,7 +31,7 @@ from sidecar.backends.cache import MemoryCache
 from sidecar.backends.spec import BackendSpec, BuildContext
 from sidecar.config import CacheServiceConfig
 
-CORE = ("get", "held", "set", "delete", "exists", "expire", "ttl", "increment",
+CORE = ("get", "set", "delete", "exists", "expire", "ttl", "increment",
         "get_many", "set_many", "batch", "ping", "close", "features")
 
 

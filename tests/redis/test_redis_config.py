@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from sidecar.backends.cache.near_cache import NearCache
 from sidecar.backends.cache.redis import RedisCache
 from sidecar.backends.pubsub.redis import RedisBroker
 from sidecar.backends.ratelimit.redis import RedisTokenBucket
@@ -139,7 +140,8 @@ async def test_an_enabled_near_cache_is_built_on_the_redis_cache() -> None:
     integrations = build_integrations(config)
     try:
         backend = integrations.resolve("cache", "c").backend
-        assert isinstance(backend, RedisCache)
+        assert isinstance(backend, NearCache)  # the decorator, over the Redis cache
+        assert isinstance(backend.inner, RedisCache)
         assert backend.tracking is not None
     finally:
         await integrations.close()

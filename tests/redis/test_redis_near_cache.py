@@ -17,9 +17,12 @@ from support import RedisConnect
 from generated.integration.v1 import cache_pb2
 from generated.integration.v1.cache_pb2_grpc import CacheServiceStub
 from sidecar.backends.cache import MISS, SetOp
-from sidecar.backends.cache._near_cache import NearCache
+from sidecar.backends.cache._held_values import HeldValues
+from sidecar.backends.cache._redis_tracking import RedisTracking
+from sidecar.backends.cache.near_cache import NearCache, near_cached
 from sidecar.backends.cache.redis import RedisCache
 from sidecar.config import CacheServiceConfig
+from sidecar.connections.redis import RedisConnection
 from sidecar.errors import FailedPrecondition
 from sidecar.testing import serve_for_test
 
@@ -42,22 +45,30 @@ async def other(owned_redis: OwnedRedis) -> AsyncIterator[aioredis.Redis]:
     await client.aclose()
 
 
+def near_cached_redis(
+    connection: RedisConnection, held: HeldValues, *, key_prefix: str
+) -> NearCache:
+    """A `RedisCache` decorated with a near cache, as the build function composes them."""
+    cache = RedisCache(connection, name="cache", key_prefix=key_prefix)
+    return near_cached(cache, held, RedisTracking(connection, held, name="cache"))
+
+
 @pytest.fixture
 async def near_cache(
     owned_redis: OwnedRedis, key_prefix: str, redis_connect: RedisConnect
-) -> AsyncIterator[RedisCache]:
+) -> AsyncIterator[NearCache]:
     settings = CacheServiceConfig(backend="redis", port=owned_redis.port, key_prefix=key_prefix)
-    near = NearCache(max_entries=100, max_value_size=1024, max_ttl=60.0)
+    near = HeldValues(max_entries=100, max_value_size=1024, max_ttl=60.0)
     connection = redis_connect(settings, client_name="sidecar:cache")
-    cache = RedisCache(connection, name="cache", key_prefix=key_prefix, near_cache=near)
+    cache = near_cached_redis(connection, near, key_prefix=key_prefix)
     await cache.get("warm-up")
     await until(lambda: active(cache))
     yield cache
     await cache.close()
 
 
-def active(cache: RedisCache) -> bool:
-    return cache.tracking is not None and cache.tracking.active
+def active(cache: NearCache) -> bool:
+    return cache.tracking.active
 
 
 async def until(condition: Callable[[], bool], within: float = TIMEOUT) -> None:
@@ -75,13 +86,12 @@ async def gets_served_by_redis(client: aioredis.Redis) -> int:
     return int(stats.get("cmdstat_get", {}).get("calls", 0))
 
 
-async def synced(cache: RedisCache) -> None:
-    assert cache.tracking is not None
+async def synced(cache: NearCache) -> None:
     await cache.tracking.sync()
 
 
 async def test_repeated_gets_are_answered_without_asking_redis(
-    near_cache: RedisCache, other: aioredis.Redis, key_prefix: str
+    near_cache: NearCache, other: aioredis.Redis, key_prefix: str
 ) -> None:
     await other.set(key_prefix + "k", b"v")
     assert await near_cache.get("k") == b"v"
@@ -92,7 +102,7 @@ async def test_repeated_gets_are_answered_without_asking_redis(
 
 
 async def test_a_write_by_another_client_invalidates_the_held_value(
-    near_cache: RedisCache, other: aioredis.Redis, key_prefix: str
+    near_cache: NearCache, other: aioredis.Redis, key_prefix: str
 ) -> None:
     await other.set(key_prefix + "k", b"old")
     assert await near_cache.get("k") == b"old"
@@ -105,7 +115,7 @@ async def test_a_write_by_another_client_invalidates_the_held_value(
 
 
 async def test_a_key_created_after_a_miss_was_held_is_seen(
-    near_cache: RedisCache, other: aioredis.Redis, key_prefix: str
+    near_cache: NearCache, other: aioredis.Redis, key_prefix: str
 ) -> None:
     assert await near_cache.get("later") is None
     assert await near_cache.get("later") is None  # held as absent
@@ -115,13 +125,15 @@ async def test_a_key_created_after_a_miss_was_held_is_seen(
 
 
 async def test_the_sidecars_own_writes_are_seen_by_its_next_read_without_redis_help(
-    near_cache: RedisCache, owned_redis: OwnedRedis
+    near_cache: NearCache, owned_redis: OwnedRedis
 ) -> None:
     # White-box: point the data connection's tracking at a subscriber of the test's own, so
     # no invalidation reaches the cache; its own writes must not need one.
     silent = aioredis.Redis(port=owned_redis.port, protocol=2, single_connection_client=True)
     silent_id = await silent.client_id()
-    await near_cache._execute("CLIENT", "TRACKING", "ON", "REDIRECT", silent_id)
+    inner = near_cache.inner
+    assert isinstance(inner, RedisCache)
+    await inner._execute("CLIENT", "TRACKING", "ON", "REDIRECT", silent_id)
     try:
         writes = [
             lambda: near_cache.set("k", b"2"),
@@ -148,7 +160,7 @@ async def test_the_sidecars_own_writes_are_seen_by_its_next_read_without_redis_h
 
 
 async def test_a_value_is_not_held_past_its_keys_ttl(
-    near_cache: RedisCache, other: aioredis.Redis, key_prefix: str
+    near_cache: NearCache, other: aioredis.Redis, key_prefix: str
 ) -> None:
     await other.set(key_prefix + "short", b"v", px=150)
     assert await near_cache.get("short") == b"v"
@@ -159,7 +171,7 @@ async def test_a_value_is_not_held_past_its_keys_ttl(
 
 
 async def test_flushdb_empties_the_near_cache(
-    near_cache: RedisCache, other: aioredis.Redis, key_prefix: str
+    near_cache: NearCache, other: aioredis.Redis, key_prefix: str
 ) -> None:
     await other.set(key_prefix + "k", b"v")
     assert await near_cache.get("k") == b"v"
@@ -172,7 +184,7 @@ async def test_flushdb_empties_the_near_cache(
 # CLIENT SETNAME.
 @pytest.mark.parametrize("connection", ["sidecar-sub:cache:", "sidecar:cache"])
 async def test_losing_either_connection_empties_it_until_tracking_is_back(
-    near_cache: RedisCache, other: aioredis.Redis, key_prefix: str, connection: str
+    near_cache: NearCache, other: aioredis.Redis, key_prefix: str, connection: str
 ) -> None:
     await other.set(key_prefix + "k", b"before")
     assert await near_cache.get("k") == b"before"
@@ -220,10 +232,8 @@ async def test_without_tracking_permission_it_reads_through(
         username="app",
         password="app-secret",
     )
-    near = NearCache(max_entries=10, max_value_size=1024, max_ttl=60.0)
-    cache = RedisCache(
-        redis_connect(settings), name="cache", key_prefix=key_prefix, near_cache=near
-    )
+    near = HeldValues(max_entries=10, max_value_size=1024, max_ttl=60.0)
+    cache = near_cached_redis(redis_connect(settings), near, key_prefix=key_prefix)
     try:
         await other.set(key_prefix + "k", b"v")
         for _ in range(20):

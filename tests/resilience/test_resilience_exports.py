@@ -29,6 +29,7 @@ def test_package_exports_exactly_the_public_api() -> None:
     assert sorted(sidecar.resilience.__all__) == sorted(
         [
             "SYSTEM_CLOCK",
+            "Answered",
             "Bulkhead",
             "BulkheadFullError",
             "BulkheadOptions",

@@ -1,4 +1,4 @@
-"""`RedisTracking`: keeps a `NearCache` valid with Redis's client-side caching (RESP2 mode).
+"""`RedisTracking`: keeps a near cache valid with Redis's client-side caching (RESP2 mode).
 
 Two connections of the service's `RedisConnection` take part: the multiplexed data
 connection, told `CLIENT TRACKING ON REDIRECT <id>`, and the subscriber connection, listening
@@ -24,7 +24,7 @@ from typing import Any
 
 from redis import exceptions as rex
 
-from sidecar.backends.cache._near_cache import NearCache
+from sidecar.backends.cache._held_values import HeldValues
 from sidecar.connections.redis import RedisConnection
 from sidecar.connections.redis.subscriber import Key
 
@@ -35,18 +35,18 @@ _CHANNEL: Key = (False, "__redis__:invalidate")
 
 
 class RedisTracking:
-    """Points the connection's data link's tracking at its subscriber, feeding `near`.
+    """Points the connection's data link's tracking at its subscriber, feeding `held`.
 
     Args:
         connection: the cache's connection.
-        near: the cache to keep valid.
+        held: the near cache's values to keep valid.
         name: the service name, for logs.
 
     `start` once a loop runs; `close` before the connection closes.
     """
 
-    def __init__(self, connection: RedisConnection, near: NearCache, *, name: str) -> None:
-        self._near = near
+    def __init__(self, connection: RedisConnection, held: HeldValues, *, name: str) -> None:
+        self._held = held
         self._name = name
         self._mux = connection.mux
         self._subscriber = connection.subscriber.view(
@@ -73,7 +73,7 @@ class RedisTracking:
     @property
     def active(self) -> bool:
         """Whether reads fill the near cache right now."""
-        return self._near.active
+        return self._held.active
 
     async def sync(self) -> None:
         """Wait until every invalidation Redis sent before now has been applied (one PING
@@ -85,7 +85,7 @@ class RedisTracking:
             task.cancel()
         self._unwatch()
         self._subscriber.close()
-        self._near.deactivate()
+        self._held.deactivate()
 
     # -- the data connection (Multiplexer hooks) ---------------------------------------------
 
@@ -97,14 +97,14 @@ class RedisTracking:
     def link_down(self) -> None:
         self._generation += 1
         self._pointed_at = None
-        self._near.deactivate()
+        self._held.deactivate()
 
     # -- the subscriber ------------------------------------------------------------------------
 
     def _on_subscriber_change(self) -> None:
         listening = self._listening()
         if listening is None:
-            self._near.deactivate()
+            self._held.deactivate()
         elif listening != self._pointed_at and self._mux.connected:
             self._point()
 
@@ -112,9 +112,9 @@ class RedisTracking:
         if key != _CHANNEL:
             return  # a broker's message on the shared subscriber
         if keys is None:  # FLUSHDB / FLUSHALL
-            self._near.clear()
+            self._held.clear()
         elif isinstance(keys, list):  # not a PUBLISH to the channel by some client
-            self._near.invalidate(key.decode("utf-8", "surrogateescape") for key in keys)
+            self._held.invalidate(key.decode("utf-8", "surrogateescape") for key in keys)
 
     def _listening(self) -> int | None:
         """The subscriber's CLIENT ID while it is confirmed on the channel, else None."""
@@ -150,4 +150,4 @@ class RedisTracking:
             return  # the connection went; `link_up` points the next one
         if generation == self._generation and subscriber == self._listening():
             self._pointed_at = subscriber
-            self._near.activate()
+            self._held.activate()

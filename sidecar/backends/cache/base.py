@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final, Protocol, TypeAlias, assert_never, runtime_checkable
 
@@ -149,8 +149,8 @@ class Miss:
 
 
 MISS: Final = Miss()
-"""`held` has no local copy: the value must be read from the backend (None would be a
-held "no such key")."""
+"""A near cache holds no copy of the key: the value must be read from the backend (None
+would be a held "no such key")."""
 
 
 class CacheBackend(Protocol):
@@ -162,14 +162,9 @@ class CacheBackend(Protocol):
     backend rounds them to milliseconds).
     """
 
-    async def get(self, key: str) -> bytes | None:
-        """The string at `key`, or None if the key is missing."""
-        ...
-
-    def held(self, key: str) -> bytes | Miss | None:
-        """What `get` would return, if a local copy known to be current answers it without
-        any I/O (a Redis near cache); else MISS. Callers may skip the resilience pipeline
-        for a held value: no upstream is called."""
+    def get(self, key: str) -> Awaitable[bytes | None]:
+        """The string at `key`, or None if the key is missing. A backend that holds the value
+        in memory may answer with an `Answered`: no upstream call, so no policy runs."""
         ...
 
     async def set(

@@ -24,7 +24,6 @@ from typing import TypeAlias, TypeVar, assert_never
 from sidecar.backends.cache.base import (
     INT64_MAX,
     INT64_MIN,
-    MISS,
     CacheBackend,
     CacheOp,
     DeleteOp,
@@ -35,7 +34,6 @@ from sidecar.backends.cache.base import (
     IncrementOp,
     ListEnd,
     ListFamily,
-    Miss,
     OpResult,
     SetCondition,
     SetFamily,
@@ -129,9 +127,6 @@ class MemoryCache(CacheBackend, HashFamily, ListFamily, SetFamily):
         return len(self._store)
 
     # -- strings and keys --------------------------------------------------------------------
-
-    def held(self, key: str) -> bytes | Miss | None:
-        return MISS  # the store itself is the only copy; `get` reads it
 
     async def get(self, key: str) -> bytes | None:
         return self._get(key, self._begin())

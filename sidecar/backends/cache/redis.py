@@ -17,9 +17,9 @@ connection's auto-pipelined link shared by all callers (`Multiplexer`); the rest
 pool. The hot path (`get`) is one GET on it: one string concatenation for the prefix, one
 reusable error-mapping context, one future.
 
-With a `NearCache` (opt-in), `get` first looks there, and a miss sends GET and PTTL together
-so the reply can be held; `RedisTracking` has Redis invalidate what is held. Every write
-drops its keys from the near cache first (see `_forget`).
+The near cache (opt-in, `near_cache.enabled`) is not part of this class: the build function
+wraps the backend in the `NearCache` decorator, which `RedisTracking` keeps valid, and reads
+through `get_with_ttl` (GET and PTTL sent together) so a reply can be held.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
-from sidecar.backends.cache._near_cache import NearCache
+from sidecar.backends.cache._held_values import HeldValues
 from sidecar.backends.cache._redis_batch import (
     ATOMIC_BATCH_LUA,
     encode_atomic,
@@ -39,7 +39,6 @@ from sidecar.backends.cache._redis_tracking import RedisTracking
 from sidecar.backends.cache.base import (
     INT64_MAX,
     INT64_MIN,
-    MISS,
     CacheBackend,
     CacheOp,
     DeleteOp,
@@ -50,7 +49,6 @@ from sidecar.backends.cache.base import (
     IncrementOp,
     ListEnd,
     ListFamily,
-    Miss,
     OpResult,
     SetCondition,
     SetFamily,
@@ -58,6 +56,7 @@ from sidecar.backends.cache.base import (
     check_ttl,
     family_features,
 )
+from sidecar.backends.cache.near_cache import NearCache, near_cached
 from sidecar.backends.spec import BackendSpec, BuildContext
 from sidecar.config import CacheServiceConfig
 from sidecar.connections.redis import RedisConnection
@@ -90,13 +89,8 @@ class RedisCache(CacheBackend, HashFamily, ListFamily, SetFamily):
         *,
         name: str,
         key_prefix: str = "",
-        near_cache: NearCache | None = None,
     ) -> None:
         client = self._client = connection.client
-        self._near = near_cache
-        self._tracking: RedisTracking | None = None
-        if near_cache is not None:
-            self._tracking = RedisTracking(connection, near_cache, name=name)
         # Single commands share the connection's pipelined link; batches use its pool.
         self._execute: Callable[..., Awaitable[Any]] = connection.mux.call
         self._prefix = key_prefix
@@ -106,47 +100,29 @@ class RedisCache(CacheBackend, HashFamily, ListFamily, SetFamily):
         self._closed = False
 
     @property
-    def tracking(self) -> RedisTracking | None:
-        """The near cache's invalidation machinery, None without a near cache."""
-        return self._tracking
+    def key_prefix(self) -> str:
+        """Prepended to every key."""
+        return self._prefix
 
     # -- strings and keys --------------------------------------------------------------------
-
-    def held(self, key: str) -> bytes | Miss | None:
-        near = self._near
-        if near is None or self._closed:
-            return MISS
-        return near.lookup(self._prefix + key)
 
     async def get(self, key: str) -> bytes | None:
         if self._closed:
             raise self._closed_error()
-        near = self._near
-        if near is not None:
-            held = near.lookup(self._prefix + key)
-            if held is not MISS:
-                return held  # type: ignore[return-value]
-            return await self._read_through(near, self._prefix + key)
         with self._errors:
             return await self._execute("GET", self._prefix + key)  # type: ignore[no-any-return]
 
-    async def _read_through(self, near: NearCache, key: str) -> bytes | None:
-        """GET `key` and, when the near cache may fill, its PTTL with it (same write)."""
-        ticket = near.ticket(key)
+    async def get_with_ttl(self, key: str) -> tuple[bytes | None, int]:
+        """`get(key)` and the key's PTTL (-1 no expiry, -2 no key), sent together on the
+        multiplexed link (one write, run back to back): what a near cache needs to hold it."""
+        if self._closed:
+            raise self._closed_error()
+        full_key = self._prefix + key
         with self._errors:
-            if ticket is None:  # tracking not (yet) in place
-                assert self._tracking is not None
-                self._tracking.start()
-                return await self._execute("GET", key)  # type: ignore[no-any-return]
-            try:
-                value, ttl = await asyncio.gather(
-                    self._execute("GET", key), self._execute("PTTL", key)
-                )
-            except BaseException:
-                near.drop_ticket(key, ticket)
-                raise
-        near.fill(key, ticket, value, ttl)
-        return value  # type: ignore[no-any-return]
+            value, ttl = await asyncio.gather(
+                self._execute("GET", full_key), self._execute("PTTL", full_key)
+            )
+        return value, int(ttl)
 
     async def set(
         self,
@@ -163,7 +139,6 @@ class RedisCache(CacheBackend, HashFamily, ListFamily, SetFamily):
             args += ("PX", ttl_ms(check_ttl(ttl)))
         if condition is not SetCondition.ALWAYS:
             args.append(_NX_XX[condition])
-        self._forget(args[1])
         with self._errors:
             return bool(await self._execute(*args))
 
@@ -171,15 +146,13 @@ class RedisCache(CacheBackend, HashFamily, ListFamily, SetFamily):
         if not keys:
             self._check_open()
             return 0
-        full_keys = self._keys(keys)
-        self._forget(*full_keys)
-        return int(await self._call("DEL", *full_keys))
+        return int(await self._call("DEL", *self._keys(keys)))
 
     async def exists(self, key: str) -> bool:
         return bool(await self._call("EXISTS", self._prefix + key))
 
     async def expire(self, key: str, ttl: float) -> bool:
-        return bool(await self._write("PEXPIRE", self._prefix + key, ttl_ms(check_ttl(ttl))))
+        return bool(await self._call("PEXPIRE", self._prefix + key, ttl_ms(check_ttl(ttl))))
 
     async def ttl(self, key: str) -> float | None:
         milliseconds = int(await self._call("PTTL", self._prefix + key))
@@ -194,7 +167,7 @@ class RedisCache(CacheBackend, HashFamily, ListFamily, SetFamily):
                 reason="INTEGER_OVERFLOW",
                 metadata={"target": self._name},
             )
-        return int(await self._write("INCRBY", self._prefix + key, delta))
+        return int(await self._call("INCRBY", self._prefix + key, delta))
 
     async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
         if not keys:
@@ -211,20 +184,15 @@ class RedisCache(CacheBackend, HashFamily, ListFamily, SetFamily):
         if not items:
             return
         prefix = self._prefix
-        full_keys = [prefix + key for key, _ in items]
-        self._forget(*full_keys)
         with self._errors:
             if ttl is None:
                 await self._execute("MSET", *(part for k, v in items for part in (prefix + k, v)))
                 return
             milliseconds = ttl_ms(ttl)
-            try:
-                async with self._client.pipeline(transaction=True) as pipe:
-                    for key, value in items:
-                        pipe.execute_command("SET", prefix + key, value, "PX", milliseconds)
-                    await pipe.execute()
-            finally:
-                self._forget(*full_keys)  # see `_forget`: this went on a pool connection
+            async with self._client.pipeline(transaction=True) as pipe:
+                for key, value in items:
+                    pipe.execute_command("SET", prefix + key, value, "PX", milliseconds)
+                await pipe.execute()
 
     # -- hashes, lists, sets -----------------------------------------------------------------
 
@@ -236,7 +204,7 @@ class RedisCache(CacheBackend, HashFamily, ListFamily, SetFamily):
             self._check_open()
             return 0
         pairs = (part for field, value in fields.items() for part in (field, value))
-        return int(await self._write("HSET", self._prefix + key, *pairs))
+        return int(await self._call("HSET", self._prefix + key, *pairs))
 
     async def hash_get_all(self, key: str) -> dict[str, bytes]:
         flat: list[bytes] = await self._call("HGETALL", self._prefix + key)  # f1 v1 f2 v2 ...
@@ -249,20 +217,20 @@ class RedisCache(CacheBackend, HashFamily, ListFamily, SetFamily):
         if not values:
             return int(await self._call("LLEN", self._prefix + key))
         command = "LPUSH" if end is ListEnd.LEFT else "RPUSH"
-        return int(await self._write(command, self._prefix + key, *values))
+        return int(await self._call(command, self._prefix + key, *values))
 
     async def list_pop(self, key: str, end: ListEnd, count: int = 1) -> list[bytes]:
         if count < 1:
             raise ValueError(f"count must be >= 1, got {count}")
         command = "LPOP" if end is ListEnd.LEFT else "RPOP"
-        popped = await self._write(command, self._prefix + key, count)
+        popped = await self._call(command, self._prefix + key, count)
         return [] if popped is None else list(popped)
 
     async def set_add(self, key: str, members: Sequence[bytes]) -> int:
         if not members:
             self._check_open()
             return 0
-        return int(await self._write("SADD", self._prefix + key, *members))
+        return int(await self._call("SADD", self._prefix + key, *members))
 
     async def set_members(self, key: str) -> list[bytes]:
         return sorted(await self._call("SMEMBERS", self._prefix + key))
@@ -273,32 +241,22 @@ class RedisCache(CacheBackend, HashFamily, ListFamily, SetFamily):
         self._check_open()
         if not ops:
             return []
-        prefix = self._prefix
-        touched = [prefix + key for op in ops for key in _op_keys(op)] if self._near else []
-        self._forget(*touched)
-        try:
-            with self._errors:
-                if atomic:
-                    keys, args = encode_atomic(ops, self._prefix)
-                    replies = await self._atomic_batch(keys=keys, args=args)
-                else:
-                    replies = await self._pipelined(ops)
-        finally:
-            self._forget(*touched)  # see `_forget`: this went on a pool connection
+        with self._errors:
+            if atomic:
+                keys, args = encode_atomic(ops, self._prefix)
+                replies = await self._atomic_batch(keys=keys, args=args)
+            else:
+                replies = await self._pipelined(ops)
         return [typed_result(op, reply) for op, reply in zip(ops, replies, strict=True)]
 
     async def ping(self) -> None:
         await self._call("PING")
 
     def features(self) -> frozenset[str]:
-        return frozenset({"near_cache"}) if self._near is not None else frozenset()
+        return frozenset()
 
     async def close(self) -> None:
-        if self._closed:
-            return
         self._closed = True
-        if self._tracking is not None:
-            await self._tracking.close()
 
     # -- helpers -----------------------------------------------------------------------------
 
@@ -307,24 +265,6 @@ class RedisCache(CacheBackend, HashFamily, ListFamily, SetFamily):
             raise self._closed_error()
         with self._errors:
             return await self._execute(*args)
-
-    def _write(self, command: str, key: str, *args: Any) -> Awaitable[Any]:
-        """A command that may change `key`: the near cache forgets it before it is sent,
-        so a read after the reply sees the write (Redis's invalidation comes later). A
-        plain function: no extra coroutine per write."""
-        self._forget(key)
-        return self._call(command, key, *args)
-
-    def _forget(self, *keys: str) -> None:
-        """Drop `keys` from the near cache and cancel reads of them in flight.
-
-        A write on the multiplexed connection needs this once, before it is sent: Redis
-        runs that connection's commands in order. A write on a pool connection needs it
-        after the reply too: a GET sent meanwhile may have been run before the write, and
-        Redis's invalidation of it may come after the reply.
-        """
-        if self._near is not None:
-            self._near.invalidate(keys)
 
     def _keys(self, keys: Sequence[str]) -> list[str]:
         prefix = self._prefix
@@ -371,27 +311,19 @@ class RedisCache(CacheBackend, HashFamily, ListFamily, SetFamily):
         )
 
 
-def _op_keys(op: CacheOp) -> tuple[str, ...]:
-    return op.keys if isinstance(op, DeleteOp) else (op.key,)
-
-
-def _build(context: BuildContext[CacheServiceConfig]) -> RedisCache:
+def _build(context: BuildContext[CacheServiceConfig]) -> RedisCache | NearCache:
+    """The Redis cache, decorated with a near cache when the service enables one."""
     connection = context.connection
     assert isinstance(connection, RedisConnection)
     settings = context.settings
+    cache = RedisCache(connection, name=context.name, key_prefix=settings.key_prefix)
     near = settings.near_cache
-    near_cache = (
-        NearCache(
-            max_entries=near.max_entries,
-            max_value_size=near.max_value_size,
-            max_ttl=near.max_ttl,
-        )
-        if near.enabled
-        else None
+    if not near.enabled:
+        return cache
+    held = HeldValues(
+        max_entries=near.max_entries, max_value_size=near.max_value_size, max_ttl=near.max_ttl
     )
-    return RedisCache(
-        connection, name=context.name, key_prefix=settings.key_prefix, near_cache=near_cache
-    )
+    return near_cached(cache, held, RedisTracking(connection, held, name=context.name))
 
 
 SPEC = BackendSpec(

@@ -23,7 +23,7 @@ from redis_server import redis_address, unique_prefix
 from support import RedisConnect
 
 from sidecar.backends.cache import CacheBackend
-from sidecar.backends.cache.redis import RedisCache
+from sidecar.backends.cache.near_cache import NearCache
 from sidecar.backends.registry import build_backend, spec_for
 from sidecar.backends.spec import BuildContext
 from sidecar.config import CacheServiceConfig, Config
@@ -116,7 +116,8 @@ async def cache(
     built = build_backend(BuildContext("cache", settings, policies, connection, clock))
     backend = cast(CacheBackend, built.backend)
     assert built.features == cache_row.features
-    if isinstance(backend, RedisCache) and backend.tracking is not None:
+    assert isinstance(backend, NearCache) == cache_row.near_cache  # composed by the build
+    if isinstance(backend, NearCache):
         await _tracking_in_place(backend)
     yield backend
     await backend.close()
@@ -128,9 +129,8 @@ async def cache(
                 await admin.delete(*keys)
 
 
-async def _tracking_in_place(cache: RedisCache) -> None:
+async def _tracking_in_place(cache: NearCache) -> None:
     """Read once, then wait (bounded) until Redis tracks the cache's connection."""
-    assert cache.tracking is not None
     await cache.get("-")
     loop = asyncio.get_running_loop()
     give_up = loop.time() + 5
@@ -173,7 +173,7 @@ def elapse(
         host, port = request.getfixturevalue("redis_address")
         async with aioredis.Redis(host=host, port=port) as admin:
             await admin.eval(_ELAPSE_LUA, 0, key_prefix, round(seconds * 1000))
-        if isinstance(cache, RedisCache) and cache.tracking is not None:
+        if isinstance(cache, NearCache):
             await cache.tracking.sync()  # expiry reached the near cache too
 
     return elapse

@@ -1,9 +1,10 @@
-"""`NearCache`: the local copy of Redis string values that Redis itself keeps honest.
+"""`HeldValues`: the near cache's local copy of Redis string values, kept honest by Redis.
 
 Redis's client-side caching (CLIENT TRACKING) remembers which keys a connection read and
 sends an invalidation when any client changes one of them, or it expires or is evicted.
 This class is the bookkeeping half of that: which values are held, for how long, and which
-reads may still fill the cache. It does no I/O; `RedisTracking` feeds it invalidations.
+reads may still fill the cache. It does no I/O: `RedisTracking` feeds it invalidations, and
+the `NearCache` decorator (`near_cache.py`) looks values up, fills and invalidates it.
 
 The race it closes (the one Redis's documentation warns of): a GET's reply and an
 invalidation of the same key travel on different connections, so the reply can arrive
@@ -24,10 +25,10 @@ from collections.abc import Iterable
 from sidecar.backends.cache.base import MISS, Miss
 from sidecar.resilience import SYSTEM_CLOCK, Clock
 
-__all__ = ["NearCache"]
+__all__ = ["HeldValues"]
 
 
-class NearCache:
+class HeldValues:
     """Values of Redis keys (full keys, prefix included), valid until invalidated.
 
     Args:
