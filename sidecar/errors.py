@@ -13,7 +13,8 @@ into gRPC statuses, so nothing below the servicers knows about gRPC.
     ├── PermissionDenied
     ├── Unimplemented          the backend lacks an optional capability
     ├── Unavailable            upstream down, connection lost, shutting down   (transient)
-    └── DeadlineExceeded       upstream too slow                               (transient)
+    ├── DeadlineExceeded       upstream too slow                               (transient)
+    └── DataLoss               stored data read back corrupt (a checksum that does not match)
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from collections.abc import Mapping
 __all__ = [
     "Aborted",
     "AlreadyExists",
+    "DataLoss",
     "DeadlineExceeded",
     "ErrorKind",
     "FailedPrecondition",
@@ -52,6 +54,7 @@ class ErrorKind(enum.Enum):
     UNIMPLEMENTED = "UNIMPLEMENTED"
     UNAVAILABLE = "UNAVAILABLE"
     DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
+    DATA_LOSS = "DATA_LOSS"
 
 
 class SidecarError(Exception):
@@ -129,3 +132,7 @@ class Unavailable(SidecarError):
 class DeadlineExceeded(SidecarError):
     kind = ErrorKind.DEADLINE_EXCEEDED
     transient = True
+
+
+class DataLoss(SidecarError):
+    kind = ErrorKind.DATA_LOSS

@@ -122,6 +122,19 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """A condition the request set did not hold at the upstream (HTTP 412, an ETag that
     changed, a DynamoDB condition expression): read the current state, then decide.
     """
+    ERROR_REASON_CHECKSUM_MISMATCH: _ErrorReason.ValueType  # 39
+    """The content did not match its SHA-256 checksum: INVALID_ARGUMENT when the caller's
+    upload differs from the checksum it declared (nothing is stored), DATA_LOSS when a
+    stored object read back differs from the checksum recorded with it.
+    """
+    ERROR_REASON_OPERATION_NOT_ALLOWED: _ErrorReason.ValueType  # 40
+    """The target's configuration does not allow this operation (an AWS `service:Operation`
+    outside the service's allowlist); nothing was sent upstream.
+    """
+    ERROR_REASON_RECEIPT_INVALID: _ErrorReason.ValueType  # 41
+    """A queue receipt handle that no longer holds the message: it was acked, or its
+    visibility timeout ran out and it may have been redelivered.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """ErrorReason lists the stable reasons the sidecar puts in google.rpc.ErrorInfo.reason.
@@ -223,6 +236,19 @@ for AWS, ErrorInfo.metadata["aws_error_code"] says which (NoSuchKey, NoSuchBucke
 ERROR_REASON_UPSTREAM_CONDITION_FAILED: ErrorReason.ValueType  # 38
 """A condition the request set did not hold at the upstream (HTTP 412, an ETag that
 changed, a DynamoDB condition expression): read the current state, then decide.
+"""
+ERROR_REASON_CHECKSUM_MISMATCH: ErrorReason.ValueType  # 39
+"""The content did not match its SHA-256 checksum: INVALID_ARGUMENT when the caller's
+upload differs from the checksum it declared (nothing is stored), DATA_LOSS when a
+stored object read back differs from the checksum recorded with it.
+"""
+ERROR_REASON_OPERATION_NOT_ALLOWED: ErrorReason.ValueType  # 40
+"""The target's configuration does not allow this operation (an AWS `service:Operation`
+outside the service's allowlist); nothing was sent upstream.
+"""
+ERROR_REASON_RECEIPT_INVALID: ErrorReason.ValueType  # 41
+"""A queue receipt handle that no longer holds the message: it was acked, or its
+visibility timeout ran out and it may have been redelivered.
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 
