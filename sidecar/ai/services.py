@@ -141,6 +141,13 @@ class ModelService:
             if pipeline.circuit_breaker is not None
         ]
 
+    def deployment_snapshots(self) -> list[StreamingSnapshot]:
+        """Every deployment made so far, sorted by name: each breaker that really runs."""
+        return sorted(
+            (pipeline.snapshot() for pipeline in self._pipelines.all()),
+            key=lambda snapshot: snapshot.name,
+        )
+
     def snapshot(self) -> PipelineSnapshot | None:
         """One view of the service for reports that show one breaker per integration: the
         deployment whose breaker is worst (isolated, open, half-open, then most consecutive

@@ -24,6 +24,7 @@ from sidecar.resilience import (
     Pipeline,
     PipelineSnapshot,
     RateLimiter,
+    StreamingSnapshot,
 )
 from sidecar.runtime.classify import classify
 from sidecar.runtime.policies import pipeline_options, token_bucket_options
@@ -64,6 +65,12 @@ class Integration(Generic[B]):
         if isinstance(self.backend, ModelService):
             return self.backend.snapshot()
         return self.pipeline.snapshot() if self.pipeline is not None else None
+
+    def deployment_snapshots(self) -> list[StreamingSnapshot]:
+        """For an `ai_model`, every deployment's own pipeline, sorted by name; else none."""
+        if isinstance(self.backend, ModelService):
+            return self.backend.deployment_snapshots()
+        return []
 
 
 class Integrations:

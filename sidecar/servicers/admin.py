@@ -1,9 +1,10 @@
 """AdminService: what is configured and the live state of each integration's policies.
 
 An `ai_model` service has no pipeline of its own: each of its deployments runs through its
-own streaming pipeline. It is described by the deployment whose breaker is worst (with that
-deployment's token bucket and the service's shared bulkhead); an `ai_alias` has no policies
-of its own to describe (its deployments' services do)."""
+own streaming pipeline. Its `deployments` list every one of them; its top-level policies are
+those of the deployment whose breaker is worst (with that deployment's token bucket and the
+service's shared bulkhead), for views that show one breaker per service. An `ai_alias` has
+no policies of its own to describe (its deployments' services do)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Any
 
 from generated.integration.v1 import admin_pb2, admin_pb2_grpc, common_pb2
 from sidecar.errors import NotFound
-from sidecar.resilience import CircuitState
+from sidecar.resilience import CircuitBreakerSnapshot, CircuitState, RateLimiterSnapshot
 from sidecar.runtime import Integration, Integrations
 from sidecar.servicers._common import Context, invalid
 
@@ -105,31 +106,24 @@ def describe(item: Integration[Any]) -> admin_pb2.Integration:
         connection=item.connection or "",
         features=sorted(item.features),
     )
+    result.deployments.extend(
+        admin_pb2.Deployment(
+            name=deployment.name,
+            circuit_breaker=_breaker(deployment.circuit_breaker),
+            rate_limiters={
+                name: _limiter(limiter) for name, limiter in deployment.rate_limiters.items()
+            },
+            cooldown_seconds=deployment.cooldown or 0.0,
+        )
+        for deployment in item.deployment_snapshots()
+    )
     snapshot = item.snapshot()
     if snapshot is None:
         return result
-    breaker = snapshot.circuit_breaker
-    if breaker is not None:
-        result.circuit_breaker.CopyFrom(
-            admin_pb2.CircuitBreakerStatus(
-                state=_STATES[breaker.state],
-                consecutive_failures=breaker.consecutive_failures,
-                failure_ratio=breaker.failure_ratio,
-                calls_in_window=breaker.total_in_window,
-                retry_after_seconds=breaker.retry_after or 0.0,
-            )
-        )
-    limiter = snapshot.rate_limiter
-    if limiter is not None:
-        result.rate_limiter.CopyFrom(
-            admin_pb2.RateLimiterStatus(
-                enabled=True,
-                available_tokens=limiter.available,
-                capacity=limiter.capacity,
-                tokens_per_second=limiter.rate,
-                queued=limiter.queued,
-            )
-        )
+    if snapshot.circuit_breaker is not None:
+        result.circuit_breaker.CopyFrom(_breaker(snapshot.circuit_breaker))
+    if snapshot.rate_limiter is not None:
+        result.rate_limiter.CopyFrom(_limiter(snapshot.rate_limiter))
     bulkhead = snapshot.bulkhead
     if bulkhead is not None:
         result.bulkhead.CopyFrom(
@@ -141,3 +135,25 @@ def describe(item: Integration[Any]) -> admin_pb2.Integration:
             )
         )
     return result
+
+
+def _breaker(breaker: CircuitBreakerSnapshot | None) -> admin_pb2.CircuitBreakerStatus:
+    if breaker is None:
+        return admin_pb2.CircuitBreakerStatus()
+    return admin_pb2.CircuitBreakerStatus(
+        state=_STATES[breaker.state],
+        consecutive_failures=breaker.consecutive_failures,
+        failure_ratio=breaker.failure_ratio,
+        calls_in_window=breaker.total_in_window,
+        retry_after_seconds=breaker.retry_after or 0.0,
+    )
+
+
+def _limiter(limiter: RateLimiterSnapshot) -> admin_pb2.RateLimiterStatus:
+    return admin_pb2.RateLimiterStatus(
+        enabled=True,
+        available_tokens=limiter.available,
+        capacity=limiter.capacity,
+        tokens_per_second=limiter.rate,
+        queued=limiter.queued,
+    )

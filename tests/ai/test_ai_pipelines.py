@@ -106,6 +106,30 @@ async def test_admin_reports_the_deployment_breaker_that_runs(fake: FakeLLM) -> 
     assert states == [("openai/fake-model", CircuitState.OPEN)]
 
 
+async def test_admin_lists_every_deployment_breaker_of_a_model_service(fake: FakeLLM) -> None:
+    fake.default = Step(status=500)
+    limits = "rate_limit: {requests_per_minute: 60, tokens_per_minute: 60000}"
+    services = config(model("openai", fake.url, extra=f"{TRIP_AT_ONCE}\n{limits}"))
+    async with ai_sidecar(services, clock=FakeClock()) as ai:
+        with pytest.raises(grpc.aio.AioRpcError) as failed:
+            await ai.stub.Complete(
+                ai_pb2.CompleteRequest(target="openai/other", messages=user("hi"), max_tokens=20)
+            )
+        assert failed.value.code() == grpc.StatusCode.UNAVAILABLE
+        admin = admin_pb2_grpc.AdminServiceStub(ai.channel)
+        reply = await admin.GetIntegration(admin_pb2.GetIntegrationRequest(name="openai"))
+    deployments = reply.integration.deployments
+    assert [d.name for d in deployments] == ["openai/fake-model", "openai/other"]
+    assert [d.circuit_breaker.state for d in deployments] == [
+        admin_pb2.CIRCUIT_STATE_CLOSED,
+        admin_pb2.CIRCUIT_STATE_OPEN,
+    ]
+    assert sorted(deployments[1].rate_limiters) == ["requests", "tokens"]
+    assert deployments[1].rate_limiters["tokens"].capacity == 60000
+    # The top-level view is the worst deployment's.
+    assert reply.integration.circuit_breaker.state == admin_pb2.CIRCUIT_STATE_OPEN
+
+
 async def test_admin_shows_the_token_bucket_of_a_limited_service(fake: FakeLLM) -> None:
     limits = "rate_limit: {requests_per_minute: 60, tokens_per_minute: 600}"
     async with ai_sidecar(config(model("openai", fake.url, extra=limits))) as ai:

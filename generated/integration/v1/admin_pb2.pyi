@@ -179,6 +179,7 @@ class Integration(_message.Message):
     BULKHEAD_FIELD_NUMBER: _builtins.int
     CONNECTION_FIELD_NUMBER: _builtins.int
     FEATURES_FIELD_NUMBER: _builtins.int
+    DEPLOYMENTS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Instance name from the configuration (the target callers name)."""
     type: _builtins.str
@@ -206,6 +207,13 @@ class Integration(_message.Message):
         UNSUPPORTED_OPERATION.
         """
 
+    @_builtins.property
+    def deployments(self) -> _containers.RepeatedCompositeFieldContainer[Global___Deployment]:
+        """For an `ai_model` service: each deployment (provider endpoint and model) made so far,
+        sorted by name, with the policies of its own streaming pipeline. The fields above show
+        the one whose breaker is worst; these show every breaker that runs.
+        """
+
     def __init__(
         self,
         *,
@@ -219,14 +227,74 @@ class Integration(_message.Message):
         bulkhead: Global___BulkheadStatus | None = ...,
         connection: _builtins.str = ...,
         features: _abc.Iterable[_builtins.str] | None = ...,
+        deployments: _abc.Iterable[Global___Deployment] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["bulkhead", b"bulkhead", "circuit_breaker", b"circuit_breaker", "rate_limiter", b"rate_limiter"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "bulkhead", b"bulkhead", "circuit_breaker", b"circuit_breaker", "connection", b"connection", "default", b"default", "features", b"features", "health", b"health", "name", b"name", "rate_limiter", b"rate_limiter", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "bulkhead", b"bulkhead", "circuit_breaker", b"circuit_breaker", "connection", b"connection", "default", b"default", "deployments", b"deployments", "features", b"features", "health", b"health", "name", b"name", "rate_limiter", b"rate_limiter", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Integration: _TypeAlias = Integration  # noqa: Y015
+
+@_typing.final
+class Deployment(_message.Message):
+    """Deployment is one upstream route of an `ai_model` service and the live state of the
+    policies its calls run through.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class RateLimitersEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        @_builtins.property
+        def value(self) -> Global___RateLimiterStatus: ...
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: Global___RateLimiterStatus | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    NAME_FIELD_NUMBER: _builtins.int
+    CIRCUIT_BREAKER_FIELD_NUMBER: _builtins.int
+    RATE_LIMITERS_FIELD_NUMBER: _builtins.int
+    COOLDOWN_SECONDS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The deployment's name, as in metrics (`integration` label of its breaker gauge)."""
+    cooldown_seconds: _builtins.float
+    """Seconds of pause left after the upstream asked for one (HTTP 429), 0 when none."""
+    @_builtins.property
+    def circuit_breaker(self) -> Global___CircuitBreakerStatus: ...
+    @_builtins.property
+    def rate_limiters(self) -> _containers.MessageMap[_builtins.str, Global___RateLimiterStatus]:
+        """Its rate limiters by name ("requests", "tokens"), the ones configured."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        circuit_breaker: Global___CircuitBreakerStatus | None = ...,
+        rate_limiters: _abc.Mapping[_builtins.str, Global___RateLimiterStatus] | None = ...,
+        cooldown_seconds: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["circuit_breaker", b"circuit_breaker"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["circuit_breaker", b"circuit_breaker", "cooldown_seconds", b"cooldown_seconds", "name", b"name", "rate_limiters", b"rate_limiters"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Deployment: _TypeAlias = Deployment  # noqa: Y015
 
 @_typing.final
 class Connection(_message.Message):
