@@ -105,7 +105,8 @@ class Config(ConfigModel):
     def _backend_of_named_connection(cls, services: Any, info: ValidationInfo) -> Any:
         """A service naming a connection without saying `backend:` runs on the one backend
         of its type that uses that connection type (`type: sql, connection: orders-pg` on a
-        postgres connection is `backend: postgres`)."""
+        postgres connection is `backend: postgres`; `type: objectstore, connection: aws` on
+        the implicit connection of the `type: cloud` service `aws` is `backend: s3`)."""
         connections = info.data.get("connections")
         if not isinstance(services, Mapping) or not isinstance(connections, Mapping):
             return services
@@ -114,13 +115,14 @@ class Config(ConfigModel):
             if not isinstance(service, Mapping) or "backend" in service:
                 continue
             kind, named = service.get("type"), service.get("connection")
-            connection = connections.get(named) if isinstance(named, str) else None
-            if connection is None or kind not in _MODELS_WITH_BACKEND:
+            if not isinstance(named, str) or kind not in _MODELS_WITH_BACKEND:
                 continue
+            connection = connections.get(named)
+            on_type = connection.type if connection is not None else _implicit_type(services, named)
             backends = [
                 backend
                 for (service_type, backend), on in BACKEND_CONNECTIONS.items()
-                if service_type == kind and on == connection.type
+                if service_type == kind and on == on_type
             ]
             if len(backends) == 1:
                 inferred[name] = {**service, "backend": backends[0]}
@@ -233,6 +235,29 @@ class Config(ConfigModel):
             return type_name
         return None
 
+
+def _implicit_type(services: Mapping[str, Any], name: str) -> str | None:
+    """The type of the connection a service's inline settings make (before validation), if
+    `name` is a service that makes one."""
+    service = services.get(name)
+    if not isinstance(service, Mapping) or service.get("connection") is not None:
+        return None
+    model = _MODEL_BY_TYPE.get(service.get("type"))
+    if model is None:
+        return None
+    backend = service.get("backend") or service.get("provider")
+    for field in ("backend", "provider"):
+        declared = model.model_fields.get(field)
+        if backend is None and declared is not None and isinstance(declared.default, str):
+            backend = declared.default
+    if not isinstance(backend, str):
+        return None
+    return BACKEND_CONNECTIONS.get((str(model.model_fields["type"].default), backend))
+
+
+_MODEL_BY_TYPE: dict[object, type[BaseModel]] = {
+    model.model_fields["type"].default: model for model in get_args(ServiceModel)
+}
 
 _MODELS_WITH_BACKEND = frozenset(
     model.model_fields["type"].default
@@ -396,9 +421,28 @@ def _connection_reference_errors(
     for name, service in services.items():
         kind = connection_type(service)
         if kind is None:
+            named = getattr(service, "connection", None)
+            if named is not None:
+                refused(
+                    ("services", name, "connection"),
+                    named,
+                    "backend "
+                    + repr(getattr(service, "backend", service.type))
+                    + " talks to no connection; set the backend that runs on {name}",
+                )
             continue
         named = getattr(service, "connection", None)
-        of_kind = sorted(other for other, c in connections.items() if c.type == kind)
+        # A service's inline settings make a connection named like it, which others may name.
+        of_kind = sorted(
+            [other for other, c in connections.items() if c.type == kind]
+            + [
+                other
+                for other, peer in services.items()
+                if other != name
+                and connection_type(peer) == kind
+                and getattr(peer, "connection", None) is None
+            ]
+        )
         if named is None and name in connections:
             refused(
                 ("services", name),

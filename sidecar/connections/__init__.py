@@ -111,12 +111,15 @@ def build_connections(config: Config) -> Connections:
     for name, settings in config.connections.items():
         entries[name] = ConnectionEntry(_open(config, name, settings), implicit=False)
     for service_name, service in config.services.items():
+        if config.connection_of(service_name) == service_name not in config.connections:
+            # inline settings: the service's own connection, which others may name too
+            entries[service_name] = ConnectionEntry(
+                _open(config, service_name, service), implicit=True
+            )
+    for service_name in config.services:
         used = config.connection_of(service_name)
-        if used is None:
-            continue
-        if used not in entries:  # inline settings: the service's own connection
-            entries[used] = ConnectionEntry(_open(config, used, service), implicit=True)
-        entries[used].users.append(service_name)
+        if used is not None:
+            entries[used].users.append(service_name)
     for service_name in config.services:
         limit = config.policies_for(service_name).rate_limit
         if limit is None or limit.store != "redis":

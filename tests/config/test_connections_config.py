@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from sidecar.config import CONNECTION_TYPES, ConfigError, parse_config
+from sidecar.connections import build_connections
 
 
 def problems(text: str) -> str:
@@ -153,3 +154,47 @@ def test_a_pool_on_a_service_that_shares_a_connection_is_refused() -> None:
     )
     assert "services.cache.connection_pool: the pool belongs to connection 'main-redis'" in found
     assert "set connection_pool under connections.main-redis" in found
+
+
+def test_a_service_may_name_the_connection_another_service_s_inline_settings_make() -> None:
+    # The pubsub comes first and names the cache's implicit connection: it is opened with the
+    # cache's settings all the same, and its backend follows from that connection's type.
+    config = parse_config(
+        "services:\n"
+        "  events: {type: pubsub, connection: primary}\n"
+        "  primary: {type: cache, backend: redis, port: 6390}\n"
+    )
+    assert config.services["events"].backend == "redis"  # type: ignore[union-attr]
+    assert config.connection_of("events") == config.connection_of("primary") == "primary"
+    connections = build_connections(config)
+    entry = dict(connections)["primary"]
+    assert entry.implicit and sorted(entry.users) == ["events", "primary"]
+    assert entry.connection.type == "redis"
+    assert entry.connection.client.connection_pool.connection_kwargs["port"] == 6390  # type: ignore[attr-defined]
+
+
+def test_a_cloud_account_s_connection_may_be_named_by_other_services() -> None:
+    config = parse_config(
+        "services:\n"
+        "  aws: {type: cloud, region: eu-west-1}\n"
+        "  audit: {type: cloud, connection: aws}\n"
+    )
+    entry = dict(build_connections(config))["aws"]
+    assert (entry.connection.type, sorted(entry.users)) == ("aws", ["audit", "aws"])
+
+
+def test_a_service_s_implicit_connection_of_another_type_is_refused() -> None:
+    found = problems(
+        "services:\n"
+        "  aws: {type: cloud, region: eu-west-1}\n"
+        "  c: {type: cache, backend: redis, connection: aws}\n"
+    )
+    assert "services.c.connection: 'aws' is not a configured redis connection" in found
+
+
+def test_a_connection_on_a_backend_that_uses_none_is_refused() -> None:
+    found = problems(
+        "services:\n  aws: {type: cloud, region: eu-west-1}\n"
+        "  q: {type: sql, backend: sqlite, connection: aws}\n"
+    )
+    assert "services.q.connection" in found
