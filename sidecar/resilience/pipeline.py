@@ -202,6 +202,7 @@ class Pipeline:
         deadline: Deadline | None = None,
         idempotent: bool = True,
         weight: float = 1.0,
+        transfer: bool = False,
     ) -> T:
         """Run `operation` through the pipeline and return its result.
 
@@ -210,6 +211,9 @@ class Pipeline:
             deadline: The caller's deadline; nothing below sleeps or runs past it.
             idempotent: False forbids retries (the operation may have had an effect).
             weight: Rate-limit tokens each attempt takes (e.g. estimated LLM tokens).
+            transfer: The attempt moves as many bytes as the caller streams (an upload), so
+                its length is the caller's to bound: the attempt and total timeouts do not
+                apply, only `deadline` (and the stream's own idle timeout, upstream of here).
 
         Raises:
             ExecutionRejected: A policy refused the call (never retried).
@@ -224,7 +228,7 @@ class Pipeline:
                 current_attempt.reset(token)
         bulkhead = self._bulkhead
         if bulkhead is None:
-            return await self._run(operation, deadline, idempotent, weight)
+            return await self._run(operation, deadline, idempotent, weight, transfer)
         try:
             if not bulkhead.try_acquire():  # a free slot needs no coroutine
                 await bulkhead.acquire(deadline)
@@ -232,7 +236,7 @@ class Pipeline:
             self._emit("bulkhead", "bulkhead_full", 0, exc.retry_after)
             raise
         try:
-            return await self._run(operation, deadline, idempotent, weight)
+            return await self._run(operation, deadline, idempotent, weight, transfer)
         finally:
             bulkhead.release()
 
@@ -242,9 +246,10 @@ class Pipeline:
         deadline: Deadline | None,
         idempotent: bool,
         weight: float,
+        transfer: bool = False,
     ) -> T:
         """Total timeout, retry, breaker and limiter: the loop over attempts."""
-        if self._total_timeout is not None:
+        if self._total_timeout is not None and not transfer:
             at = self._clock.monotonic() + self._total_timeout
             if deadline is None or deadline.at is None or at < deadline.at:
                 deadline = Deadline(at, self._clock)
@@ -263,7 +268,7 @@ class Pipeline:
                     await self._wait_for_token(attempt, weight, deadline)
                 started = breaker.attempt_started() if breaker is not None else None
                 try:
-                    result = await self._attempt(operation, deadline)
+                    result = await self._attempt(operation, deadline, transfer)
                 except Exception as exc:
                     if isinstance(exc, ExecutionTimeout):
                         strategy = "total_timeout" if exc.caller_deadline else "attempt_timeout"
@@ -338,11 +343,14 @@ class Pipeline:
         return delay
 
     def _attempt(
-        self, operation: Callable[[], Awaitable[T]], deadline: Deadline | None
+        self,
+        operation: Callable[[], Awaitable[T]],
+        deadline: Deadline | None,
+        transfer: bool = False,
     ) -> Awaitable[T]:
         """The attempt timeout: the smaller of `attempt_timeout` and what the deadline leaves.
         A plain function returning the awaitable: one coroutine frame less per call."""
-        seconds = self._attempt_timeout
+        seconds = None if transfer else self._attempt_timeout
         final = False
         if deadline is not None:
             remaining = deadline.remaining()

@@ -245,6 +245,22 @@ async def test_total_timeout_bounds_the_whole_call(clock: FakeClock) -> None:
     assert [at for at, _ in upstream.calls] == [0.0, 2.0]
 
 
+async def test_a_transfer_is_bounded_by_the_caller_not_the_service_timeouts(
+    clock: FakeClock,
+) -> None:
+    async def upload() -> str:  # an upload as long as the caller streams: 60 s here
+        await clock.sleep(60)
+        return "stored"
+
+    target = pipeline(clock, timeout=TimeoutOptions(attempt_timeout=1, total_timeout=2))
+    assert await run(clock, target.execute(upload, transfer=True, idempotent=False)) == "stored"
+    cut = await run_raising(
+        clock, target.execute(upload, transfer=True, deadline=Deadline.after(30, clock))
+    )
+    assert isinstance(cut, ExecutionTimeout) and cut.caller_deadline
+    assert isinstance(await run_raising(clock, target.execute(upload)), ExecutionTimeout)
+
+
 async def test_expired_deadline_fails_before_calling(clock: FakeClock) -> None:
     upstream = Upstream(clock)
     with pytest.raises(ExecutionTimeout):
