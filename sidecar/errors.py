@@ -9,6 +9,7 @@ into gRPC statuses, so nothing below the servicers knows about gRPC.
     ├── Aborted                concurrency conflict (serialization failure, deadlock): retry
     │                          the whole transaction, from the caller
     ├── ResourceExhausted      local limits (sizes, queues)
+    │   └── UpstreamThrottled  the upstream asked us to slow down                (transient)
     ├── Unauthenticated
     ├── PermissionDenied
     ├── Unimplemented          the backend lacks an optional capability
@@ -37,6 +38,7 @@ __all__ = [
     "Unauthenticated",
     "Unavailable",
     "Unimplemented",
+    "UpstreamThrottled",
 ]
 
 
@@ -110,6 +112,14 @@ class Aborted(SidecarError):
 
 class ResourceExhausted(SidecarError):
     kind = ErrorKind.RESOURCE_EXHAUSTED
+
+
+class UpstreamThrottled(ResourceExhausted):
+    """The upstream asked the sidecar to slow down (AWS throttling, HTTP 429): upstream
+    trouble, so the pipeline retries it (after `retry_after` when given) and the breaker
+    counts it; the caller sees RESOURCE_EXHAUSTED once retries run out."""
+
+    transient = True
 
 
 class Unauthenticated(SidecarError):

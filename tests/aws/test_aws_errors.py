@@ -17,6 +17,7 @@ from sidecar.errors import (
     ResourceExhausted,
     SidecarError,
     Unavailable,
+    UpstreamThrottled,
 )
 
 
@@ -48,13 +49,13 @@ CLIENT_ERRORS = [
     ("ConditionalCheckFailedException", 400, FailedPrecondition, "UPSTREAM_CONDITION_FAILED"),
     ("PreconditionFailed", 412, FailedPrecondition, "UPSTREAM_CONDITION_FAILED"),
     ("412", 412, FailedPrecondition, "UPSTREAM_CONDITION_FAILED"),
-    ("Throttling", 400, ResourceExhausted, "UPSTREAM_RATE_LIMITED"),
-    ("ThrottlingException", 400, ResourceExhausted, "UPSTREAM_RATE_LIMITED"),
-    ("SlowDown", 503, ResourceExhausted, "UPSTREAM_RATE_LIMITED"),
-    ("RequestLimitExceeded", 503, ResourceExhausted, "UPSTREAM_RATE_LIMITED"),
-    ("TooManyRequestsException", 429, ResourceExhausted, "UPSTREAM_RATE_LIMITED"),
-    ("ProvisionedThroughputExceededException", 400, ResourceExhausted, "UPSTREAM_RATE_LIMITED"),
-    ("Whatever", 429, ResourceExhausted, "UPSTREAM_RATE_LIMITED"),
+    ("Throttling", 400, UpstreamThrottled, "UPSTREAM_RATE_LIMITED"),
+    ("ThrottlingException", 400, UpstreamThrottled, "UPSTREAM_RATE_LIMITED"),
+    ("SlowDown", 503, UpstreamThrottled, "UPSTREAM_RATE_LIMITED"),
+    ("RequestLimitExceeded", 503, UpstreamThrottled, "UPSTREAM_RATE_LIMITED"),
+    ("TooManyRequestsException", 429, UpstreamThrottled, "UPSTREAM_RATE_LIMITED"),
+    ("ProvisionedThroughputExceededException", 400, UpstreamThrottled, "UPSTREAM_RATE_LIMITED"),
+    ("Whatever", 429, UpstreamThrottled, "UPSTREAM_RATE_LIMITED"),
     ("InternalError", 500, Unavailable, "UPSTREAM_UNAVAILABLE"),
     ("ServiceUnavailable", 503, Unavailable, "UPSTREAM_UNAVAILABLE"),
     ("", 502, Unavailable, "UPSTREAM_UNAVAILABLE"),

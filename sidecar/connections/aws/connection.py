@@ -107,6 +107,13 @@ class AwsConnection:
                 self._clients[service_name] = client
             return client
 
+    def data_loader(self) -> Any:
+        """botocore's loader of service models (JSON API descriptions) for this connection's
+        session: the cache its clients use, so a model is read from disk once. Its loads
+        are blocking file I/O and parsing: call them off the event loop."""
+        self._check_open()
+        return self._main_session().get_component("data_loader")
+
     async def ping(self) -> None:
         """STS GetCallerIdentity, bounded by the connection's connect + read timeouts.
 
@@ -183,12 +190,17 @@ class AwsConnection:
         from botocore.exceptions import UnknownServiceError
 
         options = self.options
+        config = options.config
+        if service_name == "s3":  # presigned URLs signed with SigV4, not botocore's SigV2
+            from aiobotocore.config import AioConfig
+
+            config = config.merge(AioConfig(signature_version="s3v4"))
         context = cast(Any, session).create_client(
             service_name,
             region_name=options.region,
             endpoint_url=options.endpoint_url,
             verify=options.verify,
-            config=options.config,
+            config=config,
         )
         with self.errors:
             try:

@@ -14,7 +14,7 @@ to come), so an AWS answer means the same gRPC code whatever service gave it:
       412                           -> FailedPrecondition  UPSTREAM_CONDITION_FAILED
       Throttling, ThrottlingException, SlowDown, RequestLimitExceeded,
       TooManyRequestsException, ProvisionedThroughputExceededException,
-      RequestThrottled, 429         -> ResourceExhausted   UPSTREAM_RATE_LIMITED
+      RequestThrottled, 429         -> UpstreamThrottled   UPSTREAM_RATE_LIMITED
                                                            (retry_after from Retry-After)
       5xx                           -> Unavailable         UPSTREAM_UNAVAILABLE
       any other 4xx                 -> InvalidArgument     UPSTREAM_REJECTED
@@ -47,9 +47,9 @@ from sidecar.errors import (
     InvalidArgument,
     NotFound,
     PermissionDenied,
-    ResourceExhausted,
     SidecarError,
     Unavailable,
+    UpstreamThrottled,
 )
 
 __all__ = [
@@ -137,7 +137,7 @@ def client_error(
     next (see the module's table). `metadata` is carried as is."""
     text = message[:_MAX_MESSAGE] if message else code or f"HTTP {status}"
     if code in THROTTLING_CODES or status == 429:
-        return ResourceExhausted(
+        return UpstreamThrottled(
             f"AWS throttled the call ({code or status}): {text}",
             reason="UPSTREAM_RATE_LIMITED",
             metadata=metadata,
