@@ -10,20 +10,47 @@
 
 Its settings make an AWS connection named like the service (or it names one with
 `connection:`); the AWS capabilities (object storage, queues, functions) build on it.
+
+`allow:` lists the AWS operations AwsService may call on it, as `service:Operation`
+patterns (`dynamodb:GetItem`, `dynamodb:*`, `sns:Publish`, `dynamodb:Batch*`); the default,
+empty, allows none. The list is checked before any request is sent, so a sidecar handed to
+an application grants exactly these operations whatever its credentials could do.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+import re
+from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import AfterValidator, Field, model_validator
 from pydantic_core import PydanticCustomError
 
 from .._common import ServiceName
 from ..aws import AWS_ENDPOINT_FIELDS, AwsEndpoint, region_required
 from .base import ServiceBase
 
-__all__ = ["CloudServiceConfig"]
+__all__ = ["MAX_ALLOWED_OPERATIONS", "AwsOperationPattern", "CloudServiceConfig"]
+
+MAX_ALLOWED_OPERATIONS = 256
+"""Most patterns in one service's `allow:` list."""
+
+_PATTERN = re.compile(r"\A[a-z0-9][a-z0-9-]{0,62}:[A-Za-z0-9*]{1,128}\Z")
+
+
+def _operation_pattern(value: str) -> str:
+    if not _PATTERN.match(value):
+        raise PydanticCustomError(
+            "aws_operation_pattern",
+            "{value} is not service:Operation (the AWS service name in lower case as botocore "
+            "spells it, an operation name or pattern of letters, digits and *: 'dynamodb:GetItem', "
+            "'dynamodb:*', 'sns:Publish')",
+            {"value": repr(value[:140])},
+        )
+    return value
+
+
+AwsOperationPattern = Annotated[str, AfterValidator(_operation_pattern)]
+"""`service:Operation`: `dynamodb:GetItem`, `dynamodb:*`, `dynamodb:Batch*`."""
 
 
 class CloudServiceConfig(AwsEndpoint, ServiceBase):
@@ -35,6 +62,15 @@ class CloudServiceConfig(AwsEndpoint, ServiceBase):
         default=None,
         description="An aws connection (under connections:) to use instead of region, "
         "credentials and endpoint_url here. Default null.",
+    )
+    allow: tuple[AwsOperationPattern, ...] = Field(
+        default=(),
+        max_length=MAX_ALLOWED_OPERATIONS,
+        description="The AWS operations AwsService may call on this account, as "
+        "service:Operation patterns ('dynamodb:GetItem', 'dynamodb:*', 'sns:Publish'; * "
+        f"matches any run of characters); at most {MAX_ALLOWED_OPERATIONS}. Anything else is "
+        "refused (PERMISSION_DENIED, OPERATION_NOT_ALLOWED) before a request is sent. "
+        "Default [] (none).",
     )
 
     @model_validator(mode="after")
