@@ -26,9 +26,29 @@ from pydantic_core import PydanticCustomError
 from ._common import ConfigModel
 from .tls import TlsConfig
 
-__all__ = ["HTTP_ENDPOINT_FIELDS", "HttpEndpoint"]
+__all__ = ["HEADER_NAME", "HTTP_ENDPOINT_FIELDS", "HttpEndpoint", "checked_headers"]
 
-_HEADER_NAME: Final = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+HEADER_NAME: Final = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+"""An HTTP header name (RFC 9110 token)."""
+
+
+def checked_headers(value: Mapping[str, str]) -> Mapping[str, str]:
+    """Configured headers, refused unless every name is a header name and no value holds a
+    line break (which would inject another header).
+
+    Raises:
+        PydanticCustomError: naming the bad header names.
+    """
+    bad = sorted(name for name in value if not HEADER_NAME.fullmatch(name))
+    if bad:
+        raise PydanticCustomError(
+            "header_name", "not HTTP header names: {names}", {"names": ", ".join(bad)}
+        )
+    if any("\r" in text or "\n" in text for text in value.values()):
+        raise PydanticCustomError("header_value", "a header value may not hold a line break")
+    return value
+
+
 """An HTTP header name (RFC 9110 token)."""
 
 
@@ -91,14 +111,7 @@ class HttpEndpoint(ConfigModel):
     @field_validator("headers")
     @classmethod
     def _header_names(cls, value: Mapping[str, str]) -> Mapping[str, str]:
-        bad = sorted(name for name in value if not _HEADER_NAME.fullmatch(name))
-        if bad:
-            raise PydanticCustomError(
-                "header_name", "not HTTP header names: {names}", {"names": ", ".join(bad)}
-            )
-        if any("\r" in text or "\n" in text for text in value.values()):
-            raise PydanticCustomError("header_value", "a header value may not hold a line break")
-        return value
+        return checked_headers(value)
 
     @model_validator(mode="after")
     def _tls_only_with_https(self) -> HttpEndpoint:
