@@ -1,4 +1,4 @@
-"""Command line: `integration-sidecar serve` and `integration-sidecar check-config`."""
+"""Command line: `integration-sidecar serve`, `check-config` and `injector`."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from sidecar.config import ConfigError, load_config
+from sidecar.injector.cli import add_injector_parser, run_injector
 from sidecar.observability.logging import configure_logging
 
 __all__ = ["main"]
@@ -25,12 +26,15 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--listen", help="host:port or unix:/path (overrides server.listen)")
     check = commands.add_parser("check-config", help="validate a config file and exit")
     check.add_argument("file", help="YAML config file")
+    add_injector_parser(commands)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the process exit code."""
     args = _parser().parse_args(argv)
+    if args.command == "injector":
+        return run_injector(args)
     path = args.config if args.command == "serve" else args.file
     try:
         config = load_config(path)
