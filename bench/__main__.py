@@ -269,9 +269,13 @@ def main() -> int:
             if own_redis is not None:
                 own_redis.terminate()
                 own_redis.wait(10)
-    from bench import ai  # streamed AI completions: sidecar vs the openai SDK direct
+    from bench import (
+        ai,  # streamed AI completions: sidecar vs the openai SDK direct
+        http,  # REST calls: HttpService.Call vs httpx direct
+        objectstore,  # a 50 MB object: ObjectStoreService on S3 vs aiobotocore direct
+    )
 
-    return ai.main()
+    return ai.main() or http.main() or objectstore.main()
 
 
 if __name__ == "__main__":

@@ -29,6 +29,8 @@ from generated.integration.v1 import (
     ai_pb2_grpc,
     cache_pb2,
     cache_pb2_grpc,
+    objectstore_pb2,
+    objectstore_pb2_grpc,
     pubsub_pb2,
     pubsub_pb2_grpc,
     sql_pb2,
@@ -47,6 +49,7 @@ from sidecar.runtime import Integrations, build_integrations
 from sidecar.runtime.health import HealthMonitor
 from sidecar.servicers import AdminServicer, CacheServicer, PubSubServicer
 from sidecar.servicers.ai import AIServicer
+from sidecar.servicers.objectstore import ObjectStoreServicer
 from sidecar.servicers.sql import SqlServicer
 
 __all__ = ["SERVICE_NAMES", "RunningServer", "serve", "start_server"]
@@ -107,6 +110,66 @@ def _add_ai(integrations: Integrations, server: grpc.aio.Server, config: Config)
     return servicer
 
 
+def _add_objectstore(
+    integrations: Integrations, server: grpc.aio.Server, config: Config
+) -> ObjectStoreServicer:
+    servicer = ObjectStoreServicer(integrations)
+    objectstore_pb2_grpc.add_ObjectStoreServiceServicer_to_server(servicer, server)
+    return servicer
+
+
+def _add_http(integrations: Integrations, server: grpc.aio.Server, config: Config) -> Any:
+    from generated.integration.v1 import http_pb2_grpc
+    from sidecar.servicers.http import HttpServicer
+
+    servicer = HttpServicer(integrations, max_message_bytes=config.server.max_send_message_size)
+    http_pb2_grpc.add_HttpServiceServicer_to_server(servicer, server)
+    return servicer
+
+
+def _add_aws(integrations: Integrations, server: grpc.aio.Server, config: Config) -> Any:
+    from generated.integration.v1 import aws_pb2_grpc
+    from sidecar.servicers.aws import AwsServicer
+
+    servicer = AwsServicer(integrations, max_message_bytes=config.server.max_send_message_size)
+    aws_pb2_grpc.add_AwsServiceServicer_to_server(servicer, server)
+    return servicer
+
+
+def _add_graphql(integrations: Integrations, server: grpc.aio.Server, config: Config) -> Any:
+    from generated.integration.v1 import graphql_pb2_grpc
+    from sidecar.servicers.graphql import GraphQLServicer
+
+    servicer = GraphQLServicer(integrations, max_message_bytes=config.server.max_send_message_size)
+    graphql_pb2_grpc.add_GraphQLServiceServicer_to_server(servicer, server)
+    return servicer
+
+
+def _add_websocket(integrations: Integrations, server: grpc.aio.Server, config: Config) -> Any:
+    from generated.integration.v1 import websocket_pb2_grpc
+    from sidecar.servicers.websocket import WebSocketServicer
+
+    servicer = WebSocketServicer(
+        integrations, max_message_bytes=config.server.max_send_message_size
+    )
+    websocket_pb2_grpc.add_WebSocketServiceServicer_to_server(servicer, server)
+    return servicer
+
+
+def _add_queue(integrations: Integrations, server: grpc.aio.Server, config: Config) -> Any:
+    from generated.integration.v1 import queue_pb2_grpc
+    from sidecar.backends.queue import link_dead_letters
+    from sidecar.servicers.queue import QueueServicer
+
+    try:  # a memory queue's dead_letter names another memory queue service
+        link_dead_letters({i.name: i.backend for i in integrations if i.type == "queue"})
+    except ValueError as exc:
+        raise ServerStartError(f"invalid queue configuration: {exc}") from exc
+    servicer = QueueServicer(integrations)
+    queue_pb2_grpc.add_QueueServiceServicer_to_server(servicer, server)
+    return servicer
+
+
 def _add_admin(
     integrations: Integrations, server: grpc.aio.Server, config: Config
 ) -> AdminServicer:
@@ -121,6 +184,12 @@ SERVICES: tuple[_Service, ...] = (
     _Service(_full_name(pubsub_pb2, "PubSubService"), "pubsub", _add_pubsub),
     _Service(_full_name(sql_pb2, "SqlService"), "sql", _add_sql),
     _Service(_full_name(ai_pb2, "AIService"), "ai_model", _add_ai),
+    _Service(_full_name(objectstore_pb2, "ObjectStoreService"), "objectstore", _add_objectstore),
+    _Service("integration.v1.HttpService", "api", _add_http),
+    _Service("integration.v1.AwsService", "cloud", _add_aws),
+    _Service("integration.v1.GraphQLService", "graphql", _add_graphql),
+    _Service("integration.v1.WebSocketService", "websocket", _add_websocket),
+    _Service("integration.v1.QueueService", "queue", _add_queue),
     _Service(_full_name(admin_pb2, "AdminService"), None, _add_admin),
 )
 SERVICE_NAMES = (*(service.name for service in SERVICES), HEALTH_SERVICE)

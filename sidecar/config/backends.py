@@ -20,6 +20,13 @@ BACKENDS: dict[tuple[str, str], str] = {
     ("sql", "postgres"): "sidecar.backends.sql.postgres",
     ("sql", "sqlite"): "sidecar.backends.sql.sqlite",
     ("cloud", "aws"): "sidecar.backends.cloud.aws",
+    ("objectstore", "local"): "sidecar.backends.objectstore.local",
+    ("objectstore", "s3"): "sidecar.backends.objectstore.s3",
+    ("api", "http"): "sidecar.backends.api.http",
+    ("graphql", "http"): "sidecar.backends.graphql.http",
+    ("websocket", "upstream"): "sidecar.backends.websocket.upstream",
+    ("queue", "memory"): "sidecar.backends.queue.memory",
+    ("queue", "sqs"): "sidecar.backends.queue.sqs",
 }
 # ==== end of BACKENDS =======================================================================
 
@@ -30,8 +37,13 @@ BACKEND_CONNECTIONS: dict[tuple[str, str], str] = {
     ("cache", "redis"): "redis",
     ("pubsub", "redis"): "redis",
     ("cloud", "aws"): "aws",
+    ("objectstore", "s3"): "aws",
+    ("api", "http"): "http",
     ("sql", "postgres"): "postgres",
     ("sql", "sqlite"): "sqlite",
+    ("graphql", "http"): "http",
+    ("websocket", "upstream"): "websocket",
+    ("queue", "sqs"): "aws",
     # ai_model services are built by sidecar.ai (their backend is the provider); echo has
     # no upstream.
     ("ai_model", "openai"): "http",

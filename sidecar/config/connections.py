@@ -28,6 +28,7 @@ from .policies import ConnectionPoolOverride, TimeoutsOverride
 from .postgres import PostgresEndpoint, check_postgres_endpoint
 from .services.redis import RedisEndpoint
 from .sqlite import SqliteEndpoint
+from .websocket import WebSocketEndpoint
 
 __all__ = [
     "CONNECTION_TYPES",
@@ -38,6 +39,7 @@ __all__ = [
     "PostgresConnectionConfig",
     "RedisConnectionConfig",
     "SqliteConnectionConfig",
+    "WebSocketConnectionConfig",
 ]
 
 
@@ -102,15 +104,26 @@ class SqliteConnectionConfig(SqliteEndpoint, ConnectionSettingsBase):
     type: Literal["sqlite"] = Field(description="Connection type. Required.")
 
 
+class WebSocketConnectionConfig(WebSocketEndpoint, ConnectionSettingsBase):
+    """A WebSocket server: each session opens its own socket (URL, headers, TLS shared)."""
+
+    type: Literal["websocket"] = Field(description="Connection type. Required.")
+    url: str = Field(  # required here; a service's inline settings may omit it
+        max_length=2048,
+        description="Where sessions open: ws[s]://host[:port][/path][?query]. Required.",
+    )
+
+
 ConnectionConfig = Annotated[
     RedisConnectionConfig
     | AwsConnectionConfig
     | HttpConnectionConfig
     | PostgresConnectionConfig
-    | SqliteConnectionConfig,
+    | SqliteConnectionConfig
+    | WebSocketConnectionConfig,
     Field(discriminator="type"),
 ]
 """Any connection; the `type` key picks the model."""
 
-CONNECTION_TYPES: tuple[str, ...] = ("redis", "aws", "http", "postgres", "sqlite")
+CONNECTION_TYPES: tuple[str, ...] = ("redis", "aws", "http", "postgres", "sqlite", "websocket")
 """Every supported connection `type`."""

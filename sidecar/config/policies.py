@@ -445,9 +445,13 @@ SERVICE_TYPE_DEFAULTS: Mapping[str, Mapping[str, Mapping[str, float]]] = {
     "cache": _REDIS_DEFAULTS,
     "pubsub": _REDIS_DEFAULTS,
     "ai_model": _HTTP_DEFAULTS,  # its own (implicit) http connection's pool
+    "api": _HTTP_DEFAULTS,
+    "graphql": _HTTP_DEFAULTS,
+    # A Receive long-polls for up to 20 s: an idle queue's empty polls are not slow calls.
+    "queue": {"circuit_breaker": {"slow_call_duration": 30.0}},
 }
 """service type -> policy section -> field -> the default for that type. Types not listed
-(sql, ai_alias) keep the `integration:` models' own defaults."""
+(sql, ai_alias, ...) keep the `integration:` models' own defaults."""
 
 CONNECTION_TYPE_DEFAULTS: Mapping[str, Mapping[str, Mapping[str, float]]] = {
     "http": _HTTP_DEFAULTS,

@@ -140,6 +140,7 @@ OPENERS: dict[str, str] = {
     "postgres": "sidecar.connections.postgres",
     "sqlite": "sidecar.connections.sqlite",
     "http": "sidecar.connections.http",
+    "websocket": "sidecar.connections.websocket",
 }
 # ==== end of OPENERS ========================================================================
 

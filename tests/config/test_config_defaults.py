@@ -214,6 +214,47 @@ EXPECTED_DEFAULTS = {
             "timeouts": None,
             "connection_pool": None,
         },
+        "objects": {
+            "type": "objectstore",
+            "backend": "local",
+            "default": False,
+            "root": None,
+            "bucket": None,
+            "connection": None,
+            "part_size": 8 * 1024 * 1024,
+            "max_concurrent_parts": 2,
+            "max_object_size": 5 * 1024**3,
+            "chunk_size": 256 * 1024,
+            "max_keys_per_page": 1000,
+            "stream_idle_timeout": 30.0,
+            "presign_max_expiry": 604800.0,
+            "retry_policy": None,
+            "circuit_breaker": None,
+            "rate_limit": None,
+            "bulkhead": None,
+            "timeouts": None,
+            "connection_pool": None,
+        },
+        "queue": {
+            "type": "queue",
+            "backend": "memory",
+            "default": False,
+            "queue": None,
+            "connection": None,
+            "fifo": False,
+            "content_based_deduplication": False,
+            "visibility_timeout": 30.0,
+            "max_receive_count": None,
+            "dead_letter": None,
+            "max_messages": 100000,
+            "message_retention": 345600.0,
+            "retry_policy": None,
+            "circuit_breaker": None,
+            "rate_limit": None,
+            "bulkhead": None,
+            "timeouts": None,
+            "connection_pool": None,
+        },
     },
 }
 
@@ -240,7 +281,7 @@ def test_empty_file_means_defaults(tmp_path: Path) -> None:
 def test_section_with_every_line_commented_out_means_defaults() -> None:
     config = parse_config("server:\n  # listen: 0.0.0.0:50051\nservices:\n", environ={})
     assert config.server == Config().server
-    assert set(config.services) == {"cache", "pubsub", "sql", "echo"}
+    assert set(config.services) == {"cache", "pubsub", "sql", "echo", "objects", "queue"}
 
 
 def test_services_given_replace_the_default_services() -> None:

@@ -20,26 +20,36 @@ from typing import Annotated, Union, get_args
 from pydantic import Field
 
 from .ai import AIAliasServiceConfig, AIModelServiceConfig
+from .api import ApiServiceConfig
 from .base import ServiceBase
 from .cache import CacheServiceConfig
 from .cloud import CloudServiceConfig
+from .graphql import GraphQLServiceConfig
+from .objectstore import ObjectStoreServiceConfig
 from .pubsub import PubSubServiceConfig
+from .queue import QueueServiceConfig
 from .redis import RedisConnectionSettings, RedisEndpoint
 from .sql import SqlServiceConfig
+from .websocket import WebSocketServiceConfig
 
 __all__ = [
     "SERVICE_TYPES",
     "AIAliasServiceConfig",
     "AIModelServiceConfig",
+    "ApiServiceConfig",
     "CacheServiceConfig",
     "CloudServiceConfig",
+    "GraphQLServiceConfig",
+    "ObjectStoreServiceConfig",
     "PubSubServiceConfig",
+    "QueueServiceConfig",
     "RedisConnectionSettings",
     "RedisEndpoint",
     "ServiceBase",
     "ServiceConfig",
     "ServiceModel",
     "SqlServiceConfig",
+    "WebSocketServiceConfig",
     "default_services",
     "service_types",
 ]
@@ -53,6 +63,11 @@ ServiceModel = Union[  # noqa: UP007
     AIModelServiceConfig,
     AIAliasServiceConfig,
     CloudServiceConfig,
+    ObjectStoreServiceConfig,
+    ApiServiceConfig,
+    GraphQLServiceConfig,
+    WebSocketServiceConfig,
+    QueueServiceConfig,
 ]
 """Every service model, in the order error messages list their types."""
 # ==== end of SERVICE TYPES ==================================================================
@@ -102,7 +117,9 @@ def default_services() -> dict[str, ServiceConfig]:
         An in-memory cache named `cache`, an in-memory pubsub named `pubsub`, and `sql`, an
         in-memory SQLite database (private to the process, gone when it exits), so that
         SqlService answers on a bare machine, and `echo`, the echo AI provider (not a model:
-        it streams the last user message back), so that AIService does too. Other service
+        it streams the last user message back), so that AIService does too, and `objects`, a
+        local-folder object store in a private temporary folder, and `queue`, an in-memory
+        work queue. Other service
         types are not added here: they usually need settings (an address, credentials) that
         have no sensible default.
     """
@@ -111,4 +128,6 @@ def default_services() -> dict[str, ServiceConfig]:
         "pubsub": PubSubServiceConfig(),
         "sql": SqlServiceConfig(),
         "echo": AIModelServiceConfig(provider="echo"),
+        "objects": ObjectStoreServiceConfig(),
+        "queue": QueueServiceConfig(),
     }

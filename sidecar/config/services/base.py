@@ -13,7 +13,9 @@ See `sidecar.config.services` for how to register the new model.
 
 from __future__ import annotations
 
-from pydantic import AliasChoices, Field, field_validator
+from collections.abc import Mapping, Sequence
+
+from pydantic import AliasChoices, BaseModel, Field, field_validator
 from pydantic_core import PydanticCustomError
 
 from .._common import ConfigModel
@@ -27,7 +29,7 @@ from ..policies import (
     TimeoutsOverride,
 )
 
-__all__ = ["ServiceBase"]
+__all__ = ["ServiceBase", "backend_settings_hold"]
 
 
 class ServiceBase(ConfigModel):
@@ -74,3 +76,37 @@ class ServiceBase(ConfigModel):
                 {"expected": " or ".join(repr(name) for name in names)},
             )
         return value
+
+
+def backend_settings_hold(
+    settings: BaseModel,
+    backend: str,
+    only_for: Mapping[str, Sequence[str]],
+    required: Sequence[str] = (),
+    why: str = "",
+) -> None:
+    """Refuse settings written for another backend of the type (`only_for`: backend -> the
+    settings only it takes), and `required` settings of this backend left unset (None).
+
+    Raises:
+        PydanticCustomError: the first problem, naming every setting involved.
+    """
+    for other, names in only_for.items():
+        misplaced = sorted(n for n in names if other != backend and n in settings.model_fields_set)
+        if misplaced:
+            raise PydanticCustomError(
+                "setting_of_other_backend",
+                "{names} {verb} only for backend: {other}",
+                {
+                    "names": ", ".join(misplaced),
+                    "verb": "is" if len(misplaced) == 1 else "are",
+                    "other": other,
+                },
+            )
+    missing = [name for name in required if getattr(settings, name) is None]
+    if missing:
+        raise PydanticCustomError(
+            "backend_settings_missing",
+            "backend: {backend} needs {names}" + (": " + why if why else ""),
+            {"backend": backend, "names": " and ".join(missing)},
+        )
