@@ -347,6 +347,14 @@ BAD_CALLS: dict[str, tuple[str, object]] = {
         "PresignUrl",
         pb.PresignUrlRequest(key="k", expires_in=duration_pb2.Duration(seconds=60)),
     ),
+    "presign unknown method": (
+        "PresignUrl",
+        pb.PresignUrlRequest(
+            key="k",
+            method=7,  # type: ignore[arg-type]  # a value a newer client might send
+            expires_in=duration_pb2.Duration(seconds=60),
+        ),
+    ),
     "presign no expiry": (
         "PresignUrl",
         pb.PresignUrlRequest(key="k", method=pb.PRESIGN_METHOD_GET),
