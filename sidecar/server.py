@@ -161,10 +161,8 @@ def _add_queue(integrations: Integrations, server: grpc.aio.Server, config: Conf
     from sidecar.backends.queue import link_dead_letters
     from sidecar.servicers.queue import QueueServicer
 
-    try:  # a memory queue's dead_letter names another memory queue service
-        link_dead_letters({i.name: i.backend for i in integrations if i.type == "queue"})
-    except ValueError as exc:
-        raise ServerStartError(f"invalid queue configuration: {exc}") from exc
+    # a memory queue's dead_letter names another memory queue service (checked by the config)
+    link_dead_letters({i.name: i.backend for i in integrations if i.type == "queue"})
     servicer = QueueServicer(integrations)
     queue_pb2_grpc.add_QueueServiceServicer_to_server(servicer, server)
     return servicer

@@ -168,6 +168,7 @@ class Config(ConfigModel):
         errors += _redis_target_errors(self.services, resolved)
         errors += _connection_reference_errors(self.connections, self.services, resolved)
         errors += _alias_reference_errors(self.services)
+        errors += _dead_letter_reference_errors(self.services)
         if errors:
             raise ValidationError.from_exception_data(type(self).__name__, errors)
         self._policies = resolved
@@ -357,6 +358,37 @@ def _alias_reference_errors(services: Mapping[str, ServiceConfig]) -> list[InitE
             target = services.get(cache.target)
             if target is None or target.type != "cache":
                 refused(("services", alias, "cache", "target"), cache.target, "cache")
+    return errors
+
+
+def _dead_letter_reference_errors(
+    services: Mapping[str, ServiceConfig],
+) -> list[InitErrorDetails]:
+    """A memory queue's `dead_letter` must name another memory queue of the same kind (FIFO
+    or standard), so `check-config` finds the mistake, not only start-up."""
+    errors: list[InitErrorDetails] = []
+    for name, service in services.items():
+        dead_letter = getattr(service, "dead_letter", None)
+        if service.type != "queue" or dead_letter is None:
+            continue
+        target = services.get(dead_letter)
+        if target is None or target.type != "queue" or getattr(target, "backend", "") != "memory":
+            problem = "{name} is not a configured queue service with backend: memory"
+        elif dead_letter == name:
+            problem = "{name} is this queue itself; a dead-letter queue must be another one"
+        elif getattr(target, "fifo", False) != getattr(service, "fifo", False):
+            problem = "{name} must be a FIFO queue exactly when this queue is one"
+        else:
+            continue
+        errors.append(
+            InitErrorDetails(
+                type=PydanticCustomError(
+                    "dead_letter_reference", problem, {"name": repr(dead_letter)}
+                ),
+                loc=("services", name, "dead_letter"),
+                input=dead_letter,
+            )
+        )
     return errors
 
 

@@ -52,3 +52,44 @@ def test_the_backend_is_inferred_from_an_aws_connection() -> None:
 def test_bad_queue_settings_are_refused_at_load(service: str, expected: str) -> None:
     message = _error(f"{AWS}services:\n  q: {service}\n")
     assert "services.q" in message and expected in message
+
+
+@pytest.mark.parametrize(
+    ("services", "expected"),
+    [
+        (
+            "  jobs: {type: queue, max_receive_count: 3, dead_letter: cache}\n"
+            "  cache: {type: cache}\n",
+            "'cache' is not a configured queue service",
+        ),
+        (
+            "  jobs: {type: queue, max_receive_count: 3, dead_letter: nowhere}\n",
+            "'nowhere' is not a configured queue service",
+        ),
+        ("  jobs: {type: queue, max_receive_count: 3, dead_letter: jobs}\n", "this queue itself"),
+        (
+            "  jobs: {type: queue, fifo: true, max_receive_count: 3, dead_letter: dlq}\n"
+            "  dlq: {type: queue}\n",
+            "FIFO queue exactly when",
+        ),
+        (
+            "  jobs: {type: queue, max_receive_count: 3, dead_letter: dlq}\n"
+            "  dlq: {type: queue, backend: sqs, connection: aws, queue: dlq}\n",
+            "'dlq' is not a configured queue service with backend: memory",
+        ),
+    ],
+)
+def test_a_dead_letter_must_name_another_memory_queue_of_the_same_kind(
+    services: str, expected: str
+) -> None:
+    message = _error(f"{AWS}services:\n{services}")
+    assert "services.jobs.dead_letter" in message and expected in message
+
+
+def test_a_dead_letter_naming_a_memory_queue_of_the_same_kind_loads() -> None:
+    config = parse_config(
+        "services:\n  jobs: {type: queue, max_receive_count: 3, dead_letter: dlq}\n"
+        "  dlq: {type: queue}\n",
+        environ={},
+    )
+    assert config.services["jobs"].dead_letter == "dlq"  # type: ignore[union-attr]

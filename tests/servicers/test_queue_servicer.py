@@ -18,7 +18,7 @@ from support import error_info
 
 from generated.integration.v1 import queue_pb2 as pb
 from generated.integration.v1.queue_pb2_grpc import QueueServiceStub
-from sidecar.server import RunningServer, ServerStartError
+from sidecar.server import RunningServer
 from sidecar.testing import FakeClock, serve_for_test
 
 CONFIG = """
@@ -354,17 +354,6 @@ async def test_a_receive_stream_ends_with_ok_before_the_callers_deadline() -> No
         assert [response async for response in call] == []
         assert await call.code() == grpc.StatusCode.OK
         assert time.monotonic() - started < 3.0
-
-
-async def test_a_dead_letter_that_is_no_memory_queue_stops_start_up() -> None:
-    config = """
-services:
-  jobs: {type: queue, max_receive_count: 3, dead_letter: cache}
-  cache: {type: cache}
-"""
-    with pytest.raises(ServerStartError, match="dead_letter"):
-        async with serve_for_test(config):
-            pass
 
 
 async def test_the_empty_long_polls_of_an_idle_queue_never_open_its_breaker(
