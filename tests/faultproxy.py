@@ -6,6 +6,7 @@ touching the server, which other tests share:
     async with FaultProxy("127.0.0.1", 5432) as proxy:
         dsn = f"postgresql://postgres@{proxy.host}:{proxy.port}/app"   # point the client here
         proxy.latency = 0.2          # every chunk waits 200 ms, both ways
+        proxy.rate = 1_000_000       # bytes per second, per connection and direction
         proxy.paused = True          # bytes stop flowing (a silent partition) until False
         await proxy.cut()            # reset every open connection (RST), like a dead link
         await proxy.stop_accepting() # new connections are refused (ECONNREFUSED) ...
@@ -55,6 +56,7 @@ class FaultProxy:
 
     Attributes:
         latency: seconds each chunk waits before it is forwarded, in both directions.
+        rate: bytes per second each connection forwards in each direction (None: no limit).
         paused: while True, nothing is forwarded (the bytes wait, nothing is lost).
     """
 
@@ -71,6 +73,7 @@ class FaultProxy:
         self.host = listen_host
         self.port = listen_port
         self.latency = 0.0
+        self.rate: float | None = None
         self.accepted = 0
         self._resume = asyncio.Event()
         self._resume.set()
@@ -173,10 +176,15 @@ class FaultProxy:
             self._handlers.discard(task)
 
     async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        loop = asyncio.get_running_loop()
+        free_at = loop.time()  # when this direction may send again, at `rate`
         try:
             while chunk := await reader.read(_CHUNK):
                 if self.latency > 0:
                     await asyncio.sleep(self.latency)
+                if self.rate:
+                    free_at = max(free_at, loop.time()) + len(chunk) / self.rate
+                    await asyncio.sleep(free_at - loop.time())
                 await self._resume.wait()
                 writer.write(chunk)
                 await writer.drain()

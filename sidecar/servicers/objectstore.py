@@ -44,6 +44,7 @@ from sidecar.errors import Aborted, DataLoss, FailedPrecondition
 from sidecar.resilience import Clock, ExecutionTimeout, run_with_timeout
 from sidecar.runtime import Integration, Integrations
 from sidecar.servicers._common import Context, call_deadline, call_through, invalid, resolve
+from sidecar.servicers._read_ahead import read_ahead
 
 __all__ = ["ObjectStoreServicer"]
 
@@ -139,7 +140,7 @@ class ObjectStoreServicer(objectstore_pb2_grpc.ObjectStoreServiceServicer):
             whole = download.start == 0 and download.length == info.size
             digest = hashlib.sha256() if whole and info.sha256 else None
             sent = 0
-            async for chunk in download.chunks():
+            async for chunk in read_ahead(download.chunks()):
                 if digest is not None:
                     digest.update(chunk)  # ~0.5 ms per MiB, a chunk at a time
                 sent += len(chunk)

@@ -52,6 +52,14 @@ async def test_bytes_pass_through_unchanged_both_ways(proxy: FaultProxy) -> None
     assert proxy.accepted == 1
 
 
+async def test_a_rate_paces_the_bytes_and_keeps_them_whole(proxy: FaultProxy) -> None:
+    proxy.rate = 2_000_000
+    payload = bytes(range(256)) * 1024  # 256 KiB: at least 0.13 s each way at 2 MB/s
+    started = time.monotonic()
+    assert await round_trip(proxy, payload) == payload
+    assert time.monotonic() - started >= 0.13
+
+
 async def test_latency_delays_each_direction(proxy: FaultProxy) -> None:
     proxy.latency = 0.1
     started = time.monotonic()
