@@ -86,6 +86,11 @@ class SidecarError(Exception):
         self.metadata: dict[str, str] = dict(metadata or {})
         self.retry_after = retry_after
 
+    @property
+    def advised_retry_after(self) -> float | None:
+        """The wait sent to the caller as `RetryInfo` (None: no RetryInfo)."""
+        return self.retry_after
+
 
 class InvalidArgument(SidecarError):
     kind = ErrorKind.INVALID_ARGUMENT
@@ -117,9 +122,17 @@ class ResourceExhausted(SidecarError):
 class UpstreamThrottled(ResourceExhausted):
     """The upstream asked the sidecar to slow down (AWS throttling, HTTP 429): upstream
     trouble, so the pipeline retries it (after `retry_after` when given) and the breaker
-    counts it; the caller sees RESOURCE_EXHAUSTED once retries run out."""
+    counts it; the caller sees RESOURCE_EXHAUSTED once retries run out, with a RetryInfo
+    even when the upstream said nothing (most AWS throttles carry no Retry-After)."""
 
     transient = True
+    default_retry_after = 1.0
+    """Seconds advised when the upstream gave none: botocore's standard retry mode backs off
+    up to 1 s before its first retry."""
+
+    @property
+    def advised_retry_after(self) -> float:
+        return self.default_retry_after if self.retry_after is None else self.retry_after
 
 
 class Unauthenticated(SidecarError):

@@ -82,7 +82,8 @@ def _status_for(exc: BaseException, extra: dict[str, str]) -> grpc.Status:
     if isinstance(exc, SidecarError):
         extra.update(exc.metadata)
         field = exc.metadata.get("field") if exc.kind is ErrorKind.INVALID_ARGUMENT else None
-        return _build(_CODES[exc.kind], exc.message, exc.reason, extra, exc.retry_after, field)
+        advised = exc.advised_retry_after
+        return _build(_CODES[exc.kind], exc.message, exc.reason, extra, advised, field)
     if isinstance(exc, ExecutionRejected):
         # The nearest listed ancestor: a CoolingDownError is a RateLimitedError.
         code = next(

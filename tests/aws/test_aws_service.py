@@ -466,6 +466,7 @@ async def test_5xx_and_throttling_count_for_the_breaker_and_4xx_does_not(
             with pytest.raises(grpc.aio.AioRpcError) as raised:
                 await aws.Call(call("sns", "Publish", TopicArn=arn, Message="m"))
             assert raised.value.code() == Code.RESOURCE_EXHAUSTED
+            assert retry_delay(raised.value) == 1.0  # AWS sent no Retry-After: the default
             assert failures() == 1
             listed = moto_server.calls("sns:ListTopics")
             moto_server.fail_next("sns:ListTopics", status=400, code="Throttling")
