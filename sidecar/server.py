@@ -47,6 +47,7 @@ from sidecar.reflection import enable_reflection
 from sidecar.resilience import SYSTEM_CLOCK, Clock, TokenBucketOptions
 from sidecar.runtime import Integrations, build_integrations
 from sidecar.runtime.health import HealthMonitor
+from sidecar.runtime.recovery import RecoveryProber
 from sidecar.servicers import AdminServicer, CacheServicer, PubSubServicer
 from sidecar.servicers.ai import AIServicer
 from sidecar.servicers.objectstore import ObjectStoreServicer
@@ -207,6 +208,7 @@ class RunningServer:
     integrations: Integrations
     health: health.aio.HealthServicer
     monitor: HealthMonitor
+    recovery: RecoveryProber
     inbound: InboundLayer
     servicers: dict[str, Any]
     meter_provider: MeterProvider | None
@@ -224,6 +226,7 @@ class RunningServer:
         deadline = loop.time() + grace
         await self.health.enter_graceful_shutdown()
         await self.monitor.stop()
+        await self.recovery.stop()
         # The listener stays open while calls in flight finish, so that a new call is told
         # why it is refused (SHUTTING_DOWN) rather than finding the port closed.
         self.inbound.drain.refuse_new_calls()
@@ -387,8 +390,10 @@ async def _start(
         consecutive_failures=health_monitoring.consecutive_failures,
     )
     await monitor.publish_initial()
+    recovery = RecoveryProber(integrations, timeout=health_monitoring.timeout)
     await server.start()
     monitor.start()
+    recovery.start()
     _log.info("serving", extra={"address": address, "integrations": len(integrations)})
     return RunningServer(
         server=server,
@@ -397,6 +402,7 @@ async def _start(
         integrations=integrations,
         health=health_servicer,
         monitor=monitor,
+        recovery=recovery,
         inbound=inbound,
         servicers=servicers,
         meter_provider=meter_provider,

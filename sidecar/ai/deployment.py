@@ -106,16 +106,26 @@ class Deployment:
         self.pipeline.cool_down(seconds if seconds is not None else DEFAULT_COOLDOWN)
 
     async def admit(
-        self, weight: int, deadline: Deadline | None, *, wait: bool, operation: str = "chat"
+        self,
+        weight: int,
+        deadline: Deadline | None,
+        *,
+        wait: bool,
+        operation: str = "chat",
+        panic: bool = False,
     ) -> Admission:
         """Reserve what one attempt needs: a breaker permit, a bulkhead slot, 1 request and
-        `weight` tokens.
+        `weight` tokens; in `panic` mode an open breaker lets the attempt through.
 
         Raises:
             SidecarError: The deployment refuses the attempt (see the module docstring).
         """
         lease = await self.pipeline.admit(
-            weight=weight, deadline=deadline, wait=wait, detail=GenAIAttempt(operation)
+            weight=weight,
+            deadline=deadline,
+            wait=wait,
+            detail=GenAIAttempt(operation),
+            panic=panic,
         )
         return Admission(self, lease, operation)
 
@@ -145,6 +155,11 @@ class Admission:
     def settled(self) -> bool:
         """Whether the attempt has been settled."""
         return self._lease.settled
+
+    @property
+    def through_open_breaker(self) -> bool:
+        """Admitted in panic mode, through the deployment's open breaker."""
+        return self._lease.bypassed_breaker
 
     def first_chunk(self) -> None:
         """Output is about to reach the caller: from now on nothing is retried."""

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 from sidecar.ai.deployment import Admission, Deployment
 from sidecar.ai.response_cache import CachedAnswer, Recorder, is_deterministic
-from sidecar.ai.rounds import Rounds, falls_back, final_error
+from sidecar.ai.rounds import Rounds, calm, falls_back, final_error, panics
 from sidecar.ai.route import Route
 from sidecar.ai.tokens import reservation
 from sidecar.backends.ai.base import ChatEnd, ChatEvent, ChatRequest, ChatStream
@@ -115,11 +115,13 @@ class _ChatCall:
         self.errors: list[SidecarError] = []
 
     async def admit(
-        self, deployment: Deployment, request: ChatRequest, wait: bool
+        self, deployment: Deployment, request: ChatRequest, wait: bool, panic: bool
     ) -> Admission | None:
         """Admission on `deployment`, or None after noting its refusal."""
         try:
-            return await deployment.admit(reservation(request), self.deadline, wait=wait)
+            return await deployment.admit(
+                reservation(request), self.deadline, wait=wait, panic=panic
+            )
         except SidecarError as exc:
             self.errors.append(exc)
             return None
@@ -163,12 +165,13 @@ async def stream_chat(
         return
     state = _ChatCall(route, keyed, deadline)
     rounds = Rounds(route, deadline, route.clock)
+    panic = False
     while True:
         state.errors.clear()
         last = len(route.deployments) - 1
         for index, deployment in enumerate(route.deployments):
             prepared = deployment.prepare(request)
-            admission = await state.admit(deployment, prepared, wait=index == last)
+            admission = await state.admit(deployment, prepared, index == last, panic)
             if admission is None:
                 continue
             stream: ChatStream | None = None
@@ -190,6 +193,8 @@ async def stream_chat(
                         raise stream_interrupted(deployment.provider_name, "no end event")
                     batch = next_batch
                 await state.succeeded(deployment, admission, end)
+                if not admission.through_open_breaker:
+                    calm(route)
                 return
             except BaseException as exc:
                 # Cancelled, the caller's deadline and bugs are never moved to another
@@ -200,5 +205,8 @@ async def stream_chat(
                 admission.release()  # settles (ignored) only what nothing else settled
                 if stream is not None:
                     await stream.aclose()
+        if not panic and panics(route, state.errors):
+            panic = True  # every breaker open: this round again, through them
+            continue
         if not await rounds.again(state.errors):
             raise final_error(state.errors)

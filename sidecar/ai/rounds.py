@@ -5,17 +5,27 @@ has rounds left, its retry budget allows one, no deployment said the request can
 fit, and the wait fits the deadline. The wait is the policy's backoff, but at least the
 shortest Retry-After (or breaker reopening time) any deployment gave; a hint longer than
 `max_delay` ends the call, since that server wants more patience than one retry may spend.
+
+Panic mode: when every deployment of an alias refused because its breaker is open, failing
+every call makes things worse than no breaker (two deployments failing half their calls
+each would both trip and leave the alias nowhere to go). The round is then run again at
+once, by priority, through the open breakers, as Envoy routes to every host below its
+healthy-panic threshold; the metric `integration_resilience_events_total{event="panic"}`
+counts such attempts and the log says when an alias enters and leaves panic mode.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Final
 
 from sidecar.ai.route import Route
 from sidecar.errors import ErrorKind, SidecarError
 from sidecar.resilience import Clock, Deadline, backoff_delay
 
-__all__ = ["Rounds", "falls_back", "final_error"]
+__all__ = ["Rounds", "calm", "falls_back", "final_error", "panics"]
+
+_log = logging.getLogger("sidecar.ai")
 
 _FALLBACK_KINDS: Final = frozenset(
     {ErrorKind.UNAVAILABLE, ErrorKind.RESOURCE_EXHAUSTED, ErrorKind.DEADLINE_EXCEEDED}
@@ -62,6 +72,33 @@ class Rounds:
         self.number += 1
         await self._clock.sleep(delay)
         return True
+
+
+def panics(route: Route, errors: list[SidecarError]) -> bool:
+    """Whether a round that ended in `errors` goes to panic mode: `route` is an alias of
+    several deployments and each refused with an open breaker. Logs the entry once."""
+    deployments = route.deployments
+    if route.kind != "alias" or len(deployments) < 2 or len(errors) != len(deployments):
+        return False
+    if not all(error.reason == "CIRCUIT_OPEN" for error in errors):
+        return False
+    if not route.panic.active:
+        route.panic.active = True
+        _log.warning(
+            "every deployment's breaker is open: routing through them anyway (panic mode)",
+            extra={"alias": route.name},
+        )
+    return True
+
+
+def calm(route: Route) -> None:
+    """A call went through a closed breaker: the alias has left panic mode (logged once)."""
+    if route.panic.active:
+        route.panic.active = False
+        _log.info(
+            "a deployment's breaker admits calls again: panic mode over",
+            extra={"alias": route.name},
+        )
 
 
 def final_error(errors: list[SidecarError]) -> SidecarError:

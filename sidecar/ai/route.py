@@ -11,7 +11,14 @@ from sidecar.ai.deployment import Deployment
 from sidecar.ai.response_cache import ResponseCache
 from sidecar.resilience import SYSTEM_CLOCK, Clock, RetryBudget, RetryOptions
 
-__all__ = ["Route"]
+__all__ = ["PanicMode", "Route"]
+
+
+@dataclass
+class PanicMode:
+    """Whether the route's calls go through open breakers now (see `sidecar.ai.rounds`)."""
+
+    active: bool = False
 
 
 @dataclass(frozen=True)
@@ -27,6 +34,7 @@ class Route:
         budget: Caps retry rounds at a fraction of recent calls.
         clock: Time for retry sleeps.
         random: Jitter source.
+        panic: Whether the alias is in panic mode (every deployment's breaker open).
     """
 
     name: str
@@ -37,3 +45,4 @@ class Route:
     budget: RetryBudget | None = None
     clock: Clock = SYSTEM_CLOCK
     random: Callable[[], float] = field(default=_random.random)
+    panic: PanicMode = field(default_factory=PanicMode, compare=False)

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 
 from sidecar.ai.deployment import Deployment
 from sidecar.ai.fallback import RoutedCall
-from sidecar.ai.rounds import Rounds, falls_back, final_error
+from sidecar.ai.rounds import Rounds, calm, falls_back, final_error, panics
 from sidecar.ai.route import Route
 from sidecar.ai.tokens import estimate_embedding_tokens
 from sidecar.backends.ai.base import EmbedResult
@@ -58,13 +58,14 @@ async def _unary(
 ) -> EmbedResult:
     rounds = Rounds(route, deadline, route.clock)
     errors: list[SidecarError] = []
+    panic = False
     while True:
         errors.clear()
         last = len(route.deployments) - 1
         for index, deployment in enumerate(route.deployments):
             try:
                 admission = await deployment.admit(
-                    weight, deadline, wait=index == last, operation=operation
+                    weight, deadline, wait=index == last, operation=operation, panic=panic
                 )
             except SidecarError as exc:
                 errors.append(exc)
@@ -88,7 +89,12 @@ async def _unary(
                     admission.failed(exc)
                     raise
                 admission.succeeded(result.usage, result.model)
+            if not admission.through_open_breaker:
+                calm(route)
             call.deployment = deployment.name
             return result
+        if not panic and panics(route, errors):
+            panic = True  # every breaker open: this round again, through them
+            continue
         if not await rounds.again(errors):
             raise final_error(errors)

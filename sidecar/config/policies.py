@@ -156,7 +156,16 @@ class CircuitBreakerConfig(ConfigModel):
     )
     reset_timeout: DurationSeconds = Field(
         default=30.0,
-        description="How long the breaker stays open before a half-open probe. Default 30s.",
+        description="The longest the breaker stays open before a half-open probe. The first "
+        "break is min_reset_timeout; each time the breaker opens again straight from "
+        "half-open the break doubles, up to this; once it closes the break starts short "
+        "again. A health check that sees the upstream answer half-opens it at once. "
+        "Default 30s.",
+    )
+    min_reset_timeout: DurationSeconds = Field(
+        default=1.0,
+        description="The first break after the breaker opens (capped by reset_timeout). "
+        "Default 1s.",
     )
     monitoring_period: DurationSeconds = Field(
         default=10.0,
@@ -387,6 +396,7 @@ class CircuitBreakerOverride(ConfigModel):
     enabled: bool | None = Field(default=None, description=_INHERIT)
     failure_threshold: AtLeastOne | None = Field(default=None, description=_INHERIT)
     reset_timeout: DurationSeconds | None = Field(default=None, description=_INHERIT)
+    min_reset_timeout: DurationSeconds | None = Field(default=None, description=_INHERIT)
     monitoring_period: DurationSeconds | None = Field(default=None, description=_INHERIT)
     failure_ratio: Fraction | None = Field(default=None, description=_INHERIT)
     minimum_throughput: AtLeastOne | None = Field(default=None, description=_INHERIT)

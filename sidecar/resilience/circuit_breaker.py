@@ -11,6 +11,14 @@ Three parts, as in Polly's `CircuitBreaker/{Health,Controller}`:
 - the state machine (`CircuitBreaker`): CLOSED -> OPEN -> HALF_OPEN -> CLOSED or OPEN again,
   plus ISOLATED (held open by an operator) and `reset()` back to CLOSED.
 
+Recovery follows evidence, not only a timer. The break starts short (`min_reset_timeout`)
+and doubles each time the breaker opens again straight from half-open, up to
+`reset_timeout` (as Polly's break-duration generator and Envoy's ejection time grow); once
+the breaker closes it starts short again. And whoever sees the upstream answer while the
+breaker is open (a health probe, a link that reconnected, a call let through in panic mode)
+calls `upstream_recovered()`, which half-opens it at once: the next calls are the real
+probes, admitted `half_open_max_calls` at a time.
+
 Under asyncio a transition never awaits, so no lock is needed: each method runs to its end
 before any other task sees the breaker.
 
@@ -70,7 +78,11 @@ class CircuitBreakerOptions:
     Attributes:
         enabled: False turns the breaker off (it never trips; `isolate()` still works).
         failure_threshold: Consecutive failures that trip it; 0 disables this rule.
-        reset_timeout: Seconds the breaker stays open before it lets a probe through.
+        reset_timeout: The longest break: seconds the breaker stays open, at most, before it
+            lets a probe through.
+        min_reset_timeout: The first break; each consecutive opening doubles it, up to
+            `reset_timeout` (a larger value is capped there). None: every break is
+            `reset_timeout`.
         failure_ratio: Failure ratio in the window that trips it; 0 disables this rule.
         minimum_throughput: Calls the window must hold before the ratio rule applies.
         sampling_duration: Length of the rolling window in seconds (the spec's
@@ -86,6 +98,7 @@ class CircuitBreakerOptions:
     enabled: bool = True
     failure_threshold: int = 5
     reset_timeout: float = 30.0
+    min_reset_timeout: float | None = None
     failure_ratio: float = 0.5
     minimum_throughput: int = 20
     sampling_duration: float = 10.0
@@ -98,6 +111,9 @@ class CircuitBreakerOptions:
             raise ValueError("failure_threshold must be >= 0")
         if not (math.isfinite(self.reset_timeout) and self.reset_timeout > 0):
             raise ValueError("reset_timeout must be > 0")
+        shortest = self.min_reset_timeout
+        if shortest is not None and not (math.isfinite(shortest) and shortest > 0):
+            raise ValueError("min_reset_timeout must be > 0 or None")
         if not 0.0 <= self.failure_ratio <= 1.0:
             raise ValueError("failure_ratio must be between 0 and 1")
         if self.minimum_throughput < 1:
@@ -119,7 +135,7 @@ class CircuitState(enum.Enum):
     CLOSED = "closed"
     """Calls flow; failures are counted."""
     OPEN = "open"
-    """Calls are rejected until `reset_timeout` has passed."""
+    """Calls are rejected until the break has passed or the upstream is seen answering."""
     HALF_OPEN = "half_open"
     """A few probe calls test whether the upstream has recovered."""
     ISOLATED = "isolated"
@@ -188,6 +204,7 @@ class CircuitBreaker:
         "_listeners",
         "_monotonic",
         "_open_until",
+        "_openings",
         "_options",
         "_probes_in_flight",
         "_probes_succeeded",
@@ -217,6 +234,7 @@ class CircuitBreaker:
         self._state = CircuitState.CLOSED
         self._consecutive = 0
         self._open_until = 0.0
+        self._openings = 0  # consecutive openings without a close: the break grows with them
         self._probes_in_flight = 0
         self._probes_succeeded = 0
         self._listeners: list[TransitionListener] = []
@@ -316,6 +334,21 @@ class CircuitBreaker:
         if self._state is CircuitState.HALF_OPEN and self._probes_in_flight:
             self._probes_in_flight -= 1
 
+    def upstream_recovered(self) -> None:
+        """Evidence that the upstream answers again (a health probe succeeded, a link
+        reconnected): an open breaker half-opens now instead of waiting out its break."""
+        if self._state is CircuitState.OPEN:
+            self._half_open()
+
+    @property
+    def break_duration(self) -> float:
+        """Seconds the breaker stays open when it opens next (or stayed open, while open)."""
+        options = self._options
+        doublings = max(self._openings - (self._state is CircuitState.OPEN), 0)
+        shortest = options.min_reset_timeout
+        base = options.reset_timeout if shortest is None else min(shortest, options.reset_timeout)
+        return min(base * 2.0 ** min(doublings, 64), options.reset_timeout)
+
     def isolate(self) -> None:
         """Hold the breaker open until `reset()` (an operator's kill switch)."""
         if self._state is not CircuitState.ISOLATED:
@@ -326,6 +359,7 @@ class CircuitBreaker:
         """Close the breaker and forget all counts, from any state."""
         self._window.clear()
         self._consecutive = 0
+        self._openings = 0
         self._clear_probes()
         if self._state is not CircuitState.CLOSED:
             self._transition(CircuitState.CLOSED)
@@ -364,7 +398,8 @@ class CircuitBreaker:
         return self._options.reset_timeout
 
     def _open(self) -> None:
-        self._open_until = self._clock.monotonic() + self._options.reset_timeout
+        self._open_until = self._clock.monotonic() + self.break_duration
+        self._openings += 1
         self._clear_probes()
         self._transition(CircuitState.OPEN)
 
@@ -375,6 +410,7 @@ class CircuitBreaker:
     def _close(self) -> None:
         self._window.clear()
         self._consecutive = 0
+        self._openings = 0
         self._clear_probes()
         self._transition(CircuitState.CLOSED)
 

@@ -35,7 +35,8 @@ class ResilienceEvent:
         strategy: "retry", "circuit_breaker", "rate_limiter", "bulkhead",
             "attempt_timeout" or "total_timeout".
         event: "retry", "budget_exhausted", "opened", "half_opened", "closed", "isolated",
-            "circuit_open", "rate_limited", "bulkhead_full" or "timeout".
+            "circuit_open", "panic" (let through an open breaker, in panic mode),
+            "rate_limited", "bulkhead_full" or "timeout".
         attempt: The attempt concerned (for "retry": the one that failed); 0 before any.
         delay: Seconds: the wait before the retry, the break duration for "opened", the
             advised retry-after of a rejection, the pause of "cooldown", or the timeout that

@@ -385,7 +385,7 @@ class Pipeline:
 
     def _on_transition(self, old: CircuitState, new: CircuitState) -> None:
         if self._listeners:
-            delay = self._breaker.options.reset_timeout if self._breaker else None
+            delay = self._breaker.break_duration if self._breaker else None
             self._emit(
                 "circuit_breaker",
                 _BREAKER_EVENTS[new],

@@ -315,6 +315,7 @@ class StreamingPipeline:
         deadline: Deadline | None = None,
         wait: bool = True,
         detail: object = None,
+        panic: bool = False,
     ) -> StreamLease:
         """Reserve what one call needs: a breaker permit, a bulkhead slot, and from each
         limiter one token (or `weight` tokens for a weighted one).
@@ -325,6 +326,10 @@ class StreamingPipeline:
             wait: False refuses at once when the bulkhead or a limiter would make the call
                 wait (a fallback then tries its next target).
             detail: Attached to the lease and to every event of this call (opaque here).
+            panic: Let the call through an open breaker (a failover group whose members
+                are all open routes to them anyway, as Envoy below its panic threshold).
+                Its outcome is not a probe's: only a success is noted, as evidence that the
+                upstream answers (`CircuitBreaker.upstream_recovered`).
 
         Raises:
             ExecutionRejected: `CoolingDownError`, `OverCapacityError`, `CircuitOpenError`,
@@ -360,19 +365,23 @@ class StreamingPipeline:
                     detail,
                 )
         breaker = self._breaker
+        bypassed = False
         if breaker is not None:
             try:
                 breaker.acquire()
             except CircuitOpenError as exc:
-                self._reject(exc, "circuit_breaker", "circuit_open", weight, detail)
-        await self._reserve(weight, deadline, wait, detail)
-        lease = StreamLease(self, weight, self._bulkhead is not None, detail)
+                if not panic:
+                    self._reject(exc, "circuit_breaker", "circuit_open", weight, detail)
+                bypassed = True
+                self._emit("circuit_breaker", "panic", weight=weight, detail=detail)
+        await self._reserve(weight, deadline, wait, detail, bypassed)
+        lease = StreamLease(self, weight, self._bulkhead is not None, detail, bypassed)
         if self._lifecycle:
             self._emit("stream", "admitted", weight=weight, detail=detail, lifecycle=True)
         return lease
 
     async def _reserve(
-        self, weight: float, deadline: Deadline | None, wait: bool, detail: object
+        self, weight: float, deadline: Deadline | None, wait: bool, detail: object, bypassed: bool
     ) -> None:
         """The bulkhead slot and every limiter's tokens, all or nothing (the breaker already
         let the call through; its permit is given back if anything here fails)."""
@@ -401,7 +410,7 @@ class StreamingPipeline:
                     limit.adjust(-amount)  # give back what this refused call took
             if holds_slot and bulkhead is not None:
                 bulkhead.release()
-            if self._breaker is not None:
+            if self._breaker is not None and not bypassed:
                 self._breaker.record_ignored()  # free a half-open probe slot
             if isinstance(exc, BulkheadFullError):
                 self._reject(exc, "bulkhead", "bulkhead_full", weight, detail)
@@ -420,7 +429,10 @@ class StreamingPipeline:
         """End `lease`: tell the breaker, reconcile the weighted limiters, free the slot."""
         try:
             breaker = self._breaker
-            if breaker is not None:
+            if breaker is not None and lease.bypassed_breaker:
+                if outcome is StreamOutcome.SUCCESS:
+                    breaker.upstream_recovered()  # evidence, not a probe's verdict
+            elif breaker is not None:
                 if outcome is StreamOutcome.SUCCESS:
                     breaker.record_success()
                 elif outcome is StreamOutcome.FAILURE:
@@ -491,7 +503,7 @@ class StreamingPipeline:
 
     def _on_transition(self, old: CircuitState, new: CircuitState) -> None:
         if self._listeners:
-            delay = self._breaker.options.reset_timeout if self._breaker else None
+            delay = self._breaker.break_duration if self._breaker else None
             self._emit(
                 "circuit_breaker",
                 _BREAKER_EVENTS[new],
@@ -541,6 +553,7 @@ class StreamLease:
     """
 
     __slots__ = (
+        "_bypassed_breaker",
         "_detail",
         "_first_chunk_at",
         "_holds_slot",
@@ -551,9 +564,15 @@ class StreamLease:
     )
 
     def __init__(
-        self, pipeline: StreamingPipeline, weight: float, holds_slot: bool, detail: object
+        self,
+        pipeline: StreamingPipeline,
+        weight: float,
+        holds_slot: bool,
+        detail: object,
+        bypassed_breaker: bool = False,
     ) -> None:
         self._pipeline = pipeline
+        self._bypassed_breaker = bypassed_breaker
         self._weight = weight
         self._holds_slot = holds_slot
         self._detail = detail
@@ -570,6 +589,11 @@ class StreamLease:
     def detail(self) -> object:
         """What the owner attached at admission."""
         return self._detail
+
+    @property
+    def bypassed_breaker(self) -> bool:
+        """Admitted through an open breaker in panic mode."""
+        return self._bypassed_breaker
 
     @property
     def holds_slot(self) -> bool:

@@ -43,6 +43,7 @@ def pipeline_options(policies: ServicePolicies) -> PipelineOptions:
         circuit_breaker=CircuitBreakerOptions(
             failure_threshold=breaker.failure_threshold,
             reset_timeout=breaker.reset_timeout,
+            min_reset_timeout=breaker.min_reset_timeout,
             failure_ratio=breaker.failure_ratio,
             minimum_throughput=breaker.minimum_throughput,
             sampling_duration=breaker.monitoring_period,

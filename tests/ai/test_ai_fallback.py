@@ -4,6 +4,7 @@ per-deployment breakers and fallback along an alias."""
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import grpc
 import pytest
@@ -104,6 +105,46 @@ async def test_persistent_500_opens_the_breaker_and_the_alias_falls_back_until_t
     assert len(fake.completions) == 3  # the half-open probe, then open again
 
 
+async def test_with_every_breaker_of_an_alias_open_calls_go_through_them_in_panic_mode(
+    fake: FakeLLM, backup: FakeLLM, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake.default = backup.default = Step(status=500)
+    breaker = "circuit_breaker: {failure_threshold: 1, min_reset_timeout: 30s}"
+    services = (
+        model("primary", fake.url, extra=breaker),
+        model("backup", backup.url, extra=breaker),
+        ALIAS,
+    )
+    async with ai_sidecar(config(*services), clock=FakeClock()) as ai:
+        request = ai_pb2.CompleteRequest(target="chat", messages=user("hi"))
+        with pytest.raises(grpc.aio.AioRpcError):
+            await ai.stub.Complete(request)  # both fail once: both breakers open
+        states = [
+            state
+            for name in ("primary", "backup")
+            for _, state in ai.running.integrations.get(name).backend.breaker_states()  # type: ignore[union-attr]
+        ]
+        fake.default = backup.default = Step()
+        caplog.set_level(logging.INFO, logger="sidecar.ai")
+        in_panic = await ai.stub.Complete(request)
+        entered = [r.getMessage() for r in caplog.records if "panic mode" in r.getMessage()]
+        after = await ai.stub.Complete(request)
+    assert [state.name for state in states] == ["OPEN", "OPEN"]
+    # Without panic mode the alias would refuse for 30 s; the answer comes from the first
+    # deployment by priority, through its open breaker.
+    assert in_panic.content == "Hello from the fake model." and in_panic.deployment.startswith(
+        "primary"
+    )
+    assert entered == [
+        "every deployment's breaker is open: routing through them anyway (panic mode)"
+    ]
+    # The panic call's success was evidence: primary's breaker half-opened, the next call was
+    # its real probe, which closed it, and the alias left panic mode.
+    assert after.deployment.startswith("primary")
+    assert len(fake.completions) == 3 and len(backup.completions) == 1
+    assert any("panic mode over" in r.getMessage() for r in caplog.records)
+
+
 async def test_every_deployment_failing_answers_unavailable_naming_them(
     fake: FakeLLM, backup: FakeLLM
 ) -> None:
@@ -136,7 +177,7 @@ async def test_the_callers_bad_request_is_not_retried_elsewhere(
 async def test_an_open_breaker_on_a_single_deployment_answers_circuit_open(fake: FakeLLM) -> None:
     fake.default = Step(status=500)
     clock = FakeClock()
-    breaker = "circuit_breaker: {failure_threshold: 1, reset_timeout: 30s}"
+    breaker = "circuit_breaker: {failure_threshold: 1, min_reset_timeout: 30s}"
     async with ai_sidecar(config(model("openai", fake.url, extra=breaker)), clock=clock) as ai:
         request = ai_pb2.CompleteRequest(target="openai", messages=user("hi"))
         with pytest.raises(grpc.aio.AioRpcError):

@@ -99,7 +99,7 @@ async def test_admin_reports_the_deployment_breaker_that_runs(fake: FakeLLM) -> 
         states = integration.backend.breaker_states()
     breaker = service.integration.circuit_breaker
     assert breaker.state == admin_pb2.CIRCUIT_STATE_OPEN
-    assert (breaker.consecutive_failures, breaker.retry_after_seconds) == (1, 30)
+    assert (breaker.consecutive_failures, breaker.retry_after_seconds) == (1, 1)  # first break
     assert service.integration.HasField("bulkhead")
     assert service.integration.bulkhead.in_flight == 0  # released after the failure
     assert not alias.integration.HasField("circuit_breaker")  # an alias has none of its own

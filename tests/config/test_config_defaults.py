@@ -72,6 +72,7 @@ EXPECTED_DEFAULTS = {
             "enabled": True,
             "failure_threshold": 5,
             "reset_timeout": 30.0,
+            "min_reset_timeout": 1.0,
             "monitoring_period": 10.0,
             "failure_ratio": 0.5,
             "minimum_throughput": 20,

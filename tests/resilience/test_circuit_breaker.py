@@ -242,3 +242,71 @@ async def test_snapshot_reports_counts_and_time_until_probe(clock: FakeClock) ->
         snapshot.total_in_window,
         snapshot.retry_after,
     ) == (CircuitState.OPEN, 3, 0.75, 4, 7.0)
+
+
+GROWING = CircuitBreakerOptions(
+    failure_threshold=1, failure_ratio=0, min_reset_timeout=1, reset_timeout=5
+)
+
+
+async def reopen_after_break(breaker: CircuitBreaker, clock: FakeClock) -> float:
+    """Wait out the current break, fail the probe; the break that follows."""
+    snapshot = breaker.snapshot()
+    assert snapshot.state is CircuitState.OPEN and snapshot.retry_after is not None
+    await clock.advance(snapshot.retry_after - 0.001)
+    with pytest.raises(CircuitOpenError):
+        breaker.acquire()
+    await clock.advance(0.002)
+    fail(breaker, 1)  # the half-open probe fails: open again
+    return breaker.break_duration
+
+
+async def test_the_break_doubles_with_each_consecutive_opening_up_to_reset_timeout(
+    clock: FakeClock,
+) -> None:
+    breaker = CircuitBreaker(GROWING, clock)
+    fail(breaker, 1)
+    assert breaker.break_duration == 1
+    breaks = [await reopen_after_break(breaker, clock) for _ in range(4)]
+    assert breaks == [2, 4, 5, 5]
+
+
+async def test_the_break_starts_short_again_once_the_breaker_closed(clock: FakeClock) -> None:
+    breaker = CircuitBreaker(GROWING, clock)
+    fail(breaker, 1)
+    await reopen_after_break(breaker, clock)
+    await reopen_after_break(breaker, clock)
+    await clock.advance(4)
+    succeed(breaker, 1)  # the probe succeeds: closed
+    assert breaker.state is CircuitState.CLOSED
+    fail(breaker, 1)
+    assert breaker.snapshot().retry_after == pytest.approx(1)
+
+
+def test_without_min_reset_timeout_every_break_is_reset_timeout(clock: FakeClock) -> None:
+    breaker = CircuitBreaker(CONSECUTIVE, clock)
+    fail(breaker, 3)
+    assert breaker.break_duration == 10 and breaker.snapshot().retry_after == 10
+
+
+async def test_evidence_that_the_upstream_answers_half_opens_an_open_breaker_at_once(
+    clock: FakeClock,
+) -> None:
+    breaker = CircuitBreaker(GROWING, clock)
+    fail(breaker, 1)
+    breaker.upstream_recovered()
+    assert breaker.state is CircuitState.HALF_OPEN
+    breaker.acquire()  # a real call is the probe, one at a time
+    with pytest.raises(CircuitOpenError):
+        breaker.acquire()
+    breaker.record_success()
+    assert breaker.state is CircuitState.CLOSED
+
+
+def test_evidence_changes_nothing_unless_the_breaker_is_open(clock: FakeClock) -> None:
+    breaker = CircuitBreaker(GROWING, clock)
+    breaker.upstream_recovered()
+    assert breaker.state is CircuitState.CLOSED
+    breaker.isolate()
+    breaker.upstream_recovered()  # an operator's hold is not lifted by a probe
+    assert breaker.state is CircuitState.ISOLATED

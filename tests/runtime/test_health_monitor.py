@@ -72,11 +72,11 @@ async def test_an_open_breaker_turns_its_integration_not_serving_until_the_break
     assert await status(servicer, "integration.v1.SqlService") == NOT_SERVING
     assert await status(servicer, "") == SERVING  # an upstream's outage is not the pod's
 
-    await clock.advance(29.0)
+    await clock.advance(0.9)  # the first break is min_reset_timeout, 1 s by default
     await monitor.check_once()
     assert await status(servicer, "orders") == NOT_SERVING
 
-    await clock.advance(2.0)  # the break is over: the next call is admitted as a probe
+    await clock.advance(0.2)  # the break is over: the next call is admitted as a probe
     await monitor.check_once()
     assert await status(servicer, "orders") == SERVING
 
