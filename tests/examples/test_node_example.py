@@ -1,8 +1,8 @@
 """examples/node/client.js, run as a user would against a live sidecar (embedded defaults):
 a unary cache call, a streamed echo completion, a pub/sub subscription, a decoded ErrorInfo.
 
-Its packages are the contract tests' (`make install` installs them; the same pinned versions
-as examples/node/package-lock.json) unless `npm ci` was run in examples/node itself.
+Its packages are its own: `make install` runs `npm ci` in examples/node, from the example's
+package-lock.json (the same pinned versions as the contract tests' client).
 """
 
 from __future__ import annotations
@@ -22,15 +22,10 @@ ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "node"
 
 
-def node_path() -> Path:
-    own = EXAMPLE / "node_modules"
-    return own if own.is_dir() else ROOT / "tests" / "contract" / "node" / "node_modules"
-
-
 async def test_the_node_example_runs_against_a_live_sidecar(sidecar: RunningServer) -> None:
+    assert (EXAMPLE / "node_modules").is_dir(), "run `make install` (npm ci in examples/node)"
     environment = {
         **os.environ,
-        "NODE_PATH": str(node_path()),
         "INTEGRATION_SIDECAR_ADDRESS": sidecar.address,  # as an injected pod has it
     }
     process = await asyncio.create_subprocess_exec(
