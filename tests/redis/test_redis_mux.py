@@ -97,3 +97,32 @@ async def test_close_during_connect_fails_the_waiting_call_with_connection_error
         with pytest.raises(rex.ConnectionError):
             await waiting
         proxy.paused = False
+
+
+async def test_a_refused_password_leaves_no_unretrieved_handshake_reply() -> None:
+    """AUTH fails, and the SELECT (and CLIENT SETNAME) pipelined after it fail with NOAUTH: every
+    reply is retrieved, so asyncio logs no "Future exception was never retrieved"."""
+    import gc
+
+    from redis_server import OwnedRedis
+
+    server = OwnedRedis(None, "--requirepass", "right-password")
+    server.start()
+    unretrieved: list[str] = []
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(lambda _, context: unretrieved.append(context["message"]))
+    try:
+        settings = CacheServiceConfig(
+            backend="redis", port=server.port, password="wrong", database=1
+        )
+        mux = Multiplexer(create_client(settings))
+        with pytest.raises(rex.AuthenticationError):
+            await mux.call("PING")
+        await mux.aclose()
+        del mux
+        gc.collect()
+        await asyncio.sleep(0)
+    finally:
+        loop.set_exception_handler(None)
+        server.kill()
+    assert unretrieved == []

@@ -292,8 +292,13 @@ class Multiplexer:
             server_hostname=self._server_name if context is not None else None,
         )
         try:  # AUTH, SELECT and CLIENT SETNAME pipelined; each must succeed
-            for reply in [link.call(command) for command in self._handshake]:
-                await reply
+            replies = [link.call(command) for command in self._handshake]
+            # Every reply is awaited, so none is left unretrieved when an early one fails
+            # (a wrong password fails AUTH and, with NOAUTH, the commands after it).
+            outcomes = await asyncio.gather(*replies, return_exceptions=True)
+            for outcome in outcomes:
+                if isinstance(outcome, BaseException):
+                    raise outcome
         except BaseException:
             link.abort(rex.ConnectionError("the connection setup failed"))
             raise
