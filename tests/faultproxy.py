@@ -10,6 +10,7 @@ touching the server, which other tests share:
         proxy.paused = True          # bytes stop flowing (a silent partition) until False
         await proxy.cut()            # reset every open connection (RST), like a dead link
         await proxy.stop_accepting() # new connections are refused (ECONNREFUSED) ...
+        proxy.resetting = True       # ... or accepted and reset at once (a dead link)
         await proxy.start_accepting()  # ... until the port listens again
         proxy.connections, proxy.accepted   # open now, accepted in total
 
@@ -57,6 +58,7 @@ class FaultProxy:
     Attributes:
         latency: seconds each chunk waits before it is forwarded, in both directions.
         rate: bytes per second each connection forwards in each direction (None: no limit).
+        resetting: while True, every new connection is accepted and reset (RST) at once.
         paused: while True, nothing is forwarded (the bytes wait, nothing is lost).
     """
 
@@ -74,6 +76,7 @@ class FaultProxy:
         self.port = listen_port
         self.latency = 0.0
         self.rate: float | None = None
+        self.resetting = False
         self.accepted = 0
         self._resume = asyncio.Event()
         self._resume.set()
@@ -151,6 +154,9 @@ class FaultProxy:
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.accepted += 1
+        if self.resetting:
+            writer.transport.abort()
+            return
         task = asyncio.current_task()
         assert task is not None
         self._handlers.add(task)

@@ -24,6 +24,7 @@ upstream response is closed in `finally`, so the upstream stops at once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 
@@ -165,36 +166,25 @@ async def stream_chat(
         return
     state = _ChatCall(route, keyed, deadline)
     rounds = Rounds(route, deadline, route.clock)
-    panic = False
+    targets, panic = route.deployments, False
     while True:
-        state.errors.clear()
-        last = len(route.deployments) - 1
-        for index, deployment in enumerate(route.deployments):
+        if not panic:
+            state.errors.clear()
+        refused: list[Deployment] = []
+        last = len(targets) - 1
+        for index, deployment in enumerate(targets):
             prepared = deployment.prepare(request)
             admission = await state.admit(deployment, prepared, index == last, panic)
             if admission is None:
+                if state.errors[-1].reason == "CIRCUIT_OPEN":
+                    refused.append(deployment)
                 continue
-            stream: ChatStream | None = None
             try:
-                stream, iterator, batch = await _open(deployment, prepared)
-                call.deployment = deployment.name
-                local = getattr(deployment.provider, "local", False)
-                call.coalesce = deployment.service.coalesce and not local
-                while True:
-                    if state.recorder is not None:
-                        state.recorder.add(batch)
-                    end = batch[-1] if isinstance(batch[-1], ChatEnd) else None
-                    admission.first_chunk()  # committed: from here on nothing is retried
-                    yield batch
-                    if end is not None:
-                        break
-                    next_batch = await anext(iterator, None)
-                    if next_batch is None:
-                        raise stream_interrupted(deployment.provider_name, "no end event")
-                    batch = next_batch
-                await state.succeeded(deployment, admission, end)
-                if not admission.through_open_breaker:
-                    calm(route)
+                async with contextlib.aclosing(
+                    _attempt(deployment, prepared, admission, state, call)
+                ) as batches:
+                    async for batch in batches:
+                        yield batch
                 return
             except BaseException as exc:
                 # Cancelled, the caller's deadline and bugs are never moved to another
@@ -203,10 +193,44 @@ async def stream_chat(
                     raise
             finally:
                 admission.release()  # settles (ignored) only what nothing else settled
-                if stream is not None:
-                    await stream.aclose()
-        if not panic and panics(route, state.errors):
-            panic = True  # every breaker open: this round again, through them
+        if not panic and panics(route, refused, state.errors):
+            targets, panic = tuple(refused), True  # last resort: through their open breakers
             continue
+        targets, panic = route.deployments, False
         if not await rounds.again(state.errors):
             raise final_error(state.errors)
+
+
+async def _attempt(
+    deployment: Deployment,
+    request: ChatRequest,
+    admission: Admission,
+    state: _ChatCall,
+    call: RoutedCall,
+) -> AsyncGenerator[list[ChatEvent], None]:
+    """One admitted attempt, streamed to the caller and settled as a success at its end; the
+    upstream response is closed whatever happens."""
+    stream: ChatStream | None = None
+    try:
+        stream, iterator, batch = await _open(deployment, request)
+        call.deployment = deployment.name
+        local = getattr(deployment.provider, "local", False)
+        call.coalesce = deployment.service.coalesce and not local
+        while True:
+            if state.recorder is not None:
+                state.recorder.add(batch)
+            end = batch[-1] if isinstance(batch[-1], ChatEnd) else None
+            admission.first_chunk()  # committed: from here on nothing is retried
+            yield batch
+            if end is not None:
+                break
+            next_batch = await anext(iterator, None)
+            if next_batch is None:
+                raise stream_interrupted(deployment.provider_name, "no end event")
+            batch = next_batch
+        await state.succeeded(deployment, admission, end)
+        if not admission.through_open_breaker:
+            calm(state.route)
+    finally:
+        if stream is not None:
+            await stream.aclose()

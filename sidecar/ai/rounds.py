@@ -6,12 +6,13 @@ fit, and the wait fits the deadline. The wait is the policy's backoff, but at le
 shortest Retry-After (or breaker reopening time) any deployment gave; a hint longer than
 `max_delay` ends the call, since that server wants more patience than one retry may spend.
 
-Panic mode: when every deployment of an alias refused because its breaker is open, failing
-every call makes things worse than no breaker (two deployments failing half their calls
-each would both trip and leave the alias nowhere to go). The round is then run again at
-once, by priority, through the open breakers, as Envoy routes to every host below its
-healthy-panic threshold; the metric `integration_resilience_events_total{event="panic"}`
-counts such attempts and the log says when an alias enters and leaves panic mode.
+Panic mode: an open breaker keeps calls off a deployment while the others answer, but
+when a round ends with no answer and some deployments were skipped because their breakers
+are open, failing the call makes things worse than no breaker (two deployments failing half
+their calls each both trip, and the alias has nowhere to go). Those deployments are then
+tried as a last resort, by priority, through their open breakers, as Envoy routes to every
+host below its healthy-panic threshold. `integration_resilience_events_total{event="panic"}`
+counts such attempts; the log says when an alias enters panic mode and when it is over.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import logging
 from typing import Final
 
+from sidecar.ai.deployment import Deployment
 from sidecar.ai.route import Route
 from sidecar.errors import ErrorKind, SidecarError
 from sidecar.resilience import Clock, Deadline, backoff_delay
@@ -31,6 +33,9 @@ _FALLBACK_KINDS: Final = frozenset(
     {ErrorKind.UNAVAILABLE, ErrorKind.RESOURCE_EXHAUSTED, ErrorKind.DEADLINE_EXCEEDED}
 )
 _NOT_RETRIED: Final = frozenset({"TOKEN_LIMIT_EXCEEDED"})
+PANIC_QUIET: Final = 10.0
+"""Seconds without a call through an open breaker after which panic mode is over (so a
+flapping upstream logs an episode, not every call)."""
 
 
 def falls_back(error: SidecarError) -> bool:
@@ -74,31 +79,39 @@ class Rounds:
         return True
 
 
-def panics(route: Route, errors: list[SidecarError]) -> bool:
-    """Whether a round that ended in `errors` goes to panic mode: `route` is an alias of
-    several deployments and each refused with an open breaker. Logs the entry once."""
-    deployments = route.deployments
-    if route.kind != "alias" or len(deployments) < 2 or len(errors) != len(deployments):
+def panics(route: Route, refused: list[Deployment], errors: list[SidecarError]) -> bool:
+    """Whether a round whose deployments either failed or `refused` (breaker open) gets a
+    last-resort pass through those open breakers: `route` is an alias of several
+    deployments (a failover group) and none answered. The refusals leave `errors` (their
+    retry hints would only delay the next round). Logs when the alias enters panic mode."""
+    if route.kind != "alias" or len(route.deployments) < 2 or not refused:
         return False
-    if not all(error.reason == "CIRCUIT_OPEN" for error in errors):
-        return False
-    if not route.panic.active:
-        route.panic.active = True
+    errors[:] = [error for error in errors if error.reason != "CIRCUIT_OPEN"]
+    panic = route.panic
+    now = route.clock.monotonic()
+    if panic.since is None:
+        panic.since = now
         _log.warning(
-            "every deployment's breaker is open: routing through them anyway (panic mode)",
-            extra={"alias": route.name},
+            "deployments with open breakers are tried as a last resort (panic mode)",
+            extra={"alias": route.name, "open": ",".join(d.name for d in refused)},
         )
+    panic.last = now
     return True
 
 
 def calm(route: Route) -> None:
-    """A call went through a closed breaker: the alias has left panic mode (logged once)."""
-    if route.panic.active:
-        route.panic.active = False
+    """A call was answered through a closed breaker: once no call has needed an open one
+    for `PANIC_QUIET` seconds, the alias has left panic mode (logged once)."""
+    panic = route.panic
+    if panic.since is None:
+        return
+    now = route.clock.monotonic()
+    if now - panic.last >= PANIC_QUIET:
         _log.info(
-            "a deployment's breaker admits calls again: panic mode over",
-            extra={"alias": route.name},
+            "no call needed an open breaker lately: panic mode over",
+            extra={"alias": route.name, "seconds": round(panic.last - panic.since, 3)},
         )
+        panic.since = None
 
 
 def final_error(errors: list[SidecarError]) -> SidecarError:

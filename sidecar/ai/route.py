@@ -16,9 +16,12 @@ __all__ = ["PanicMode", "Route"]
 
 @dataclass
 class PanicMode:
-    """Whether the route's calls go through open breakers now (see `sidecar.ai.rounds`)."""
+    """When the route's calls went through open breakers (see `sidecar.ai.rounds`)."""
 
-    active: bool = False
+    since: float | None = None
+    """When the current panic episode began; None outside one."""
+    last: float = 0.0
+    """When a call last needed an open breaker."""
 
 
 @dataclass(frozen=True)
@@ -34,7 +37,7 @@ class Route:
         budget: Caps retry rounds at a fraction of recent calls.
         clock: Time for retry sleeps.
         random: Jitter source.
-        panic: Whether the alias is in panic mode (every deployment's breaker open).
+        panic: When the alias last tried deployments through their open breakers.
     """
 
     name: str

@@ -58,17 +58,21 @@ async def _unary(
 ) -> EmbedResult:
     rounds = Rounds(route, deadline, route.clock)
     errors: list[SidecarError] = []
-    panic = False
+    targets, panic = route.deployments, False
     while True:
-        errors.clear()
-        last = len(route.deployments) - 1
-        for index, deployment in enumerate(route.deployments):
+        if not panic:
+            errors.clear()
+        refused: list[Deployment] = []
+        last = len(targets) - 1
+        for index, deployment in enumerate(targets):
             try:
                 admission = await deployment.admit(
                     weight, deadline, wait=index == last, operation=operation, panic=panic
                 )
             except SidecarError as exc:
                 errors.append(exc)
+                if exc.reason == "CIRCUIT_OPEN":
+                    refused.append(deployment)
                 continue
             with admission:  # whatever happens, the attempt is settled once
                 try:
@@ -93,8 +97,9 @@ async def _unary(
                 calm(route)
             call.deployment = deployment.name
             return result
-        if not panic and panics(route, errors):
-            panic = True  # every breaker open: this round again, through them
+        if not panic and panics(route, refused, errors):
+            targets, panic = tuple(refused), True  # last resort: through their open breakers
             continue
+        targets, panic = route.deployments, False
         if not await rounds.again(errors):
             raise final_error(errors)

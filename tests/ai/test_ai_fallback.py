@@ -115,7 +115,8 @@ async def test_with_every_breaker_of_an_alias_open_calls_go_through_them_in_pani
         model("backup", backup.url, extra=breaker),
         ALIAS,
     )
-    async with ai_sidecar(config(*services), clock=FakeClock()) as ai:
+    clock = FakeClock()
+    async with ai_sidecar(config(*services), clock=clock) as ai:
         request = ai_pb2.CompleteRequest(target="chat", messages=user("hi"))
         with pytest.raises(grpc.aio.AioRpcError):
             await ai.stub.Complete(request)  # both fail once: both breakers open
@@ -128,21 +129,35 @@ async def test_with_every_breaker_of_an_alias_open_calls_go_through_them_in_pani
         caplog.set_level(logging.INFO, logger="sidecar.ai")
         in_panic = await ai.stub.Complete(request)
         entered = [r.getMessage() for r in caplog.records if "panic mode" in r.getMessage()]
+        await clock.advance(10)  # no call needed an open breaker for 10 s
         after = await ai.stub.Complete(request)
     assert [state.name for state in states] == ["OPEN", "OPEN"]
     # Without panic mode the alias would refuse for 30 s; the answer comes from the first
     # deployment by priority, through its open breaker.
-    assert in_panic.content == "Hello from the fake model." and in_panic.deployment.startswith(
-        "primary"
-    )
-    assert entered == [
-        "every deployment's breaker is open: routing through them anyway (panic mode)"
-    ]
+    assert in_panic.content == "Hello from the fake model."
+    assert in_panic.deployment.startswith("primary")
+    assert entered == ["deployments with open breakers are tried as a last resort (panic mode)"]
     # The panic call's success was evidence: primary's breaker half-opened, the next call was
     # its real probe, which closed it, and the alias left panic mode.
     assert after.deployment.startswith("primary")
     assert len(fake.completions) == 3 and len(backup.completions) == 1
     assert any("panic mode over" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_deployment_with_an_open_breaker_is_the_last_resort_when_the_others_fail(
+    fake: FakeLLM, backup: FakeLLM
+) -> None:
+    fake.default = Step(status=500)
+    breaker = "circuit_breaker: {failure_threshold: 1, min_reset_timeout: 30s}"
+    services = (model("primary", fake.url, extra=breaker), model("backup", backup.url), ALIAS)
+    async with ai_sidecar(config(*services), clock=FakeClock()) as ai:
+        request = ai_pb2.CompleteRequest(target="chat", messages=user("hi"))
+        first = await ai.stub.Complete(request)  # primary fails (opens), backup answers
+        fake.default, backup.default = Step(), Step(status=500)
+        second = await ai.stub.Complete(request)  # backup fails: primary, open, is tried
+    assert first.deployment.startswith("backup")
+    assert second.deployment.startswith("primary")
+    assert len(fake.completions) == 2 and len(backup.completions) == 2
 
 
 async def test_every_deployment_failing_answers_unavailable_naming_them(

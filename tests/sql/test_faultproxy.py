@@ -107,3 +107,15 @@ async def test_an_unreachable_target_closes_the_client_connection() -> None:
         with pytest.raises((ConnectionError, asyncio.IncompleteReadError)):
             await asyncio.wait_for(reader.readexactly(1), 5)
         writer.close()
+
+
+async def test_resetting_accepts_then_resets_every_new_connection(proxy: FaultProxy) -> None:
+    proxy.resetting = True
+    reader, writer = await asyncio.open_connection(proxy.host, proxy.port)
+    with pytest.raises((ConnectionError, asyncio.IncompleteReadError)):
+        writer.write(b"ping")
+        await writer.drain()
+        await asyncio.wait_for(reader.readexactly(4), 5)
+    writer.close()
+    proxy.resetting = False
+    assert await round_trip(proxy, b"ping") == b"ping"
