@@ -85,6 +85,11 @@ proto-release: $(STAMP)
 bench: install
 	$(PY) -m bench
 
+# Ten minutes of mixed load with a fault injected every 30 s (not part of `make test`).
+.PHONY: soak
+soak: install
+	$(PY) -m bench.soak
+
 clean:
 	rm -rf $(VENV) $(TOOLS) $(NODE_CLIENT)/node_modules $(NODE_EXAMPLE)/node_modules \
 		examples/java/build
