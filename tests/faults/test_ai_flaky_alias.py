@@ -27,7 +27,7 @@ from sidecar.testing import serve_for_test
 pytestmark = pytest.mark.e2e
 
 CALLS = 1000
-CONCURRENCY = 16
+CONCURRENCY = 8
 ANSWERS = {"Hello from the fake model.", "Backup answer."}
 
 
