@@ -5,10 +5,10 @@ A sidecar process serves a Redis cache and pub/sub, a PostgreSQL database and an
 over two fake OpenAI-compatible upstreams, each reached through its own fault-injecting TCP
 proxy (`tests/faultproxy.py`). Callers in this process run Cache.Get/Set, Sql.Query,
 Publish (read back by a Subscribe stream) and AI StreamComplete in loops, each call with a
-deadline. Every phase (SOAK_PHASE seconds, default 30) starts with one fault, chosen at
-random (SOAK_SEED) among those real networks produce, on one upstream for 5 s: added latency,
-a stall that holds the bytes and then releases them, refused connections, every connection
-reset, a slow byte rate. Then it is lifted and the rest of the phase shows the recovery.
+deadline. Every phase (SOAK_PHASE seconds, default 30) starts with one fault on one upstream
+(chosen at random, SOAK_SEED) for 5 s, the kinds real networks produce in turn: added
+latency, a stall that holds the bytes and then releases them, refused connections, every
+connection reset, a slow byte rate. Then it is lifted and the rest of the phase shows the recovery.
 
 Printed: per phase the fault, the calls and the error rate during the fault and in the
 phase's last 10 s (after recovery: should be ~0); at the end RSS after warm-up and at the
@@ -226,7 +226,8 @@ async def _drive(pid: int, address: str, proxies: dict[str, FaultProxy]) -> int:
         began = time.monotonic()
         phases: list[tuple[str, str, float]] = []
         while time.monotonic() - began < SECONDS:
-            fault, target = chooser.choice(FAULTS), chooser.choice(sorted(proxies))
+            # every kind of fault in turn, each on an upstream chosen at random
+            fault, target = FAULTS[len(phases) % len(FAULTS)], chooser.choice(sorted(proxies))
             phase_start = time.monotonic()
             phases.append((fault, target, phase_start))
             await apply(fault, proxies[target])
