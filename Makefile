@@ -67,8 +67,8 @@ test-kubernetes: $(STAMP)
 		$(PY) -m pytest -q -m kube_apiserver tests/kubernetes
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check sidecar tests scripts
-	$(VENV)/bin/ruff format --check sidecar tests scripts
+	$(VENV)/bin/ruff check sidecar tests scripts bench
+	$(VENV)/bin/ruff format --check sidecar tests scripts bench
 	$(VENV)/bin/mypy --strict sidecar
 	$(VENV)/bin/buf lint
 	$(VENV)/bin/buf format --diff --exit-code
