@@ -14,6 +14,11 @@ runs twice: every call a Redis round trip, and on a cache with `near_cache` enab
 repeated Gets of the (unchanging) key are answered locally. The Redis is the one on
 127.0.0.1:6379, or a redis-server started for the run.
 
+`cache.get, traced` runs the memory cache's Get on a second sidecar with `tracing:`
+configured (ratio 0, an OTLP endpoint nothing listens on: nothing is exported), each call
+carrying a caller's traceparent that is not sampled: its server CPU less plain `cache.get`'s
+is what tracing costs a sampled-out call (printed after the table; target under 10 µs).
+
 The SQL case runs a one-row SqlService.Query through the sidecar against PostgreSQL, and the
 same query on an asyncpg pool used directly ("vs direct"). It runs when PostgreSQL answers
 at BENCH_PG_DSN (default postgresql://postgres@127.0.0.1:5432/postgres).
@@ -58,11 +63,22 @@ services:
     near_cache: {{enabled: true}}
   sql-bench: {{type: sql, backend: postgres, dsn: "{pg_dsn}"}}
 """
+TRACED_CONFIG = """
+server:
+  access_log: false
+integration:
+  tracing:
+    sampling_ratio: 0.0
+    otlp: {{endpoint: "http://127.0.0.1:{port}"}}
+services:
+  cache: {{type: cache}}
+"""
 LABELS = {
     "noop": "grpc.aio no-op (floor)",
     "noop_uvloop": "grpc.aio no-op on uvloop",
     "cache_get": "sidecar cache.get (memory)",
     "cache_set": "sidecar cache.set (memory)",
+    "cache_get_traced": "  ... traced, sampled out",
     "redis_get": "sidecar cache.get (redis)",
     "redis_near_get": "  ... with near_cache",
     "redis_set": "sidecar cache.set (redis)",
@@ -177,9 +193,12 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         config = Path(tmp) / "sidecar.yaml"
         config.write_text(SIDECAR_CONFIG.format(host=host, port=port, pg_dsn=PG_DSN))
+        traced_config = Path(tmp) / "traced.yaml"
+        traced_config.write_text(TRACED_CONFIG.format(port=free_port()))
         noop_address = f"127.0.0.1:{free_port()}"
         noop_uvloop_address = f"127.0.0.1:{free_port()}"
         sidecar_address = f"127.0.0.1:{free_port()}"
+        traced_address = f"127.0.0.1:{free_port()}"
         noop_process, noop_uvloop_process = (
             subprocess.Popen(
                 [sys.executable, "-m", "bench.noop_server", address, loop],
@@ -188,26 +207,21 @@ def main() -> int:
             )
             for address, loop in ((noop_address, "asyncio"), (noop_uvloop_address, "uvloop"))
         )
-        sidecar_process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "sidecar",
-                "serve",
-                "--config",
-                str(config),
-                "--listen",
-                sidecar_address,
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+        sidecar_process, traced_process = (
+            subprocess.Popen(
+                [sys.executable, "-m", "sidecar", "serve", "--config", str(path), "--listen", at],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            for path, at in ((config, sidecar_address), (traced_config, traced_address))
         )
         # Started before the try below, so a failed start never leaves a process behind.
-        processes = [noop_process, noop_uvloop_process, sidecar_process]
+        processes = [noop_process, noop_uvloop_process, sidecar_process, traced_process]
         try:
             noop = start("noop", [], noop_address, noop_process)
             noop_uvloop = start("noop_uvloop", [], noop_uvloop_address, noop_uvloop_process)
             sidecar = start("sidecar", [], sidecar_address, sidecar_process)
+            traced = start("traced", [], traced_address, traced_process)
         except RuntimeError:
             for process in processes:
                 process.kill()
@@ -217,6 +231,7 @@ def main() -> int:
             (noop, noop_address, "noop"),
             (noop_uvloop, noop_uvloop_address, "noop_uvloop"),
             (sidecar, sidecar_address, "cache_get"),
+            (traced, traced_address, "cache_get_traced"),
             (sidecar, sidecar_address, "cache_set"),
             (sidecar, sidecar_address, "redis_get"),
             (sidecar, sidecar_address, "redis_near_get"),
@@ -262,6 +277,11 @@ def main() -> int:
                         f"{p99:>9.0f}{cpu:>12}{ops[workload] / ops['noop']:>10.2f}{spread:>11}"
                         f"{versus:>11}"
                     )
+                cost = statistics.median(
+                    t["server_cpu_us"] - p["server_cpu_us"]
+                    for t, p in zip(runs["cache_get_traced"], runs["cache_get"], strict=True)
+                )
+                print(f"  tracing, sampled out: {cost:+.1f} us of server CPU per call (< 10)")
         finally:
             for process in processes:
                 process.terminate()
@@ -271,11 +291,13 @@ def main() -> int:
                 own_redis.wait(10)
     from bench import (
         ai,  # streamed AI completions: sidecar vs the openai SDK direct
+        brokers,  # reliable topics on RabbitMQ and NATS: sidecar vs aio-pika / nats-py direct
         http,  # REST calls: HttpService.Call vs httpx direct
+        kafka,  # Kafka-protocol topics (Tansu): sidecar vs aiokafka direct
         objectstore,  # a 50 MB object: ObjectStoreService on S3 vs aiobotocore direct
     )
 
-    return ai.main() or http.main() or objectstore.main()
+    return ai.main() or http.main() or objectstore.main() or brokers.main() or kafka.main()
 
 
 if __name__ == "__main__":

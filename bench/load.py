@@ -37,6 +37,17 @@ def _cache_set(channel: grpc.aio.Channel) -> Callable[[], Awaitable[Any]]:
     return lambda: stub.Set(request)
 
 
+# A caller's trace that it does not sample (flags 00): what most calls of a traced fleet
+# at a low sampling ratio look like.
+_SAMPLED_OUT = (("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00"),)
+
+
+def _cache_get_traced(channel: grpc.aio.Channel) -> Callable[[], Awaitable[Any]]:
+    stub = cache_pb2_grpc.CacheServiceStub(channel)
+    request = cache_pb2.GetRequest(key="bench:key")
+    return lambda: stub.Get(request, metadata=_SAMPLED_OUT)
+
+
 def _redis_get(channel: grpc.aio.Channel) -> Callable[[], Awaitable[Any]]:
     stub = cache_pb2_grpc.CacheServiceStub(channel)
     request = cache_pb2.GetRequest(target="redis", key="bench:key")
@@ -68,6 +79,7 @@ WORKLOADS = {
     "noop_uvloop": _noop,
     "cache_get": _cache_get,
     "cache_set": _cache_set,
+    "cache_get_traced": _cache_get_traced,
     "redis_get": _redis_get,
     "redis_near_get": _redis_near_get,
     "redis_set": _redis_set,

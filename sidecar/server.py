@@ -38,16 +38,23 @@ from generated.integration.v1 import (
 )
 from sidecar.ai.services import ModelService
 from sidecar.config import Config
+from sidecar.config.secrets import secret_settings
 from sidecar.interceptors.auth import BearerAuth
 from sidecar.interceptors.inbound import InboundLayer
+from sidecar.interceptors.permissions import Permissions, PolicyError
 from sidecar.interceptors.rate_limit import InboundRateLimits
+from sidecar.interceptors.tracing import ServerTracing
+from sidecar.listener import ListenerError, bind
+from sidecar.observability.logging import forget, redact
 from sidecar.observability.metrics import Metrics
 from sidecar.observability.prometheus import PrometheusEndpoint
+from sidecar.observability.tracing import Tracing
 from sidecar.reflection import enable_reflection
 from sidecar.resilience import SYSTEM_CLOCK, Clock, TokenBucketOptions
 from sidecar.runtime import Integrations, build_integrations
 from sidecar.runtime.health import HealthMonitor
 from sidecar.runtime.recovery import RecoveryProber
+from sidecar.runtime.telemetry import otlp_metric_reader, start_tracing, watch_integrations
 from sidecar.servicers import AdminServicer, CacheServicer, PubSubServicer
 from sidecar.servicers.ai import AIServicer
 from sidecar.servicers.objectstore import ObjectStoreServicer
@@ -169,6 +176,17 @@ def _add_queue(integrations: Integrations, server: grpc.aio.Server, config: Conf
     return servicer
 
 
+def _add_transform(integrations: Integrations, server: grpc.aio.Server, config: Config) -> Any:
+    from generated.integration.v1 import transform_pb2_grpc
+    from sidecar.servicers.transform import TransformServicer
+
+    servicer = TransformServicer(
+        integrations.transforms, max_message_bytes=config.server.max_send_message_size
+    )
+    transform_pb2_grpc.add_TransformServiceServicer_to_server(servicer, server)
+    return servicer
+
+
 def _add_admin(
     integrations: Integrations, server: grpc.aio.Server, config: Config
 ) -> AdminServicer:
@@ -189,6 +207,7 @@ SERVICES: tuple[_Service, ...] = (
     _Service("integration.v1.GraphQLService", "graphql", _add_graphql),
     _Service("integration.v1.WebSocketService", "websocket", _add_websocket),
     _Service("integration.v1.QueueService", "queue", _add_queue),
+    _Service("integration.v1.TransformService", None, _add_transform),
     _Service(_full_name(admin_pb2, "AdminService"), None, _add_admin),
 )
 SERVICE_NAMES = (*(service.name for service in SERVICES), HEALTH_SERVICE)
@@ -213,6 +232,9 @@ class RunningServer:
     servicers: dict[str, Any]
     meter_provider: MeterProvider | None
     prometheus: PrometheusEndpoint | None = None
+    tracing: Tracing | None = None
+    redacted: tuple[str, ...] = ()
+    """The secrets this server registered for redaction, forgotten once it has stopped."""
     _stopped: bool = field(default=False, repr=False)
 
     async def stop(self, grace: float | None = None) -> None:
@@ -240,11 +262,14 @@ class RunningServer:
                 await self.inbound.drain.wait_idle()
         await self.server.stop(max(deadline - loop.time(), 0.0))
         await self.integrations.close()
-        if self.meter_provider is not None:
-            self.meter_provider.shutdown()
+        if self.meter_provider is not None:  # a pushing reader's last export: off the loop
+            await asyncio.to_thread(self.meter_provider.shutdown)
         if self.prometheus is not None:
             self.prometheus.close()
+        if self.tracing is not None:  # exports the last spans: network I/O, off the loop
+            await asyncio.to_thread(self.tracing.shutdown)
         _log.info("stopped")
+        forget(self.redacted)
 
 
 def _server_options(config: Config) -> list[tuple[str, Any]]:
@@ -262,13 +287,11 @@ def _server_options(config: Config) -> list[tuple[str, Any]]:
     ]
 
 
-def _inbound_layer(config: Config, metrics: Metrics | None, clock: Clock) -> InboundLayer:
+def _inbound_layer(
+    config: Config, metrics: Metrics | None, clock: Clock, tracing: Tracing | None = None
+) -> InboundLayer:
     server = config.server
-    auth = (
-        BearerAuth([t.get_secret_value() for t in server.auth.tokens])
-        if server.auth.tokens
-        else None
-    )
+    auth = BearerAuth(server.auth.accepted_tokens()) if server.auth.enabled else None
     rate_limits = None
     if server.inbound_rate_limits:
         limits = {
@@ -280,7 +303,13 @@ def _inbound_layer(config: Config, metrics: Metrics | None, clock: Clock) -> Inb
             for method, limit in server.inbound_rate_limits.items()
         }
         rate_limits = InboundRateLimits(limits, clock)
-    return InboundLayer(metrics, access_log=server.access_log, auth=auth, rate_limits=rate_limits)
+    return InboundLayer(
+        metrics,
+        access_log=server.access_log,
+        auth=auth,
+        rate_limits=rate_limits,
+        tracing=ServerTracing(tracing) if tracing is not None else None,
+    )
 
 
 def _metrics(
@@ -293,10 +322,18 @@ def _metrics(
     prometheus = (
         PrometheusEndpoint(settings.prometheus_listen) if settings.prometheus_listen else None
     )
-    all_readers = [*readers, *([prometheus.reader] if prometheus else [])]
+    pushed = otlp_metric_reader(settings)
+    all_readers = [
+        *readers,
+        *([prometheus.reader] if prometheus else []),
+        *([pushed] if pushed else []),
+    ]
     provider = MeterProvider(metric_readers=all_readers)
     integrations.meter = provider.get_meter("integration-sidecar")
     metrics = Metrics(integrations.meter, integrations.breaker_states)
+    watch_integrations(metrics, integrations)
+    if pushed is not None:
+        metrics.push_rpc_durations()
     for integration in integrations:
         if integration.pipeline is not None:
             integration.pipeline.add_listener(metrics.record_resilience_event)
@@ -304,6 +341,7 @@ def _metrics(
             integration.backend.add_listener(metrics.record_resilience_event)
     if prometheus is not None:
         prometheus.add_collector(metrics.durations.prometheus_collector())
+        prometheus.add_collector(metrics.rpc_durations.prometheus_collector())
     return provider, metrics, prometheus
 
 
@@ -326,18 +364,31 @@ async def start_server(
     Raises:
         ServerStartError: the address cannot be bound.
     """
+    # Before anything is built that could log a secret (a connection error, a DSN).
+    redacted = redact(part for s in secret_settings(config) for part in (s.value, *s.parts))
+    for path in config.inline_secrets:
+        _log.warning(
+            "a secret is written inline in the config file: use a ${VAR} reference",
+            extra={"config_path": path},
+        )
     integrations = build_integrations(config, clock)
     meter_provider, metrics, prometheus = _metrics(config, metric_readers, integrations)
+    tracing = start_tracing(config, integrations)
     try:
-        return await _start(
-            config, listen, clock, integrations, meter_provider, metrics, prometheus
+        running = await _start(
+            config, listen, clock, integrations, meter_provider, metrics, prometheus, tracing
         )
+        running.tracing, running.redacted = tracing, redacted
+        return running
     except BaseException:  # nothing started may outlive a failed start (ports, connections)
+        if tracing is not None:
+            tracing.shutdown()
         if prometheus is not None:
             prometheus.close()
         if meter_provider is not None:
             meter_provider.shutdown()
         await integrations.close()
+        forget(redacted)
         raise
 
 
@@ -349,14 +400,21 @@ async def _start(
     meter_provider: MeterProvider | None,
     metrics: Metrics | None,
     prometheus: PrometheusEndpoint | None,
+    tracing: Tracing | None = None,
 ) -> RunningServer:
     server = grpc.aio.server(
         options=_server_options(config),
         compression=grpc.Compression.Gzip if config.server.compression == "gzip" else None,
     )
     # Everything registered through `registrar` gets the inbound concerns (see InboundLayer).
-    inbound = _inbound_layer(config, metrics, clock)
+    inbound = _inbound_layer(config, metrics, clock, tracing)
     registrar: Any = inbound.registrar(server)
+    try:
+        permissions = Permissions.from_config(config.server)
+    except PolicyError as exc:
+        raise ServerStartError(f"invalid permissions: {exc}") from exc
+    if permissions is not None:  # checked inside the inbound layer, after the token
+        registrar = permissions.registrar(registrar)
     types = integrations.types()
     servicers = {
         service.name: service.add(integrations, registrar, config)
@@ -372,9 +430,9 @@ async def _start(
     if address.startswith("unix:"):
         _refuse_live_socket(address)
     try:
-        port = server.add_insecure_port(address)
-    except RuntimeError as exc:
-        raise ServerStartError(f"cannot listen on {address}: {exc}") from exc
+        port = bind(server, address, config.server)
+    except ListenerError as exc:
+        raise ServerStartError(str(exc)) from exc
     if not address.startswith("unix:"):
         if port == 0:
             raise ServerStartError(f"cannot listen on {address}: address in use or invalid")

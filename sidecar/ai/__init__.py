@@ -10,11 +10,12 @@ routes; the servicer (`sidecar.servicers.ai`) knows nothing of fallback.
     deployment.py       one model on one service, and the admission of one attempt
     router.py           target -> route
     limits.py           every size a caller controls, bounded (INVALID_ARGUMENT above)
-    fallback.py         deployments in order, commit on the first chunk, cache
+    fallback.py         deployments in order, commit on the first chunk, hedging, cache
+    hedge.py            when an alias hedges a slow first chunk
     unary.py            the same for embeddings
     relay.py            stream batches to a slower writer, merging what piles up
     rounds.py           retry rounds after every deployment failed
-    tokens.py           token estimates for budgets
+    tokens.py           token estimates for budgets, and the count of a streamed answer
     response_cache.py   deterministic answers on a cache service
 """
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from sidecar.ai.hedge import HedgePolicy
 from sidecar.ai.services import (
     AliasService,
     DeploymentRef,
@@ -20,6 +21,7 @@ from sidecar.ai.services import (
 )
 from sidecar.backends.ai.base import ChatProvider, UpstreamTimeouts
 from sidecar.config import AIAliasServiceConfig, AIModelServiceConfig, ServicePolicies
+from sidecar.config.services.ai import AIHedgeConfig
 from sidecar.resilience import PipelineOptions
 
 if TYPE_CHECKING:
@@ -118,4 +120,11 @@ def alias_service(settings: AIAliasServiceConfig, options: PipelineOptions) -> A
         retry=retry,
         cache_target=cache.target if cache is not None else None,
         cache_ttl=cache.ttl if cache is not None else 3600.0,
+        hedge=_hedge(settings.hedge),
     )
+
+
+def _hedge(settings: AIHedgeConfig | None) -> HedgePolicy | None:
+    if settings is None:
+        return None
+    return HedgePolicy(settings.delay, settings.percentile, settings.floor)

@@ -13,6 +13,8 @@ An `Admission` is the pipeline's lease seen by the AI: `first_chunk()` commits t
 (no fallback or retry afterwards), and `succeeded()` or `failed()` settles it once, deciding
 how the breaker counts it: upstream trouble is a failure, an upstream 429 cools the
 deployment down and counts as nothing, and so do the caller's own errors and cancellations.
+Either charges the attempt's usage instead of its reservation, however the attempt ended
+(the upstream's figure, else a count of what it streamed: `tokens.StreamTally`).
 The "settled" event carries a `GenAIAttempt`, from which the GenAI metrics are recorded.
 """
 
@@ -23,6 +25,7 @@ import dataclasses
 from types import TracebackType
 from typing import Any, Final
 
+from sidecar.ai.hedge import FirstChunkTimes
 from sidecar.ai.pipelines import REQUESTS, TOKENS
 from sidecar.ai.services import ModelService
 from sidecar.backends.ai.base import ChatRequest, Usage
@@ -63,6 +66,8 @@ class Deployment:
         self.provider = service.provider
         self.provider_name = service.provider.provider
         self.pipeline = service.pipeline(self.name, clock)
+        self.first_chunks = FirstChunkTimes()
+        """Recent times to first chunk, for hedging at a percentile of them."""
 
     @property
     def breaker(self) -> CircuitBreaker | None:
@@ -173,13 +178,17 @@ class Admission:
         self._lease.settle(
             StreamOutcome.SUCCESS,
             actual_weight=usage.total_tokens if usage is not None else None,
-            detail=GenAIAttempt(self._operation, "OK", usage, response_model),
+            detail=GenAIAttempt(self._operation, "OK", _recorded(usage), response_model),
         )
 
-    def failed(self, error: BaseException) -> None:
+    def failed(self, error: BaseException, usage: Usage | None = None) -> None:
         """The attempt ended with `error`: upstream trouble counts against the breaker, a
         429 cools the deployment down, anything else (the caller's own mistake, a
-        cancellation, the caller's deadline) says nothing about the upstream."""
+        cancellation, the caller's deadline) says nothing about the upstream.
+
+        `usage` (what the attempt cost, as far as it got) is charged instead of the
+        reservation and recorded; None keeps the reservation.
+        """
         if self._lease.settled:
             return
         outcome = StreamOutcome.IGNORED
@@ -193,13 +202,21 @@ class Admission:
             label = "CANCELLED"
         else:
             label = "INTERNAL"
-        self._lease.settle(outcome, detail=GenAIAttempt(self._operation, label))
+        self._lease.settle(
+            outcome,
+            actual_weight=usage.total_tokens if usage is not None else None,
+            detail=GenAIAttempt(self._operation, label, _recorded(usage)),
+        )
 
-    def release(self) -> None:
-        """Settle the attempt as ignored if nothing settled it (frees its bulkhead slot)."""
+    def release(self, usage: Usage | None = None, outcome: str = "CANCELLED") -> None:
+        """Settle the attempt as ignored if nothing settled it (frees its bulkhead slot),
+        charging `usage` as `failed` does; `outcome` labels it in the metrics (CANCELLED,
+        or HEDGE_LOST for the slower of a hedged pair)."""
         if not self._lease.settled:
             self._lease.settle(
-                StreamOutcome.IGNORED, detail=GenAIAttempt(self._operation, "CANCELLED")
+                StreamOutcome.IGNORED,
+                actual_weight=usage.total_tokens if usage is not None else None,
+                detail=GenAIAttempt(self._operation, outcome, _recorded(usage)),
             )
 
     def __enter__(self) -> Admission:
@@ -212,3 +229,9 @@ class Admission:
         traceback: TracebackType | None,
     ) -> None:
         self.release()
+
+
+def _recorded(usage: Usage | None) -> Usage | None:
+    """The usage the GenAI metrics record: none for an attempt that cost nothing (refused
+    or unreachable), whose zeros would only skew the token histograms."""
+    return usage if usage is not None and usage.total_tokens else None

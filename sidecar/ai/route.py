@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from sidecar.ai.deployment import Deployment
+from sidecar.ai.hedge import HedgePolicy
 from sidecar.ai.response_cache import ResponseCache
 from sidecar.resilience import SYSTEM_CLOCK, Clock, RetryBudget, RetryOptions
 
@@ -38,6 +39,7 @@ class Route:
         clock: Time for retry sleeps.
         random: Jitter source.
         panic: When the alias last tried deployments through their open breakers.
+        hedge: When a slow first chunk starts the next deployment too; None never.
     """
 
     name: str
@@ -49,3 +51,4 @@ class Route:
     clock: Clock = SYSTEM_CLOCK
     random: Callable[[], float] = field(default=_random.random)
     panic: PanicMode = field(default_factory=PanicMode, compare=False)
+    hedge: HedgePolicy | None = None

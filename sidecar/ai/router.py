@@ -225,15 +225,19 @@ class AIRouter:
                 )
             cache = ResponseCache(name, integration, alias.cache_ttl)
         retry = alias.retry
+        # Hedges are paid from the retry budget: a hedging alias has one even without
+        # retries (the default budget settings).
+        budgeted = retry if retry is not None or alias.hedge is None else RetryOptions()
         return Route(
             name=name,
             kind="alias",
             deployments=tuple(deployments),
             retry=retry,
             cache=cache,
-            budget=RetryBudget(retry, self._clock) if retry is not None else None,
+            budget=RetryBudget(budgeted, self._clock) if budgeted is not None else None,
             clock=self._clock,
             random=self._random,
+            hedge=alias.hedge,
         )
 
     def _check_model(self, service_name: str, settings: ModelService, model: str) -> None:

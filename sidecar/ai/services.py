@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Final
 
+from sidecar.ai.hedge import HedgePolicy
 from sidecar.ai.pipelines import REQUESTS, TOKENS, DeploymentPipelines, per_minute
 from sidecar.backends.ai.base import ChatProvider, UpstreamTimeouts
 from sidecar.resilience import (
@@ -201,12 +202,14 @@ class AliasService:
         retry: Rounds over all deployments after every one failed; None tries once.
         cache_target: The `cache` service storing deterministic answers; None: no cache.
         cache_ttl: Seconds a cached answer lives.
+        hedge: When a slow first chunk starts the next deployment too; None never.
     """
 
     deployments: tuple[DeploymentRef, ...]
     retry: RetryOptions | None = None
     cache_target: str | None = None
     cache_ttl: float = 3600.0
+    hedge: HedgePolicy | None = None
 
     async def ping(self) -> None:
         """An alias has no upstream of its own; its deployments' services are probed."""

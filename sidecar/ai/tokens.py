@@ -6,6 +6,15 @@ once the upstream reports real usage the difference is refunded (or charged) wit
 `TokenBucket.adjust`. The estimate is deliberately simple and a little generous: about four
 characters per token (OpenAI's rule of thumb for English), plus a few tokens of framing per
 message and a flat cost per image.
+
+A streamed answer is settled with the upstream's own usage when it sends one (OpenAI-compatible
+APIs are asked for it with `stream_options.include_usage`; Anthropic and TGI send it
+unasked). When it sends none (the caller cancelled, the deadline passed, the upstream cut the
+stream, or a server ignores the option) the attempt is settled with a count of what it
+streamed (`StreamTally`): the prompt estimate below, plus each streamed piece of text or tool
+call at one token per four characters and at least one token (servers stream about one token
+per chunk). `tiktoken` is not used: its encodings are downloaded on first use, which a
+sidecar without internet access cannot do.
 """
 
 from __future__ import annotations
@@ -14,9 +23,9 @@ import json
 from collections.abc import Sequence
 from typing import Final
 
-from sidecar.backends.ai.base import ChatRequest, ImagePart
+from sidecar.backends.ai.base import ChatEvent, ChatRequest, ImagePart, ToolCallDelta, Usage
 
-__all__ = ["estimate_embedding_tokens", "estimate_prompt_tokens", "reservation"]
+__all__ = ["StreamTally", "estimate_embedding_tokens", "estimate_prompt_tokens", "reservation"]
 
 _CHARS_PER_TOKEN: Final = 4
 _PER_MESSAGE: Final = 4
@@ -52,3 +61,34 @@ def reservation(request: ChatRequest) -> int:
 def estimate_embedding_tokens(inputs: Sequence[str]) -> int:
     """Tokens a batch of embedding inputs will likely cost."""
     return sum(_text_tokens(text) for text in inputs) or 1
+
+
+class StreamTally:
+    """What one streamed attempt has cost so far, for settling it however it ends.
+
+    `opened` is set once the upstream accepted the request (answered 2xx): from then on the
+    prompt counts as spent. An attempt the upstream refused or never answered cost nothing.
+    """
+
+    __slots__ = ("opened", "output", "prompt")
+
+    def __init__(self, request: ChatRequest) -> None:
+        self.prompt = estimate_prompt_tokens(request)
+        self.opened = False
+        self.output = 0
+
+    def count(self, batch: Sequence[ChatEvent]) -> None:
+        """Add the tokens of a batch read from the upstream (sent to the caller or not)."""
+        output = self.output
+        for event in batch:
+            if isinstance(event, str):
+                output += _text_tokens(event) or 1
+            elif isinstance(event, ToolCallDelta):
+                output += (_text_tokens(event.name) + _text_tokens(event.arguments)) or 1
+        self.output = output
+
+    def usage(self, reported: Usage | None = None) -> Usage:
+        """The upstream's `reported` usage when there is one, else the count."""
+        if reported is not None:
+            return reported
+        return Usage(self.prompt if self.opened else 0, self.output)

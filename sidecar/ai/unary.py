@@ -20,6 +20,7 @@ from sidecar.ai.tokens import estimate_embedding_tokens
 from sidecar.backends.ai.base import EmbedResult
 from sidecar.backends.ai.errors import upstream_timeout
 from sidecar.errors import SidecarError
+from sidecar.observability.tracing import client_span
 from sidecar.resilience import Deadline
 
 __all__ = ["embed"]
@@ -77,7 +78,15 @@ async def _unary(
             with admission:  # whatever happens, the attempt is settled once
                 try:
                     try:
-                        result = await attempt(deployment)
+                        with client_span(  # each deployment tried is a span of its own
+                            f"{operation} {deployment.model}",
+                            {
+                                "gen_ai.system": deployment.provider_name,
+                                "gen_ai.operation.name": operation,
+                                "gen_ai.request.model": deployment.model,
+                            },
+                        ):
+                            result = await attempt(deployment)
                     except TimeoutError as exc:
                         raise upstream_timeout(
                             deployment.provider_name, "no answer in time"

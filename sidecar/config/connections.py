@@ -24,8 +24,12 @@ from pydantic import Field, model_validator
 from ._common import ConfigModel
 from .aws import AwsEndpoint, region_required
 from .http import HttpEndpoint
+from .kafka import KafkaEndpoint
+from .mqtt import MqttEndpoint
+from .nats import NatsEndpoint
 from .policies import ConnectionPoolOverride, TimeoutsOverride
 from .postgres import PostgresEndpoint, check_postgres_endpoint
+from .rabbitmq import RabbitMqEndpoint
 from .services.redis import RedisEndpoint
 from .sqlite import SqliteEndpoint
 from .websocket import WebSocketEndpoint
@@ -36,7 +40,11 @@ __all__ = [
     "ConnectionConfig",
     "ConnectionSettingsBase",
     "HttpConnectionConfig",
+    "KafkaConnectionConfig",
+    "MqttConnectionConfig",
+    "NatsConnectionConfig",
     "PostgresConnectionConfig",
+    "RabbitMqConnectionConfig",
     "RedisConnectionConfig",
     "SqliteConnectionConfig",
     "WebSocketConnectionConfig",
@@ -114,16 +122,55 @@ class WebSocketConnectionConfig(WebSocketEndpoint, ConnectionSettingsBase):
     )
 
 
+class RabbitMqConnectionConfig(RabbitMqEndpoint, ConnectionSettingsBase):
+    """A RabbitMQ broker: one robust AMQP connection, channels per use (pub/sub services)."""
+
+    type: Literal["rabbitmq"] = Field(description="Connection type. Required.")
+
+
+class NatsConnectionConfig(NatsEndpoint, ConnectionSettingsBase):
+    """A NATS server or cluster: one client connection, JetStream on it (pub/sub services)."""
+
+    type: Literal["nats"] = Field(description="Connection type. Required.")
+
+
+class KafkaConnectionConfig(KafkaEndpoint, ConnectionSettingsBase):
+    """A Kafka-protocol cluster: one producer, group consumers per reliable subscription."""
+
+    type: Literal["kafka"] = Field(description="Connection type. Required.")
+
+
+class MqttConnectionConfig(MqttEndpoint, ConnectionSettingsBase):
+    """An MQTT broker: one client session shared by the pub/sub services naming it."""
+
+    type: Literal["mqtt"] = Field(description="Connection type. Required.")
+
+
 ConnectionConfig = Annotated[
     RedisConnectionConfig
     | AwsConnectionConfig
     | HttpConnectionConfig
     | PostgresConnectionConfig
     | SqliteConnectionConfig
-    | WebSocketConnectionConfig,
+    | WebSocketConnectionConfig
+    | RabbitMqConnectionConfig
+    | NatsConnectionConfig
+    | KafkaConnectionConfig
+    | MqttConnectionConfig,
     Field(discriminator="type"),
 ]
 """Any connection; the `type` key picks the model."""
 
-CONNECTION_TYPES: tuple[str, ...] = ("redis", "aws", "http", "postgres", "sqlite", "websocket")
+CONNECTION_TYPES: tuple[str, ...] = (
+    "redis",
+    "aws",
+    "http",
+    "postgres",
+    "sqlite",
+    "websocket",
+    "rabbitmq",
+    "nats",
+    "kafka",
+    "mqtt",
+)
 """Every supported connection `type`."""

@@ -21,6 +21,7 @@ from pydantic_core import ErrorDetails
 from ._expand import expand_env
 from ._paths import format_path
 from .models import Config
+from .secrets import inline_secrets
 from .services import SERVICE_TYPES
 
 __all__ = [
@@ -148,6 +149,7 @@ def parse_config(
         validation_errors = error.errors()
     else:
         if not expansion_problems:
+            config._inline_secrets = tuple(inline_secrets(config, document))
             return config
         validation_errors = []
 

@@ -46,6 +46,7 @@ from .policies import (
 )
 from .server import ServerConfig
 from .services import ServiceConfig, ServiceModel, default_services
+from .transform import SchemaConfig, TransformConfig, transform_reference_errors
 
 __all__ = ["Config", "ServicePolicies"]
 
@@ -83,8 +84,22 @@ class Config(ConfigModel):
         description="Named service instances. When absent: an in-memory cache named cache and "
         "an in-memory pubsub named pubsub.",
     )
+    schemas: Mapping[ServiceName, SchemaConfig] = Field(
+        default_factory=dict, description="Named JSON Schemas (draft 2020-12). Default none."
+    )
+    transforms: Mapping[ServiceName, TransformConfig] = Field(
+        default_factory=dict,
+        description="Named chains of conversions and validations. Default none.",
+    )
 
     _policies: dict[str, ServicePolicies] = PrivateAttr(default_factory=dict)
+    _inline_secrets: tuple[str, ...] = PrivateAttr(default=())
+
+    @property
+    def inline_secrets(self) -> tuple[str, ...]:
+        """Paths of the secret settings the file wrote inline instead of as `${VAR}` (set
+        by the loader; the server warns about each at start-up)."""
+        return self._inline_secrets
 
     @field_validator("services", mode="before")
     @classmethod
@@ -168,6 +183,7 @@ class Config(ConfigModel):
         errors += _redis_target_errors(self.services, resolved)
         errors += _connection_reference_errors(self.connections, self.services, resolved)
         errors += _alias_reference_errors(self.services)
+        errors += transform_reference_errors(self.transforms, self.schemas, self.services)
         errors += _dead_letter_reference_errors(self.services)
         if errors:
             raise ValidationError.from_exception_data(type(self).__name__, errors)

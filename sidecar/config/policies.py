@@ -32,6 +32,7 @@ from ._common import (
     ServiceName,
 )
 from ._units import DurationSeconds
+from .observability import OtlpConfig, TracingConfig
 
 __all__ = [
     "CONNECTION_TYPE_DEFAULTS",
@@ -302,11 +303,16 @@ class MetricsConfig(ConfigModel):
     """OpenTelemetry metrics."""
 
     enabled: bool = Field(default=True, description="Record metrics. Default true.")
+    # Before export_interval, whose check reads it.
+    otlp: OtlpConfig | None = Field(
+        default=None,
+        description="Push metrics to this OTLP receiver every export_interval; null pushes "
+        "nothing. Default null.",
+    )
     export_interval: DurationSeconds = Field(
         default=15.0,
-        description="Accepted as the specification writes it (15s) and nothing else: metrics "
-        "are pulled from prometheus_listen when the scraper asks, never pushed, so there is "
-        "no interval to set. Default 15s.",
+        description="How often metrics are pushed to `otlp`; without `otlp` only the default "
+        "is accepted (prometheus_listen is pulled when the scraper asks). Default 15s.",
     )
     retention_period: DurationSeconds = Field(
         default=7 * 86400.0,
@@ -324,7 +330,8 @@ class MetricsConfig(ConfigModel):
     @classmethod
     def _not_the_sidecars_to_set(cls, value: float, info: ValidationInfo) -> float:
         default = cls.model_fields[info.field_name or ""].default
-        if value != default:
+        pushed = info.field_name == "export_interval" and info.data.get("otlp") is not None
+        if value != default and not pushed:
             raise PydanticCustomError(
                 "metrics_setting_not_applicable",
                 "{name} is not the sidecar's to set: metrics are pulled from "
@@ -360,6 +367,9 @@ class IntegrationConfig(ConfigModel):
         default_factory=HealthMonitoringConfig, description="Health check settings."
     )
     metrics: MetricsConfig = Field(default_factory=MetricsConfig, description="Metrics settings.")
+    tracing: TracingConfig | None = Field(
+        default=None, description="OpenTelemetry traces; null records none. Default null."
+    )
 
 
 # --------------------------------------------------------------------------------------------

@@ -141,6 +141,10 @@ OPENERS: dict[str, str] = {
     "sqlite": "sidecar.connections.sqlite",
     "http": "sidecar.connections.http",
     "websocket": "sidecar.connections.websocket",
+    "rabbitmq": "sidecar.connections.rabbitmq",
+    "nats": "sidecar.connections.nats",
+    "kafka": "sidecar.connections.kafka",
+    "mqtt": "sidecar.connections.mqtt",
 }
 # ==== end of OPENERS ========================================================================
 

@@ -139,6 +139,14 @@ class PostgresConnection:
     def max_size(self) -> int:
         return self.options.max_size
 
+    def pool_usage(self) -> tuple[int, int] | None:
+        """(connections in use, idle ones) of the pool, or None before it opens (metrics)."""
+        pool = self._pool
+        if pool is None:
+            return None
+        idle: int = pool.get_idle_size()
+        return pool.get_size() - idle, idle
+
     def on_session_start(self, setup: SessionSetup) -> None:
         """Run `setup` on every new connection of the pool (say, to register codecs); each
         hook once, whichever services add it. Only before the pool opens."""

@@ -1,7 +1,8 @@
 """Every inbound concern, applied to each method handler once, when it is registered: the
-request id in and out, bearer auth, the inbound rate limit, decoding the request (a bad
-message is INVALID_ARGUMENT), refusing new calls during shutdown, the JSON access log,
-request metrics, and error mapping (exception -> gRPC status with details).
+request id in and out, the server span (`tracing`, when configured), bearer auth, the
+inbound rate limit, decoding the request (a bad message is INVALID_ARGUMENT), refusing new
+calls during shutdown, the JSON access log, request metrics, and error mapping (exception
+-> gRPC status with details).
 
 grpc.aio's own interceptors run a chain of coroutines on every call before the handler is
 even found, and each wrapping layer adds its own; measured here, that was ~60 µs of server
@@ -36,9 +37,11 @@ from sidecar.interceptors.auth import BearerAuth
 from sidecar.interceptors.drain import Drain
 from sidecar.interceptors.error_mapping import status_for
 from sidecar.interceptors.rate_limit import InboundRateLimits
+from sidecar.interceptors.tracing import ServerTracing
 from sidecar.observability.call_context import CallInfo, set_current_call
 from sidecar.observability.logging import ACCESS_LOGGER
 from sidecar.observability.metrics import Metrics
+from sidecar.observability.tracing import TRACEPARENT_HEADER, Tracing, trace_id_of
 
 __all__ = ["REQUEST_ID_HEADER", "InboundLayer"]
 
@@ -66,6 +69,8 @@ class InboundLayer:
         access_log: write one JSON line per finished RPC.
         auth: bearer-token check for every method but health; None: no auth.
         rate_limits: inbound buckets per method; None: no inbound limits.
+        tracing: makes a server span per call (see `sidecar.interceptors.tracing`); None:
+            no spans, and the caller's traceparent only names the trace of log lines.
     """
 
     def __init__(
@@ -75,8 +80,10 @@ class InboundLayer:
         access_log: bool = True,
         auth: BearerAuth | None = None,
         rate_limits: InboundRateLimits | None = None,
+        tracing: ServerTracing | None = None,
     ) -> None:
         self._metrics = metrics
+        self._tracing = tracing
         self._access_log = access_log
         self._auth = auth
         self._rate_limits = rate_limits
@@ -125,7 +132,12 @@ class InboundLayer:
         operation = service.rsplit(".", 1)[-1] + "." + method.rsplit("/", 1)[-1]
         guard = self._guard(method)
         decode = request_decoder(handler, method)
-        begin, fail, finish = self._begin, self._fail, self._finish
+        fail, finish = self._fail, self._finish
+        begin: Callable[[Context, str], CallInfo] = (
+            _begin_untraced
+            if self._tracing is None
+            else self._tracing.begin_for(method, self._begin)
+        )
 
         if not handler.response_streaming:
 
@@ -159,20 +171,22 @@ class InboundLayer:
     @staticmethod
     def _begin(context: Context, method: str) -> CallInfo:
         metadata: Any = context.invocation_metadata() or ()
+        traceparent = request_id = None
         for key, value in metadata:
-            if key == REQUEST_ID_HEADER and isinstance(value, str):
+            if key == TRACEPARENT_HEADER and isinstance(value, str):
+                traceparent = value
+            elif key == REQUEST_ID_HEADER and isinstance(value, str):
                 request_id = value[:_MAX_REQUEST_ID]
                 # The caller's id goes back in the trailers, which ride with the status for
                 # free (headers sent early cost an extra batch per call).
                 context.set_trailing_metadata(((REQUEST_ID_HEADER, request_id),))
-                break
-        else:
+        if request_id is None:
             # A generated id is logged, and sent back only with an error (see `_fail`): the
             # trailer costs ~15 µs of server CPU per call, and like Envoy's
             # `always_set_request_id_in_response: false`, a caller that wants to correlate
             # successes sends its own id.
             request_id = f"{_ID_PREFIX}{next(_id_counter):016x}"
-        call = CallInfo(request_id, method, time.perf_counter(), metadata)
+        call = CallInfo(request_id, method, time.perf_counter(), metadata, traceparent=traceparent)
         set_current_call(call)
         return call
 
@@ -199,13 +213,23 @@ class InboundLayer:
                 exc_info=exc,
                 extra={"method": call.method, "request_id": call.request_id},
             )
-        self._finish(call, status.code.name, service, operation)
+        self._finish(call, status.code.name, service, operation, exc)
         await context.abort_with_status(status)
 
-    def _finish(self, call: CallInfo, status: str, service: str, operation: str) -> None:
+    def _finish(
+        self,
+        call: CallInfo,
+        status: str,
+        service: str,
+        operation: str,
+        error: BaseException | None = None,
+    ) -> None:
         elapsed = time.perf_counter() - call.started
+        if call.span is not None:
+            Tracing.end_server_span(call.span, status, error)
         if self._metrics is not None:
             self._metrics.record_request(call.target or service, operation, status, elapsed)
+            self._metrics.record_rpc(service, call.method, status, elapsed)
         if self._access_log and _access.isEnabledFor(logging.INFO):
             # makeRecord + handle is `info()` without the caller lookup (~3 µs per call).
             fields = {
@@ -215,11 +239,21 @@ class InboundLayer:
                 "target": call.target,
                 "request_id": call.request_id,
             }
+            if call.trace_id:
+                fields["trace_id"] = call.trace_id
             _access.handle(
                 _access.makeRecord(
                     ACCESS_LOGGER, logging.INFO, "", 0, "rpc", (), None, extra=fields
                 )
             )
+
+
+def _begin_untraced(context: Context, method: str) -> CallInfo:
+    """`InboundLayer._begin`, and the caller's trace id (if any) for the call's log lines."""
+    call = InboundLayer._begin(context, method)
+    if call.traceparent is not None:
+        call.trace_id = trace_id_of(call.traceparent)
+    return call
 
 
 class _Registrar:

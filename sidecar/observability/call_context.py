@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
+from typing import Any
 
 __all__ = ["CallInfo", "current_call"]
 
@@ -21,6 +22,13 @@ class CallInfo:
     metadata: Sequence[tuple[str, str | bytes]] = ()
     """The call's invocation metadata, read once."""
     target: str = ""
+    traceparent: str | None = None
+    """The caller's `traceparent` metadata, as sent."""
+    trace_id: str = ""
+    """32 hex digits: the call's trace (its server span's, else the caller's traceparent's);
+    "" when neither exists. Every log line of the call carries it."""
+    span: Any = None
+    """The server span while tracing is on (an OpenTelemetry Span), else None."""
 
 
 _current: ContextVar[CallInfo | None] = ContextVar("sidecar_call", default=None)

@@ -11,7 +11,7 @@ instruments, or recorded only on rare events.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,13 +32,35 @@ class DurationSeries:
     sum: float
 
 
-class RequestDurations:
-    """Durations by (service, operation) in the buckets given (upper bounds, inclusive)."""
+ExportLabels = Callable[[str, str], tuple[tuple[str, Any], ...]]
+"""Turns a series' two keys into the (label, value) pairs it is exported with."""
 
-    def __init__(self, bounds: Sequence[float]) -> None:
+
+class RequestDurations:
+    """Durations by (service, operation) in the buckets given (upper bounds, inclusive).
+
+    Another histogram of the same shape names itself: `name`, `description`, `unit`, the
+    `labels` of its two keys, or `export_labels` making labels of them at export time (dots
+    become underscores on `/metrics`).
+    """
+
+    def __init__(
+        self,
+        bounds: Sequence[float],
+        *,
+        name: str = NAME,
+        description: str = DESCRIPTION,
+        labels: tuple[str, str] = ("service", "operation"),
+        unit: str = "seconds",
+        export_labels: ExportLabels | None = None,
+    ) -> None:
         if list(bounds) != sorted(set(bounds)):
             raise ValueError("bucket bounds must be increasing")
         self._bounds = list(bounds)
+        self.name, self.description, self.unit = name, description, unit
+        self.export_labels: ExportLabels = export_labels or (
+            lambda first, second: ((labels[0], first), (labels[1], second))
+        )
         # Per label set: a count per bucket (+Inf last), then the sum of the durations.
         self._series: dict[tuple[str, str], list[float]] = {}
 
@@ -78,12 +100,17 @@ class _PrometheusCollector:
     def collect(self) -> Iterator[Any]:
         from prometheus_client.core import HistogramMetricFamily
 
+        durations = self._durations
+        names = [name.replace(".", "_") for name, _ in durations.export_labels("", "")]
         family = HistogramMetricFamily(
-            NAME, DESCRIPTION, labels=("service", "operation"), unit="seconds"
+            durations.name, durations.description, labels=names, unit=durations.unit
         )
-        for series in self._durations.series():
+        for series in durations.series():
             family.add_metric(
-                (series.service, series.operation),
+                [
+                    str(value)
+                    for _, value in durations.export_labels(series.service, series.operation)
+                ],
                 [(_le(bound), count) for bound, count in series.buckets],
                 series.sum,
             )

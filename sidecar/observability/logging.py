@@ -6,22 +6,123 @@ the call's own work. They leave at least every `flush_interval` (1 s), when 64 K
 waiting, and before any other record, so the order of lines is kept and every other line
 (start-up, warnings, errors) appears at once. A process killed with SIGKILL loses at most
 the last interval's access lines; a normal exit flushes them.
+
+Secrets never reach a line: every line is redacted as a whole, after formatting (so the
+message, the `extra` fields and a traceback alike), of the configured secret values
+(`redact`: the server registers every secret-bearing setting at start-up) and of what looks
+like a credential wherever it came from: `Authorization: Bearer ...`, `password=...`,
+`"api_key": "..."`, and the password of `scheme://user:password@host`. A line that holds
+none of the patterns' keywords costs one lowercase copy and a few substring checks (under
+1 µs); only a line with one runs the regular expression.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import threading
 import time
+from collections import Counter
+from collections.abc import Iterable
 from types import TracebackType
 from typing import Any, TextIO
 
-__all__ = ["ACCESS_LOGGER", "BatchingHandler", "JsonFormatter", "configure_logging"]
+from sidecar.observability.call_context import current_call
+
+__all__ = [
+    "ACCESS_LOGGER",
+    "MIN_REDACTED_LENGTH",
+    "REDACTED",
+    "BatchingHandler",
+    "JsonFormatter",
+    "configure_logging",
+    "forget",
+    "redact",
+    "redact_line",
+]
 
 _STANDARD_ATTRS = frozenset(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
 ACCESS_LOGGER = "sidecar.access"
+REDACTED = "[REDACTED]"
+MIN_REDACTED_LENGTH = 4
+"""Configured secrets shorter than this are left to the patterns: replacing every `abc` in
+every line would garble the logs and hide nothing an attacker could not guess."""
+
+# Names whose value is a credential, as a key (`password=`, `"token":`) or a header.
+_KEYWORDS = (
+    "authorization",
+    "password",
+    "passwd",
+    "pwd",
+    "secret",
+    "token",
+    "api_key",
+    "api-key",
+    "apikey",
+    "access_key",
+    "access-key",
+    "cookie",
+)
+_CREDENTIAL = re.compile(
+    r"(?P<key>(?i:" + "|".join(re.escape(k) for k in _KEYWORDS) + r"))"
+    # `: `, `=`, `":"`, `': '`, `\":\"` (quotes escaped inside a JSON string) and a scheme
+    r"""(?P<sep>\\?["']?\s*[:=]\s*\\?["']?\s*(?:(?i:bearer|basic|token|digest)\s+)?)"""
+    r"""(?P<value>[^\s"'\\&,;}]+)"""
+    # The password of scheme://user:password@host.
+    r"""|(?P<userinfo>[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@"']*:)(?P<password>[^@\s/"']+)(?=@)"""
+)
+# Substrings of every keyword above (and of a URL): a line with none of them cannot match,
+# and skips the regular expression (~20 µs on a typical line; the checks cost under 1 µs).
+_STEMS = ("author", "passw", "pwd", "secret", "token", "key", "cookie")
+_registered: Counter[str] = Counter()  # by how many owners (servers) registered each
+_secrets: list[str] = []  # longest first: a secret that contains another is replaced whole
+
+
+def redact(secrets: Iterable[str]) -> tuple[str, ...]:
+    """Add `secrets` (values of secret-bearing settings) to what no line may show; returns
+    what was added, for `forget` once its owner has stopped."""
+    added: list[str] = []
+    for secret in secrets:
+        if len(secret) >= MIN_REDACTED_LENGTH:
+            # As it is, and as it reads inside a JSON string (quotes, backslashes, non-ASCII).
+            added += dict.fromkeys((secret, json.dumps(secret)[1:-1]))
+    _registered.update(added)
+    _secrets[:] = sorted(_registered, key=len, reverse=True)
+    return tuple(added)
+
+
+def forget(secrets: Iterable[str]) -> None:
+    """Undo one `redact` (another owner that registered the same value keeps it)."""
+    _registered.subtract(secrets)
+    for secret in [secret for secret, owners in _registered.items() if owners <= 0]:
+        del _registered[secret]
+    _secrets[:] = sorted(_registered, key=len, reverse=True)
+
+
+def redact_line(line: str) -> str:
+    """`line` without any registered secret or anything that looks like a credential."""
+    for secret in _secrets:
+        if secret in line:
+            line = line.replace(secret, REDACTED)
+    if _may_hold_credentials(line):
+        line = _CREDENTIAL.sub(_mask, line)
+    return line
+
+
+def _may_hold_credentials(line: str) -> bool:
+    lowered = line.lower()
+    for stem in _STEMS:
+        if stem in lowered:
+            return True
+    return "://" in line
+
+
+def _mask(match: re.Match[str]) -> str:
+    if match.group("userinfo") is not None:
+        return match.group("userinfo") + REDACTED
+    return match.group("key") + match.group("sep") + REDACTED
 
 
 class JsonFormatter(logging.Formatter):
@@ -44,9 +145,15 @@ class JsonFormatter(logging.Formatter):
         for key, value in record.__dict__.items():
             if key not in _STANDARD_ATTRS:
                 entry[key] = value
+        # Every line written during an RPC names it, whichever library wrote it.
+        call = current_call()
+        if call is not None:
+            entry.setdefault("request_id", call.request_id)
+            if call.trace_id:
+                entry.setdefault("trace_id", call.trace_id)
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
-        return self._encode(entry)
+        return redact_line(self._encode(entry))
 
     def _timestamp(self, record: logging.LogRecord) -> str:
         # The formatted second is reused: strftime per record costs more than the rest.

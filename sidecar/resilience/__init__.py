@@ -38,7 +38,12 @@ from sidecar.resilience.errors import (
 )
 from sidecar.resilience.events import EventListener, ResilienceEvent
 from sidecar.resilience.outcome import Classification, current_attempt
-from sidecar.resilience.pipeline import Pipeline, PipelineOptions, PipelineSnapshot
+from sidecar.resilience.pipeline import (
+    AttemptWrapper,
+    Pipeline,
+    PipelineOptions,
+    PipelineSnapshot,
+)
 from sidecar.resilience.rate_limiter import (
     RateLimiter,
     RateLimiterSnapshot,
@@ -59,6 +64,7 @@ from sidecar.resilience.timeout import TimeoutOptions, run_with_timeout
 __all__ = [
     "SYSTEM_CLOCK",
     "Answered",
+    "AttemptWrapper",
     "Bulkhead",
     "BulkheadFullError",
     "BulkheadOptions",

@@ -30,7 +30,7 @@ from __future__ import annotations
 import random as _random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Final, TypeVar
+from typing import Any, Final, TypeVar
 
 from sidecar.resilience.bulkhead import Bulkhead, BulkheadOptions, BulkheadSnapshot
 from sidecar.resilience.circuit_breaker import (
@@ -59,6 +59,7 @@ from sidecar.resilience.retry import RetryBudget, RetryOptions, backoff_delay
 from sidecar.resilience.timeout import TimeoutOptions, run_with_timeout
 
 __all__ = [
+    "AttemptWrapper",
     "Classification",
     "EventListener",
     "Pipeline",
@@ -69,6 +70,8 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+AttemptWrapper = Callable[[Callable[[], Awaitable[Any]]], Callable[[], Awaitable[Any]]]
+"""Turns a call's operation into the one each attempt runs (see `Pipeline.wrap_attempts`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +132,7 @@ class Pipeline:
         self._random = random
         self._classify = classify
         self._listeners: list[EventListener] = []
+        self._wrap_attempts: AttemptWrapper | None = None
         retry = options.retry
         self._retry = retry if retry is not None and retry.max_retries > 0 else None
         self._budget = RetryBudget(self._retry, clock) if self._retry is not None else None
@@ -186,6 +190,12 @@ class Pipeline:
         """Call `listener(event)` for every retry, transition, rejection and timeout."""
         self._listeners.append(listener)
 
+    def wrap_attempts(self, wrapper: AttemptWrapper | None) -> None:
+        """Run each call's operation as `wrapper(operation)` returns it: every attempt then
+        calls the wrapped one (a tracer makes a span per attempt this way, without the
+        resilience core knowing of traces). None removes the wrapper."""
+        self._wrap_attempts = wrapper
+
     def snapshot(self) -> PipelineSnapshot:
         """Read-only views of the breaker, limiter and bulkhead."""
         return PipelineSnapshot(
@@ -220,6 +230,8 @@ class Pipeline:
             ExecutionTimeout: The last attempt or the whole call ran out of time.
             Exception: The operation's last error, when it is final or retries ran out.
         """
+        if self._wrap_attempts is not None:
+            operation = self._wrap_attempts(operation)
         if self._plain and deadline is None:
             token = current_attempt.set(1)
             try:

@@ -7,9 +7,10 @@ upstream, however many services share it). A service whose circuit breaker is op
 break still running) or isolated is NOT_SERVING too, whatever its probe says: its calls are
 being refused. The process ("") stays SERVING: an upstream's outage is not the pod's.
 
-Health names: "" (the process), each gRPC service (following its default integration), and
-each integration by name, so a probe can watch one dependency; AdminService also shows each
-connection's.
+Health names: "" (the process), each gRPC service (following its default integration),
+each integration by name, and each probed connection as `connection:<name>`, so a probe can
+watch (`Health/Watch`) one dependency. The last check of each integration and connection
+(when, how long, why it failed) is kept in `Integrations.health_checks` for AdminService.
 """
 
 from __future__ import annotations
@@ -17,16 +18,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Mapping
+import time
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from grpc_health.v1 import health, health_pb2
 
 from sidecar.connections import ConnectionEntry
+from sidecar.observability.logging import redact_line
 from sidecar.resilience import CircuitState
+from sidecar.runtime.health_check import HealthCheck
 from sidecar.runtime.integrations import Integration, Integrations
 
-__all__ = ["HealthMonitor"]
+__all__ = ["CONNECTION_PREFIX", "HealthMonitor"]
+
+CONNECTION_PREFIX = "connection:"
+"""Health name of a connection: `connection:<name>`."""
 
 _log = logging.getLogger("sidecar.health")
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -71,6 +78,9 @@ class HealthMonitor:
             await self._servicer.set(service, SERVING)
         for item in self._integrations:
             await self._servicer.set(item.name, SERVING)
+        for name, entry in self._integrations.connections:
+            if entry.connection.probed:
+                await self._servicer.set(CONNECTION_PREFIX + name, SERVING)
 
     def start(self) -> None:
         """Probe in the background until `stop`."""
@@ -102,19 +112,34 @@ class HealthMonitor:
 
     async def _probe_connection(self, entry: ConnectionEntry) -> None:
         name = entry.connection.name
-        key = f"connection:{name}"  # connection and service names may be alike
-        try:
-            await asyncio.wait_for(entry.connection.ping(), self._timeout)
-        except Exception as exc:
+        key = CONNECTION_PREFIX + name  # connection and service names may be alike
+        error = await self._check(key, entry.connection.ping)
+        if error is not None:
             failures = self._failures[key] = self._failures.get(key, 0) + 1
             if failures >= self._threshold and entry.healthy:
                 entry.healthy = False
-                _log.warning("connection unhealthy", extra={"connection": name, "error": repr(exc)})
+                _log.warning("connection unhealthy", extra={"connection": name, "error": error})
+                await self._servicer.set(key, NOT_SERVING)
             return
         self._failures[key] = 0
         if not entry.healthy:
             entry.healthy = True
             _log.info("connection healthy again", extra={"connection": name})
+            await self._servicer.set(key, SERVING)
+
+    async def _check(self, key: str, ping: Callable[[], Awaitable[None]]) -> str | None:
+        """Run one check, record it under `key`; its error, or None when it passed."""
+        started, at = time.perf_counter(), time.time()
+        error = None
+        try:
+            await asyncio.wait_for(ping(), self._timeout)
+        except Exception as exc:
+            error = repr(exc) if not isinstance(exc, TimeoutError) else "timed out"
+        # AdminService shows the error: no secret may ride in it (a DSN in a driver's message).
+        self._integrations.health_checks[key] = HealthCheck(
+            at, time.perf_counter() - started, redact_line(error) if error else ""
+        )
+        return error
 
     async def _probe(self, item: Integration[Any]) -> None:
         entry = (
@@ -122,17 +147,19 @@ class HealthMonitor:
             if item.connection is not None
             else None
         )
-        if entry is not None and entry.connection.probed:
+        if entry is not None and item.connection is not None and entry.connection.probed:
             self._probe_verdict(item.name, None if entry.healthy else "connection down")
+            check = self._integrations.health_checks.get(CONNECTION_PREFIX + item.connection)
+            if check is not None:  # the connection's check is the service's
+                self._integrations.health_checks[item.name] = check
         else:
             # On no connection, or on one no health check pings (an http connection without
             # a health_path): the backend's own ping (an AI provider lists its models).
-            try:
-                await asyncio.wait_for(item.backend.ping(), self._timeout)
-            except Exception as exc:
+            error = await self._check(item.name, item.backend.ping)
+            if error is not None:
                 failures = self._failures[item.name] = self._failures.get(item.name, 0) + 1
                 if failures >= self._threshold:
-                    self._probe_verdict(item.name, repr(exc))
+                    self._probe_verdict(item.name, error)
             else:
                 self._failures[item.name] = 0
                 self._probe_verdict(item.name, None)

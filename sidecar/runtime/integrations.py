@@ -17,6 +17,7 @@ from sidecar.backends.spec import BuildContext
 from sidecar.config import Config, ServiceConfig
 from sidecar.connections import Connections, build_connections
 from sidecar.errors import NotFound
+from sidecar.observability.message_counts import MessageCounts
 from sidecar.resilience import (
     SYSTEM_CLOCK,
     CircuitState,
@@ -27,7 +28,9 @@ from sidecar.resilience import (
     StreamingSnapshot,
 )
 from sidecar.runtime.classify import classify
+from sidecar.runtime.health_check import HealthCheck
 from sidecar.runtime.policies import pipeline_options, token_bucket_options
+from sidecar.transform import Transforms, build_transforms
 
 __all__ = ["Integration", "Integrations", "build_integrations"]
 
@@ -82,14 +85,22 @@ class Integrations:
         *,
         clock: Clock = SYSTEM_CLOCK,
         connections: Connections | None = None,
+        transforms: Transforms | None = None,
     ) -> None:
         self.clock = clock
+        self.transforms = transforms or Transforms({}, {})
+        """The configured transforms and schemas, which services apply by name."""
         self.connections = connections or Connections()
         """The connections the services share; closed after them."""
         """The clock every pipeline runs on; servicers that build policies of their own
         (AI deployments) use it too, so tests move one clock."""
         self.meter: Meter | None = None
         """The server's OpenTelemetry meter once it has one (None: metrics are off)."""
+        self.messages = MessageCounts()
+        """Pub/sub messages delivered, acknowledged, ... per service (for metrics)."""
+        self.health_checks: dict[str, HealthCheck] = {}
+        """The last health check of each integration (by name) and connection (by
+        `connection:<name>`), as AdminService shows them."""
         self._by_name = {item.name: item for item in items}
         self._defaults = {item.type: item for item in items if item.is_default}
         self._by_type_and_name = {(item.type, item.name): item for item in items}
@@ -189,7 +200,9 @@ def build_integrations(config: Config, clock: Clock = SYSTEM_CLOCK) -> Integrati
                 connection=config.connection_of(name),
             )
         )
-    return Integrations(items, clock=clock, connections=connections)
+    return Integrations(
+        items, clock=clock, connections=connections, transforms=build_transforms(config)
+    )
 
 
 def _build(

@@ -13,6 +13,7 @@ from sidecar.errors import InvalidArgument
 from sidecar.observability.call_context import current_call, note_target
 from sidecar.resilience import Answered, Clock, Deadline
 from sidecar.runtime import Integration, Integrations
+from sidecar.runtime.permissions import permit_target
 
 __all__ = [
     "IDEMPOTENCY_KEY_HEADER",
@@ -21,6 +22,7 @@ __all__ = [
     "positive_ttl",
     "require_name",
     "resolve",
+    "serve_target",
 ]
 
 T = TypeVar("T")
@@ -31,8 +33,15 @@ Context = grpc.aio.ServicerContext[Any, Any]
 def resolve(integrations: Integrations, type_name: str, target: str) -> Integration[Any]:
     """The integration serving this call, noted for the access log and metrics."""
     integration = integrations.resolve(type_name, target)
-    note_target(integration.name)
+    serve_target(integration.name)
     return integration
+
+
+def serve_target(name: str) -> None:
+    """Note `name` (a resolved target) as serving this call, once the caller's permissions
+    allow it: every servicer resolves targets through here (PERMISSION_DENIED if not)."""
+    permit_target(name)
+    note_target(name)
 
 
 def call_deadline(context: Context, clock: Clock, *, margin: float = 0.0) -> Deadline | None:

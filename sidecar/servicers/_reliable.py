@@ -8,14 +8,16 @@ topic has consumer groups, acknowledgements and dead letters.
 
 from __future__ import annotations
 
+import functools
 import re
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, cast
 
 from google.protobuf import timestamp_pb2
 
 from generated.integration.v1 import pubsub_pb2
 from sidecar.backends.pubsub import DeadLetter, ReliableMessage, ReliablePubSub, glob_match
+from sidecar.backends.pubsub.reliable import ReliableWithOrderingKeys
 from sidecar.errors import FailedPrecondition, InvalidArgument
 from sidecar.runtime import Integration
 from sidecar.servicers._common import invalid, require_name
@@ -30,6 +32,7 @@ __all__ = [
     "message",
     "not_reliable",
     "page_token",
+    "publisher",
     "reliable_backend",
     "require_reliable",
 ]
@@ -38,6 +41,7 @@ DEFAULT_IN_FLIGHT = 100
 _MAX_IN_FLIGHT = 10_000
 _MAX_IDS = 1000
 _MAX_GROUP = 256
+_MAX_ORDERING_KEY = 256
 _DEAD_LETTER_SUFFIX = ":dlq"
 _STREAM_ID = re.compile(r"\A[0-9]{1,20}-[0-9]{1,20}\Z")
 
@@ -87,6 +91,25 @@ def reliable_backend(broker: Integration[Any]) -> ReliablePubSub:
             metadata={"target": broker.name},
         )
     return backend
+
+
+def publisher(
+    broker: Integration[Any], ordering_key: str
+) -> Callable[[str, bytes, Mapping[str, str]], Awaitable[str]]:
+    """The target's `publish_reliable`, keeping `ordering_key`'s order where the backend
+    has the `ordering_keys` feature (elsewhere the key is accepted and ignored).
+
+    Raises:
+        InvalidArgument: the key is over 256 bytes.
+        FailedPrecondition: the backend has no reliable topics (UNSUPPORTED_OPERATION).
+    """
+    if len(ordering_key.encode()) > _MAX_ORDERING_KEY:
+        raise invalid("ordering_key", f"at most {_MAX_ORDERING_KEY} bytes")
+    backend = reliable_backend(broker)
+    if not ordering_key or "ordering_keys" not in broker.features:
+        return backend.publish_reliable
+    keyed = cast(ReliableWithOrderingKeys, backend)
+    return functools.partial(keyed.publish_reliable, ordering_key=ordering_key)
 
 
 def group(value: str, field: str = "group") -> str:

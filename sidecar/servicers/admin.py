@@ -10,10 +10,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from google.protobuf import timestamp_pb2
+
 from generated.integration.v1 import admin_pb2, admin_pb2_grpc, common_pb2
 from sidecar.errors import NotFound
 from sidecar.resilience import CircuitBreakerSnapshot, CircuitState, RateLimiterSnapshot
 from sidecar.runtime import Integration, Integrations
+from sidecar.runtime.health import CONNECTION_PREFIX
+from sidecar.runtime.health_check import HealthCheck
 from sidecar.servicers._common import Context, invalid
 
 __all__ = ["AdminServicer"]
@@ -43,7 +47,9 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         items = [item for item in self._integrations if item.name > after]
         page, rest = items[:size], items[size:]
         return admin_pb2.ListIntegrationsResponse(
-            integrations=[describe(item) for item in page],
+            integrations=[
+                describe(item, self._integrations.health_checks.get(item.name)) for item in page
+            ],
             page=common_pb2.PageResponse(next_page_token=page[-1].name if rest else ""),
         )
 
@@ -64,6 +70,9 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
                     else admin_pb2.HEALTH_STATE_UNSPECIFIED,
                     users=sorted(entry.users),
                     implicit=entry.implicit,
+                    last_check=_last_check(
+                        self._integrations.health_checks.get(CONNECTION_PREFIX + name)
+                    ),
                 )
                 for name, entry in page
             ],
@@ -82,7 +91,9 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
                 reason="INTEGRATION_NOT_FOUND",
                 metadata={"name": request.name},
             )
-        return admin_pb2.GetIntegrationResponse(integration=describe(item))
+        return admin_pb2.GetIntegrationResponse(
+            integration=describe(item, self._integrations.health_checks.get(item.name))
+        )
 
 
 def _page_size(page: common_pb2.PageRequest) -> int:
@@ -95,9 +106,18 @@ def _health(healthy: bool) -> admin_pb2.HealthState.ValueType:
     return admin_pb2.HEALTH_STATE_SERVING if healthy else admin_pb2.HEALTH_STATE_NOT_SERVING
 
 
-def describe(item: Integration[Any]) -> admin_pb2.Integration:
-    """The admin view of one integration."""
+def _last_check(check: HealthCheck | None) -> admin_pb2.HealthCheckResult | None:
+    if check is None:
+        return None
+    at = timestamp_pb2.Timestamp()
+    at.FromNanoseconds(int(check.at * 1e9))
+    return admin_pb2.HealthCheckResult(time=at, latency_seconds=check.latency, error=check.error)
+
+
+def describe(item: Integration[Any], check: HealthCheck | None = None) -> admin_pb2.Integration:
+    """The admin view of one integration, with its last health check if there was one."""
     result = admin_pb2.Integration(
+        last_check=_last_check(check),
         name=item.name,
         type=item.type,
         backend=item.backend_name,

@@ -30,11 +30,10 @@ from sidecar.ai.router import AIRouter
 from sidecar.ai.unary import embed
 from sidecar.backends.ai.base import ChatEvent
 from sidecar.errors import DeadlineExceeded
-from sidecar.observability.call_context import note_target
 from sidecar.observability.genai_metrics import GenAIMetrics
 from sidecar.resilience import SYSTEM_CLOCK, Clock, Deadline
 from sidecar.runtime import Integrations
-from sidecar.servicers._common import Context, call_deadline
+from sidecar.servicers._common import Context, call_deadline, serve_target
 from sidecar.servicers.ai_mapping import (
     Assembler,
     chat_request,
@@ -83,7 +82,7 @@ class AIServicer(ai_pb2_grpc.AIServiceServicer):
 
     def _route(self, target: str) -> Route:
         route = self._router.route(check_target(target))
-        note_target(route.name)
+        serve_target(route.name)
         return route
 
     def _deadline(self, context: Context) -> tuple[Deadline | None, float | None]:

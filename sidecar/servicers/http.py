@@ -33,6 +33,8 @@ from sidecar.servicers._common import (
     invalid,
     resolve,
 )
+from sidecar.servicers._transforms import transformed_answer, transformed_body
+from sidecar.transform import Transforms
 
 __all__ = ["HttpServicer"]
 
@@ -60,7 +62,8 @@ class HttpServicer(http_pb2_grpc.HttpServiceServicer):
     ) -> http_pb2.HttpServiceCallResponse:
         api = self._target(request.request.target)
         backend: ApiBackend = api.backend
-        prepared = await _prepare(backend, request.request)
+        transforms = self._integrations.transforms
+        prepared = await _prepare(backend, request.request, transforms, api.settings)
         retryable = is_retryable(prepared)
         deadline = call_deadline(context, self._integrations.clock)
         limit = min(backend.max_response_bytes, self._max_body)
@@ -76,6 +79,9 @@ class HttpServicer(http_pb2_grpc.HttpServiceServicer):
             )
         except FailedAnswer as failed:
             answer = failed.answer
+        response_transform = request.request.response_transform or api.settings.response_transform
+        if response_transform:
+            answer = await transformed_answer(transforms, response_transform, answer, api.name)
         return http_pb2.HttpServiceCallResponse(
             status=answer.status,
             headers=_headers(answer.headers),
@@ -94,7 +100,17 @@ class HttpServicer(http_pb2_grpc.HttpServiceServicer):
         head = first.head
         api = self._target(head.request.target)
         backend: ApiBackend = api.backend
-        prepared = await _prepare(backend, head.request)
+        if head.request.response_transform:
+            raise invalid("head.request.response_transform", "applies to Call only")
+        if head.stream_body and (head.request.request_transform or api.settings.request_transform):
+            raise invalid(
+                "head.stream_body",
+                "a request_transform needs the whole body in the head (it is checked before "
+                "anything is sent)",
+            )
+        prepared = await _prepare(
+            backend, head.request, self._integrations.transforms, api.settings
+        )
         body = _body_chunks(request_iterator) if head.stream_body else None
         retryable = body is None and is_retryable(prepared)
         deadline = call_deadline(context, self._integrations.clock)
@@ -140,8 +156,11 @@ class HttpServicer(http_pb2_grpc.HttpServiceServicer):
             await asyncio.shield(stream.aclose())
 
 
-async def _prepare(backend: ApiBackend, message: http_pb2.HttpRequest) -> PreparedRequest:
-    """The domain request of a proto one, checked, with the call's identity added."""
+async def _prepare(
+    backend: ApiBackend, message: http_pb2.HttpRequest, transforms: Transforms, settings: Any
+) -> PreparedRequest:
+    """The domain request of a proto one, checked, through its request transform (the call's
+    or the target's), with the call's identity added."""
     body: bytes | None = None
     is_json = False
     kind = message.WhichOneof("body")
@@ -153,6 +172,12 @@ async def _prepare(backend: ApiBackend, message: http_pb2.HttpRequest) -> Prepar
         if len(body) <= backend.max_request_bytes:
             await _check_json(message.json)
     headers = [(header.name, header.value) for header in message.headers]
+    request_transform = message.request_transform or settings.request_transform
+    if request_transform and body is not None:
+        body, headers = await transformed_body(
+            transforms, request_transform, body, is_json, headers
+        )
+        is_json = False  # the output's own Content-Type header is set
     call = current_call()
     metadata = call.metadata if call is not None else ()
     key = _metadata_value(metadata, IDEMPOTENCY_KEY_HEADER)

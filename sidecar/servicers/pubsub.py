@@ -18,6 +18,11 @@ from google.protobuf import timestamp_pb2
 
 from generated.integration.v1 import common_pb2, pubsub_pb2, pubsub_pb2_grpc
 from sidecar.backends.pubsub import Message, ReliableSubscription, Subscription
+from sidecar.observability.tracing import (
+    TRACEPARENT_HEADER,
+    annotate_span,
+    current_traceparent,
+)
 from sidecar.runtime import Integration, Integrations
 from sidecar.servicers import _reliable as reliable
 from sidecar.servicers._common import Context, call_through, invalid, require_name, resolve
@@ -54,12 +59,18 @@ class PubSubServicer(pubsub_pb2_grpc.PubSubServiceServicer):
         if len(request.metadata) > _MAX_METADATA_ENTRIES:
             raise invalid("metadata", f"at most {_MAX_METADATA_ENTRIES} entries")
         payload, metadata = request.payload, dict(request.metadata)
+        traceparent = current_traceparent()
+        if traceparent is not None:  # subscribers' spans can join the publisher's trace
+            metadata.setdefault(TRACEPARENT_HEADER, traceparent)
+            annotate_span({"messaging.destination.name": channel})
+        if request.schema:  # checked before anything is published
+            await self._integrations.transforms.check(request.schema, payload, field="payload")
         if reliable.is_reliable(broker, channel, "channel"):
-            backend = reliable.reliable_backend(broker)
+            publish = reliable.publisher(broker, request.ordering_key)
             message_id = await call_through(
                 broker,
                 context,
-                lambda: backend.publish_reliable(channel, payload, metadata),
+                lambda: publish(channel, payload, metadata),
                 idempotent=False,
             )
             return pubsub_pb2.PublishResponse(message_id=message_id)
@@ -99,10 +110,13 @@ class PubSubServicer(pubsub_pb2_grpc.PubSubServiceServicer):
             yield pubsub_pb2.SubscribeResponse(
                 started=pubsub_pb2.SubscriptionStarted(channels=channels, patterns=patterns)
             )
+            counts = self._integrations.messages
             async for event in subscription:
                 if isinstance(event, Message):
+                    counts.add(broker.name, "delivered")
                     yield pubsub_pb2.SubscribeResponse(message=_message(event))
                 else:
+                    counts.add(broker.name, "dropped", event.count)
                     yield pubsub_pb2.SubscribeResponse(
                         dropped=pubsub_pb2.MessagesDropped(count=event.count)
                     )
@@ -142,7 +156,11 @@ class PubSubServicer(pubsub_pb2_grpc.PubSubServiceServicer):
                     channels=topics, group=group, consumer=subscription.consumer
                 )
             )
+            counts = self._integrations.messages
             async for message in subscription:
+                counts.add(broker.name, "delivered")
+                if message.delivery_count > 1:
+                    counts.add(broker.name, "redelivered")
                 yield pubsub_pb2.SubscribeResponse(message=reliable.message(message))
         finally:
             self._open.discard(subscription)
@@ -159,6 +177,7 @@ class PubSubServicer(pubsub_pb2_grpc.PubSubServiceServicer):
         acknowledged = await call_through(
             broker, context, lambda: backend.acknowledge(topic, group, ids)
         )
+        self._integrations.messages.add(broker.name, "acknowledged", acknowledged)
         return pubsub_pb2.AcknowledgeResponse(acknowledged=acknowledged)
 
     async def ReadDeadLetters(

@@ -47,6 +47,8 @@ class QueueServicer(queue_pb2_grpc.QueueServiceServicer):
     ) -> queue_pb2.SendResponse:
         queue, backend = self._target(request.target)
         message = values.outgoing(request, backend.fifo)
+        if request.schema:  # checked before anything is sent
+            await self._integrations.transforms.check(request.schema, request.body, field="body")
         sent = await call_through(queue, context, lambda: backend.send(message), idempotent=False)
         return queue_pb2.SendResponse(
             message_id=sent.message_id, sequence_number=sent.sequence_number

@@ -55,6 +55,8 @@ class Exchange:
     client_closed: float | None = None
     cut: bool = False
     chunks_sent: int = 0
+    tokens_sent: int = 0
+    """Answer tokens in the chunks sent (the fake LLM counts one per word)."""
     closed: asyncio.Event = field(default_factory=asyncio.Event)
 
 

@@ -8,7 +8,10 @@
 - Hugging Face TGI text-generation streams and feature extraction under `/hf/`.
 
 Each completion request takes the next scripted `Step` (429 + Retry-After, 500, slow
-chunks, a cut connection, a hang), or `default` when the script is empty.
+chunks, a cut connection, a hang, a stall mid-stream), or `default` when the script is
+empty. Each exchange records the answer tokens it sent (`Exchange.tokens_sent`, one per
+word, as the usage the fake reports counts them), and `open_requests` counts completion
+requests whose connection is still open.
 
 Run it alone for the benchmark: `PYTHONPATH=tests python -m ai.fake_llm 127.0.0.1:PORT WORDS`.
 """
@@ -31,6 +34,9 @@ __all__ = ["FakeLLM", "Step"]
 DEFAULT_WORDS = ("Hello", "from", "the", "fake", "model.")
 _SSE = {"content-type": "text/event-stream", "cache-control": "no-cache"}
 _COMPLETION_PATHS = ("/v1/chat/completions", "/v1/messages", "/hf/")
+_FIRST_WORD_EVENT = {"": 1, "anthropic": 3, "tgi": 0}
+"""Events before the first word: OpenAI's role chunk; Anthropic's message_start,
+content_block_start and ping."""
 
 
 @dataclass(frozen=True)
@@ -43,6 +49,8 @@ class Step:
         cut_after: chunks to send before dropping the connection.
         delay: seconds to wait before each chunk (a slow stream).
         hang: send the head, then nothing until the client gives up.
+        stall_after: chunks to send, then nothing more until the client gives up.
+        first_delay: seconds to wait before the first chunk only.
     """
 
     status: int = 200
@@ -50,6 +58,8 @@ class Step:
     cut_after: int | None = None
     delay: float = 0.0
     hang: bool = False
+    stall_after: int | None = None
+    first_delay: float = 0.0
 
 
 def _dumps(value: Any) -> bytes:
@@ -77,7 +87,7 @@ class FakeLLM:
         self.script: deque[Step] = deque()
         self.default = Step()
         self.http = FakeHTTPServer(self._handle)
-        self._cache: dict[tuple[Any, ...], list[bytes]] = {}
+        self._cache: dict[tuple[Any, ...], list[tuple[bytes, int]]] = {}
 
     async def start(self, port: int = 0) -> FakeLLM:
         await self.http.start(port=port)
@@ -141,13 +151,18 @@ class FakeLLM:
         events = self._events(kind, body)
         if step.hang:
             await asyncio.Event().wait()
-        for i, event in enumerate(events):
+        if step.first_delay:
+            await asyncio.sleep(step.first_delay)
+        for i, (event, tokens) in enumerate(events):
             if step.cut_after is not None and i >= step.cut_after:
                 respond.cut()
                 return
+            if step.stall_after is not None and i >= step.stall_after:
+                await asyncio.Event().wait()
             if step.delay:
                 await asyncio.sleep(step.delay)
             await respond.send_chunk(event)
+            respond.exchange.tokens_sent += tokens
         await respond.finish()
 
     async def _error(self, kind: str, step: Step, respond: Responder) -> None:
@@ -161,13 +176,23 @@ class FakeLLM:
             body = {"error": {"message": message, "type": "fake_error", "code": None}}
         await respond.send_json(step.status, body, headers)
 
-    def _events(self, kind: str, body: dict[str, Any]) -> list[bytes]:
-        """The reply's events, built once per distinct request shape (the bench reuses them)."""
+    @property
+    def open_requests(self) -> int:
+        """Completion requests whose answer is neither finished nor closed."""
+        return sum(not e.closed.is_set() for e in self.completions)
+
+    def _events(self, kind: str, body: dict[str, Any]) -> list[tuple[bytes, int]]:
+        """The reply's events, each with the answer tokens it carries, built once per
+        distinct request shape (the bench reuses them)."""
         key = (kind, json.dumps(body, sort_keys=True), tuple(self.words), self.tool_call)
         events = self._cache.get(key)
         if events is None:
             build = {"anthropic": self._anthropic_events, "tgi": self._tgi_events}
-            events = build.get(kind, self._openai_events)(body)
+            built = build.get(kind, self._openai_events)(body)
+            # Each format streams the words as consecutive events after a fixed preamble.
+            first = _FIRST_WORD_EVENT[kind]
+            words = range(first, first + len(self.words))
+            events = [(event, int(i in words)) for i, event in enumerate(built)]
             if len(self._cache) > 64:
                 self._cache.clear()
             self._cache[key] = events

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from generated.integration.v1 import ai_pb2, ai_pb2_grpc
 from sidecar.resilience import SYSTEM_CLOCK, Clock
@@ -96,3 +97,34 @@ async def sleepers(clock: FakeClock, count: int = 1, within: float = 5.0) -> Non
 def text_of(messages: Sequence[ai_pb2.StreamCompleteResponse]) -> str:
     """The answer text of a stream."""
     return "".join(message.content for message in messages)
+
+
+def metric_points(reader: InMemoryMetricReader) -> dict[str, list[Any]]:
+    """The data points of every metric collected so far, by metric name."""
+    data = reader.get_metrics_data()
+    if data is None:
+        return {}
+    return {
+        metric.name: list(metric.data.data_points)
+        for resource in data.resource_metrics
+        for scope in resource.scope_metrics
+        for metric in scope.metrics
+    }
+
+
+async def token_usage(
+    reader: InMemoryMetricReader, deployment: str, within: float = 5.0
+) -> dict[str, int]:
+    """The recorded `gen_ai.client.token.usage` of `deployment` by token type, once there is
+    one (a cancelled call is settled after the caller has gone, so this waits for it)."""
+    deadline = time.monotonic() + within
+    while True:
+        points = metric_points(reader).get("gen_ai.client.token.usage", [])
+        usage = {
+            p.attributes["gen_ai.token.type"]: int(p.sum)
+            for p in points
+            if p.attributes["deployment"] == deployment
+        }
+        if usage or time.monotonic() > deadline:
+            return usage
+        await asyncio.sleep(0.005)

@@ -3,25 +3,12 @@ and provider (OpenTelemetry GenAI names), cache lookups and breaker state per de
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 from ai.fake_llm import FakeLLM, Step
-from ai.helpers import ai_sidecar, config, model, read_stream, user
+from ai.helpers import ai_sidecar, config, metric_points, model, read_stream, user
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from generated.integration.v1 import ai_pb2
-
-
-def _points(reader: InMemoryMetricReader) -> dict[str, list[Any]]:
-    data = reader.get_metrics_data()
-    assert data is not None
-    return {
-        metric.name: list(metric.data.data_points)
-        for resource in data.resource_metrics
-        for scope in resource.scope_metrics
-        for metric in scope.metrics
-    }
 
 
 async def test_a_streamed_call_records_genai_metrics_per_model_and_provider(
@@ -34,7 +21,7 @@ async def test_a_streamed_call_records_genai_metrics_per_model_and_provider(
                 ai_pb2.StreamCompleteRequest(target="openai", messages=user("hi"))
             )
         )
-        points = _points(reader)
+        points = metric_points(reader)
     expected = {
         "gen_ai.operation.name": "chat",
         "gen_ai.provider.name": "openai",
@@ -60,7 +47,7 @@ async def test_failures_are_counted_by_reason_with_error_type(fake: FakeLLM) -> 
     async with ai_sidecar(config(model("openai", fake.url)), metric_readers=[reader]) as ai:
         with pytest.raises(Exception):  # noqa: B017 - the status is tested elsewhere
             await ai.stub.Complete(ai_pb2.CompleteRequest(target="openai", messages=user("hi")))
-        points = _points(reader)
+        points = metric_points(reader)
     (requests,) = points["integration_ai_requests_total"]
     assert requests.attributes["outcome"] == "UPSTREAM_UNAVAILABLE"
     (duration,) = points["gen_ai.client.operation.duration"]
@@ -82,7 +69,7 @@ async def test_response_cache_lookups_are_counted_as_hits_and_misses(fake: FakeL
             await ai.stub.Complete(
                 ai_pb2.CompleteRequest(target="chat", messages=user("hi"), temperature=0)
             )
-        points = _points(reader)
+        points = metric_points(reader)
     results = {
         p.attributes["result"]: p.value for p in points["integration_ai_response_cache_total"]
     }

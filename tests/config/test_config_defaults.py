@@ -33,6 +33,8 @@ MiB = 1024 * 1024
 EXPECTED_DEFAULTS = {
     "server": {
         "listen": "127.0.0.1:50051",
+        "tls": None,
+        "unix_socket": {"mode": 0o600, "group": None},
         "max_receive_message_size": 4 * MiB,
         "max_send_message_size": 4 * MiB,
         "compression": "none",
@@ -45,7 +47,7 @@ EXPECTED_DEFAULTS = {
             "permit_without_calls": False,
             "min_ping_interval": 300.0,
         },
-        "auth": {"tokens": ()},
+        "auth": {"tokens": (), "callers": {}},
         "inbound_rate_limits": {},
         "access_log": True,
         "log_level": "info",
@@ -89,7 +91,9 @@ EXPECTED_DEFAULTS = {
             "export_interval": 15.0,
             "retention_period": 7 * 86400.0,
             "prometheus_listen": None,
+            "otlp": None,
         },
+        "tracing": None,
     },
     "connections": {},
     "services": {
@@ -131,6 +135,7 @@ EXPECTED_DEFAULTS = {
         "pubsub": {
             "type": "pubsub",
             "backend": "memory",
+            "url": None,
             "default": False,
             "subscriber_buffer": 1000,
             "max_payload_size": MiB,
@@ -257,6 +262,8 @@ EXPECTED_DEFAULTS = {
             "connection_pool": None,
         },
     },
+    "schemas": {},
+    "transforms": {},
 }
 
 

@@ -11,6 +11,7 @@ from sidecar.config import (
     RedisConnectionSettings,
     parse_config,
 )
+from sidecar.config.backends import backend_names
 
 
 def _problems(text: str) -> list[tuple[str, str]]:
@@ -110,7 +111,13 @@ def test_reliable_topics_parse_with_the_redis_backend() -> None:
 def test_reliable_topics_need_the_redis_backend(backend: str) -> None:
     assert _problems(
         f"services:\n  events: {{type: pubsub, {backend}reliable_topics: ['orders.*']}}\n"
-    ) == [("services.events.reliable_topics", "reliable topics need backend: redis")]
+    ) == [
+        (
+            "services.events.reliable_topics",
+            "backend memory has no reliable topics (they need one of: kafka, nats, rabbitmq, "
+            "redis)",
+        )
+    ]
 
 
 def test_empty_reliable_topics_need_no_redis() -> None:
@@ -124,9 +131,10 @@ def test_empty_reliable_topics_need_no_redis() -> None:
 
 
 def test_invalid_backend_is_reported_once_not_as_a_reliable_topics_problem() -> None:
+    known = ", ".join(backend_names("pubsub"))
     assert _problems(
-        "services:\n  events: {type: pubsub, backend: kafka, reliable_topics: ['a']}\n"
-    ) == [("services.events.backend", "must be one of: memory, redis (got 'kafka')")]
+        "services:\n  events: {type: pubsub, backend: nosuch, reliable_topics: ['a']}\n"
+    ) == [("services.events.backend", f"must be one of: {known} (got 'nosuch')")]
 
 
 @pytest.mark.parametrize(

@@ -30,6 +30,7 @@ def test_package_exports_exactly_the_public_api() -> None:
         [
             "SYSTEM_CLOCK",
             "Answered",
+            "AttemptWrapper",
             "Bulkhead",
             "BulkheadFullError",
             "BulkheadOptions",

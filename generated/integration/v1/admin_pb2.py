@@ -22,10 +22,11 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from generated.integration.v1 import common_pb2 as integration_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aintegration/v1/admin.proto\x12\x0eintegration.v1\x1a\x1bintegration/v1/common.proto\"\xae\x01\n\x14\x43ircuitBreakerStatus\x12+\n\x05state\x18\x01 \x01(\x0e\x32\x1c.integration.v1.CircuitState\x12\x1c\n\x14\x63onsecutive_failures\x18\x02 \x01(\x03\x12\x15\n\rfailure_ratio\x18\x03 \x01(\x01\x12\x17\n\x0f\x63\x61lls_in_window\x18\x04 \x01(\x03\x12\x1b\n\x13retry_after_seconds\x18\x05 \x01(\x01\"{\n\x11RateLimiterStatus\x12\x0f\n\x07\x65nabled\x18\x01 \x01(\x08\x12\x18\n\x10\x61vailable_tokens\x18\x02 \x01(\x01\x12\x10\n\x08\x63\x61pacity\x18\x03 \x01(\x01\x12\x19\n\x11tokens_per_second\x18\x04 \x01(\x01\x12\x0e\n\x06queued\x18\x05 \x01(\x03\"b\n\x0e\x42ulkheadStatus\x12\x0f\n\x07\x65nabled\x18\x01 \x01(\x08\x12\x11\n\tin_flight\x18\x02 \x01(\x03\x12\x0e\n\x06queued\x18\x03 \x01(\x03\x12\x1c\n\x14max_concurrent_calls\x18\x04 \x01(\x03\"\xf9\x02\n\x0bIntegration\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x03 \x01(\t\x12\x0f\n\x07\x64\x65\x66\x61ult\x18\x04 \x01(\x08\x12+\n\x06health\x18\x05 \x01(\x0e\x32\x1b.integration.v1.HealthState\x12=\n\x0f\x63ircuit_breaker\x18\x06 \x01(\x0b\x32$.integration.v1.CircuitBreakerStatus\x12\x37\n\x0crate_limiter\x18\x07 \x01(\x0b\x32!.integration.v1.RateLimiterStatus\x12\x30\n\x08\x62ulkhead\x18\x08 \x01(\x0b\x32\x1e.integration.v1.BulkheadStatus\x12\x12\n\nconnection\x18\t \x01(\t\x12\x10\n\x08\x66\x65\x61tures\x18\n \x03(\t\x12/\n\x0b\x64\x65ployments\x18\x0b \x03(\x0b\x32\x1a.integration.v1.Deployment\"\x90\x02\n\nDeployment\x12\x0c\n\x04name\x18\x01 \x01(\t\x12=\n\x0f\x63ircuit_breaker\x18\x02 \x01(\x0b\x32$.integration.v1.CircuitBreakerStatus\x12\x43\n\rrate_limiters\x18\x03 \x03(\x0b\x32,.integration.v1.Deployment.RateLimitersEntry\x12\x18\n\x10\x63ooldown_seconds\x18\x04 \x01(\x01\x1aV\n\x11RateLimitersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x30\n\x05value\x18\x02 \x01(\x0b\x32!.integration.v1.RateLimiterStatus:\x02\x38\x01\"v\n\nConnection\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12+\n\x06health\x18\x03 \x01(\x0e\x32\x1b.integration.v1.HealthState\x12\r\n\x05users\x18\x04 \x03(\t\x12\x10\n\x08implicit\x18\x05 \x01(\x08\"D\n\x17ListIntegrationsRequest\x12)\n\x04page\x18\x01 \x01(\x0b\x32\x1b.integration.v1.PageRequest\"y\n\x18ListIntegrationsResponse\x12\x31\n\x0cintegrations\x18\x01 \x03(\x0b\x32\x1b.integration.v1.Integration\x12*\n\x04page\x18\x02 \x01(\x0b\x32\x1c.integration.v1.PageResponse\"C\n\x16ListConnectionsRequest\x12)\n\x04page\x18\x01 \x01(\x0b\x32\x1b.integration.v1.PageRequest\"v\n\x17ListConnectionsResponse\x12/\n\x0b\x63onnections\x18\x01 \x03(\x0b\x32\x1a.integration.v1.Connection\x12*\n\x04page\x18\x02 \x01(\x0b\x32\x1c.integration.v1.PageResponse\"%\n\x15GetIntegrationRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"J\n\x16GetIntegrationResponse\x12\x30\n\x0bintegration\x18\x01 \x01(\x0b\x32\x1b.integration.v1.Integration*c\n\x0bHealthState\x12\x1c\n\x18HEALTH_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14HEALTH_STATE_SERVING\x10\x01\x12\x1c\n\x18HEALTH_STATE_NOT_SERVING\x10\x02*\x98\x01\n\x0c\x43ircuitState\x12\x1d\n\x19\x43IRCUIT_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x43IRCUIT_STATE_CLOSED\x10\x01\x12\x16\n\x12\x43IRCUIT_STATE_OPEN\x10\x02\x12\x1b\n\x17\x43IRCUIT_STATE_HALF_OPEN\x10\x03\x12\x1a\n\x16\x43IRCUIT_STATE_ISOLATED\x10\x04\x32\xba\x02\n\x0c\x41\x64minService\x12\x65\n\x10ListIntegrations\x12\'.integration.v1.ListIntegrationsRequest\x1a(.integration.v1.ListIntegrationsResponse\x12_\n\x0eGetIntegration\x12%.integration.v1.GetIntegrationRequest\x1a&.integration.v1.GetIntegrationResponse\x12\x62\n\x0fListConnections\x12&.integration.v1.ListConnectionsRequest\x1a\'.integration.v1.ListConnectionsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aintegration/v1/admin.proto\x12\x0eintegration.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bintegration/v1/common.proto\"\xae\x01\n\x14\x43ircuitBreakerStatus\x12+\n\x05state\x18\x01 \x01(\x0e\x32\x1c.integration.v1.CircuitState\x12\x1c\n\x14\x63onsecutive_failures\x18\x02 \x01(\x03\x12\x15\n\rfailure_ratio\x18\x03 \x01(\x01\x12\x17\n\x0f\x63\x61lls_in_window\x18\x04 \x01(\x03\x12\x1b\n\x13retry_after_seconds\x18\x05 \x01(\x01\"{\n\x11RateLimiterStatus\x12\x0f\n\x07\x65nabled\x18\x01 \x01(\x08\x12\x18\n\x10\x61vailable_tokens\x18\x02 \x01(\x01\x12\x10\n\x08\x63\x61pacity\x18\x03 \x01(\x01\x12\x19\n\x11tokens_per_second\x18\x04 \x01(\x01\x12\x0e\n\x06queued\x18\x05 \x01(\x03\"b\n\x0e\x42ulkheadStatus\x12\x0f\n\x07\x65nabled\x18\x01 \x01(\x08\x12\x11\n\tin_flight\x18\x02 \x01(\x03\x12\x0e\n\x06queued\x18\x03 \x01(\x03\x12\x1c\n\x14max_concurrent_calls\x18\x04 \x01(\x03\"\xb0\x03\n\x0bIntegration\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x03 \x01(\t\x12\x0f\n\x07\x64\x65\x66\x61ult\x18\x04 \x01(\x08\x12+\n\x06health\x18\x05 \x01(\x0e\x32\x1b.integration.v1.HealthState\x12=\n\x0f\x63ircuit_breaker\x18\x06 \x01(\x0b\x32$.integration.v1.CircuitBreakerStatus\x12\x37\n\x0crate_limiter\x18\x07 \x01(\x0b\x32!.integration.v1.RateLimiterStatus\x12\x30\n\x08\x62ulkhead\x18\x08 \x01(\x0b\x32\x1e.integration.v1.BulkheadStatus\x12\x12\n\nconnection\x18\t \x01(\t\x12\x10\n\x08\x66\x65\x61tures\x18\n \x03(\t\x12/\n\x0b\x64\x65ployments\x18\x0b \x03(\x0b\x32\x1a.integration.v1.Deployment\x12\x35\n\nlast_check\x18\x0c \x01(\x0b\x32!.integration.v1.HealthCheckResult\"e\n\x11HealthCheckResult\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0flatency_seconds\x18\x02 \x01(\x01\x12\r\n\x05\x65rror\x18\x03 \x01(\t\"\x90\x02\n\nDeployment\x12\x0c\n\x04name\x18\x01 \x01(\t\x12=\n\x0f\x63ircuit_breaker\x18\x02 \x01(\x0b\x32$.integration.v1.CircuitBreakerStatus\x12\x43\n\rrate_limiters\x18\x03 \x03(\x0b\x32,.integration.v1.Deployment.RateLimitersEntry\x12\x18\n\x10\x63ooldown_seconds\x18\x04 \x01(\x01\x1aV\n\x11RateLimitersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x30\n\x05value\x18\x02 \x01(\x0b\x32!.integration.v1.RateLimiterStatus:\x02\x38\x01\"\xad\x01\n\nConnection\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12+\n\x06health\x18\x03 \x01(\x0e\x32\x1b.integration.v1.HealthState\x12\r\n\x05users\x18\x04 \x03(\t\x12\x10\n\x08implicit\x18\x05 \x01(\x08\x12\x35\n\nlast_check\x18\x06 \x01(\x0b\x32!.integration.v1.HealthCheckResult\"D\n\x17ListIntegrationsRequest\x12)\n\x04page\x18\x01 \x01(\x0b\x32\x1b.integration.v1.PageRequest\"y\n\x18ListIntegrationsResponse\x12\x31\n\x0cintegrations\x18\x01 \x03(\x0b\x32\x1b.integration.v1.Integration\x12*\n\x04page\x18\x02 \x01(\x0b\x32\x1c.integration.v1.PageResponse\"C\n\x16ListConnectionsRequest\x12)\n\x04page\x18\x01 \x01(\x0b\x32\x1b.integration.v1.PageRequest\"v\n\x17ListConnectionsResponse\x12/\n\x0b\x63onnections\x18\x01 \x03(\x0b\x32\x1a.integration.v1.Connection\x12*\n\x04page\x18\x02 \x01(\x0b\x32\x1c.integration.v1.PageResponse\"%\n\x15GetIntegrationRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"J\n\x16GetIntegrationResponse\x12\x30\n\x0bintegration\x18\x01 \x01(\x0b\x32\x1b.integration.v1.Integration*c\n\x0bHealthState\x12\x1c\n\x18HEALTH_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14HEALTH_STATE_SERVING\x10\x01\x12\x1c\n\x18HEALTH_STATE_NOT_SERVING\x10\x02*\x98\x01\n\x0c\x43ircuitState\x12\x1d\n\x19\x43IRCUIT_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x43IRCUIT_STATE_CLOSED\x10\x01\x12\x16\n\x12\x43IRCUIT_STATE_OPEN\x10\x02\x12\x1b\n\x17\x43IRCUIT_STATE_HALF_OPEN\x10\x03\x12\x1a\n\x16\x43IRCUIT_STATE_ISOLATED\x10\x04\x32\xba\x02\n\x0c\x41\x64minService\x12\x65\n\x10ListIntegrations\x12\'.integration.v1.ListIntegrationsRequest\x1a(.integration.v1.ListIntegrationsResponse\x12_\n\x0eGetIntegration\x12%.integration.v1.GetIntegrationRequest\x1a&.integration.v1.GetIntegrationResponse\x12\x62\n\x0fListConnections\x12&.integration.v1.ListConnectionsRequest\x1a\'.integration.v1.ListConnectionsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,36 +35,38 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_DEPLOYMENT_RATELIMITERSENTRY']._loaded_options = None
   _globals['_DEPLOYMENT_RATELIMITERSENTRY']._serialized_options = b'8\001'
-  _globals['_HEALTHSTATE']._serialized_start=1749
-  _globals['_HEALTHSTATE']._serialized_end=1848
-  _globals['_CIRCUITSTATE']._serialized_start=1851
-  _globals['_CIRCUITSTATE']._serialized_end=2003
-  _globals['_CIRCUITBREAKERSTATUS']._serialized_start=76
-  _globals['_CIRCUITBREAKERSTATUS']._serialized_end=250
-  _globals['_RATELIMITERSTATUS']._serialized_start=252
-  _globals['_RATELIMITERSTATUS']._serialized_end=375
-  _globals['_BULKHEADSTATUS']._serialized_start=377
-  _globals['_BULKHEADSTATUS']._serialized_end=475
-  _globals['_INTEGRATION']._serialized_start=478
-  _globals['_INTEGRATION']._serialized_end=855
-  _globals['_DEPLOYMENT']._serialized_start=858
-  _globals['_DEPLOYMENT']._serialized_end=1130
-  _globals['_DEPLOYMENT_RATELIMITERSENTRY']._serialized_start=1044
-  _globals['_DEPLOYMENT_RATELIMITERSENTRY']._serialized_end=1130
-  _globals['_CONNECTION']._serialized_start=1132
-  _globals['_CONNECTION']._serialized_end=1250
-  _globals['_LISTINTEGRATIONSREQUEST']._serialized_start=1252
-  _globals['_LISTINTEGRATIONSREQUEST']._serialized_end=1320
-  _globals['_LISTINTEGRATIONSRESPONSE']._serialized_start=1322
-  _globals['_LISTINTEGRATIONSRESPONSE']._serialized_end=1443
-  _globals['_LISTCONNECTIONSREQUEST']._serialized_start=1445
-  _globals['_LISTCONNECTIONSREQUEST']._serialized_end=1512
-  _globals['_LISTCONNECTIONSRESPONSE']._serialized_start=1514
-  _globals['_LISTCONNECTIONSRESPONSE']._serialized_end=1632
-  _globals['_GETINTEGRATIONREQUEST']._serialized_start=1634
-  _globals['_GETINTEGRATIONREQUEST']._serialized_end=1671
-  _globals['_GETINTEGRATIONRESPONSE']._serialized_start=1673
-  _globals['_GETINTEGRATIONRESPONSE']._serialized_end=1747
-  _globals['_ADMINSERVICE']._serialized_start=2006
-  _globals['_ADMINSERVICE']._serialized_end=2320
+  _globals['_HEALTHSTATE']._serialized_start=1996
+  _globals['_HEALTHSTATE']._serialized_end=2095
+  _globals['_CIRCUITSTATE']._serialized_start=2098
+  _globals['_CIRCUITSTATE']._serialized_end=2250
+  _globals['_CIRCUITBREAKERSTATUS']._serialized_start=109
+  _globals['_CIRCUITBREAKERSTATUS']._serialized_end=283
+  _globals['_RATELIMITERSTATUS']._serialized_start=285
+  _globals['_RATELIMITERSTATUS']._serialized_end=408
+  _globals['_BULKHEADSTATUS']._serialized_start=410
+  _globals['_BULKHEADSTATUS']._serialized_end=508
+  _globals['_INTEGRATION']._serialized_start=511
+  _globals['_INTEGRATION']._serialized_end=943
+  _globals['_HEALTHCHECKRESULT']._serialized_start=945
+  _globals['_HEALTHCHECKRESULT']._serialized_end=1046
+  _globals['_DEPLOYMENT']._serialized_start=1049
+  _globals['_DEPLOYMENT']._serialized_end=1321
+  _globals['_DEPLOYMENT_RATELIMITERSENTRY']._serialized_start=1235
+  _globals['_DEPLOYMENT_RATELIMITERSENTRY']._serialized_end=1321
+  _globals['_CONNECTION']._serialized_start=1324
+  _globals['_CONNECTION']._serialized_end=1497
+  _globals['_LISTINTEGRATIONSREQUEST']._serialized_start=1499
+  _globals['_LISTINTEGRATIONSREQUEST']._serialized_end=1567
+  _globals['_LISTINTEGRATIONSRESPONSE']._serialized_start=1569
+  _globals['_LISTINTEGRATIONSRESPONSE']._serialized_end=1690
+  _globals['_LISTCONNECTIONSREQUEST']._serialized_start=1692
+  _globals['_LISTCONNECTIONSREQUEST']._serialized_end=1759
+  _globals['_LISTCONNECTIONSRESPONSE']._serialized_start=1761
+  _globals['_LISTCONNECTIONSRESPONSE']._serialized_end=1879
+  _globals['_GETINTEGRATIONREQUEST']._serialized_start=1881
+  _globals['_GETINTEGRATIONREQUEST']._serialized_end=1918
+  _globals['_GETINTEGRATIONRESPONSE']._serialized_start=1920
+  _globals['_GETINTEGRATIONRESPONSE']._serialized_end=1994
+  _globals['_ADMINSERVICE']._serialized_start=2253
+  _globals['_ADMINSERVICE']._serialized_end=2567
 # @@protoc_insertion_point(module_scope)

@@ -6,6 +6,7 @@ isort:skip_file
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from generated.integration.v1 import common_pb2 as _common_pb2
@@ -180,6 +181,7 @@ class Integration(_message.Message):
     CONNECTION_FIELD_NUMBER: _builtins.int
     FEATURES_FIELD_NUMBER: _builtins.int
     DEPLOYMENTS_FIELD_NUMBER: _builtins.int
+    LAST_CHECK_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Instance name from the configuration (the target callers name)."""
     type: _builtins.str
@@ -214,6 +216,12 @@ class Integration(_message.Message):
         the one whose breaker is worst; these show every breaker that runs.
         """
 
+    @_builtins.property
+    def last_check(self) -> Global___HealthCheckResult:
+        """The last health check (unset before the first): for a service on a connection, the
+        connection's check.
+        """
+
     def __init__(
         self,
         *,
@@ -228,14 +236,47 @@ class Integration(_message.Message):
         connection: _builtins.str = ...,
         features: _abc.Iterable[_builtins.str] | None = ...,
         deployments: _abc.Iterable[Global___Deployment] | None = ...,
+        last_check: Global___HealthCheckResult | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["bulkhead", b"bulkhead", "circuit_breaker", b"circuit_breaker", "rate_limiter", b"rate_limiter"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["bulkhead", b"bulkhead", "circuit_breaker", b"circuit_breaker", "last_check", b"last_check", "rate_limiter", b"rate_limiter"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "bulkhead", b"bulkhead", "circuit_breaker", b"circuit_breaker", "connection", b"connection", "default", b"default", "deployments", b"deployments", "features", b"features", "health", b"health", "name", b"name", "rate_limiter", b"rate_limiter", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "bulkhead", b"bulkhead", "circuit_breaker", b"circuit_breaker", "connection", b"connection", "default", b"default", "deployments", b"deployments", "features", b"features", "health", b"health", "last_check", b"last_check", "name", b"name", "rate_limiter", b"rate_limiter", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Integration: _TypeAlias = Integration  # noqa: Y015
+
+@_typing.final
+class HealthCheckResult(_message.Message):
+    """HealthCheckResult is one health check of an integration or a connection."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TIME_FIELD_NUMBER: _builtins.int
+    LATENCY_SECONDS_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    latency_seconds: _builtins.float
+    """How long it took (up to `integration.health_monitoring.timeout`)."""
+    error: _builtins.str
+    """Why it failed, secrets redacted; empty when it passed."""
+    @_builtins.property
+    def time(self) -> _timestamp_pb2.Timestamp:
+        """When the check started."""
+
+    def __init__(
+        self,
+        *,
+        time: _timestamp_pb2.Timestamp | None = ...,
+        latency_seconds: _builtins.float = ...,
+        error: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "latency_seconds", b"latency_seconds", "time", b"time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HealthCheckResult: _TypeAlias = HealthCheckResult  # noqa: Y015
 
 @_typing.final
 class Deployment(_message.Message):
@@ -307,6 +348,7 @@ class Connection(_message.Message):
     HEALTH_FIELD_NUMBER: _builtins.int
     USERS_FIELD_NUMBER: _builtins.int
     IMPLICIT_FIELD_NUMBER: _builtins.int
+    LAST_CHECK_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Name under `connections:`, or the service's name for an implicit connection."""
     type: _builtins.str
@@ -318,6 +360,10 @@ class Connection(_message.Message):
     def users(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """The services using it, sorted; a global rate limiter shows as "<service>.rate_limit"."""
 
+    @_builtins.property
+    def last_check(self) -> Global___HealthCheckResult:
+        """The last health check (unset before the first, and for a connection not probed)."""
+
     def __init__(
         self,
         *,
@@ -326,10 +372,11 @@ class Connection(_message.Message):
         health: Global___HealthState.ValueType = ...,
         users: _abc.Iterable[_builtins.str] | None = ...,
         implicit: _builtins.bool = ...,
+        last_check: Global___HealthCheckResult | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["last_check", b"last_check"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["health", b"health", "implicit", b"implicit", "name", b"name", "type", b"type", "users", b"users"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["health", b"health", "implicit", b"implicit", "last_check", b"last_check", "name", b"name", "type", b"type", "users", b"users"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -135,6 +135,24 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """A queue receipt handle that no longer holds the message: it was acked, or its
     visibility timeout ran out and it may have been redelivered.
     """
+    ERROR_REASON_SCHEMA_VIOLATION: _ErrorReason.ValueType  # 42
+    """The data does not match the JSON Schema it was checked against (TransformService, a
+    request_transform, a publish or send naming a schema); ErrorInfo.metadata["paths"]
+    lists the failing JSON paths. Nothing was sent or published.
+    """
+    ERROR_REASON_TRANSFORM_FAILED: _ErrorReason.ValueType  # 43
+    """A transform cannot convert its input (not well-formed XML or JSON, a DTD or entity in
+    XML, a protobuf encoding that does not decode, a JSON field the message lacks), or,
+    as FAILED_PRECONDITION, an upstream's answer.
+    """
+    ERROR_REASON_TRANSFORM_LIMIT_EXCEEDED: _ErrorReason.ValueType  # 44
+    """A transform ran past its time limit, or no worker was free within it."""
+    ERROR_REASON_PERMISSION_DENIED: _ErrorReason.ValueType  # 49
+    """A permission policy refused the call: the caller (its bearer token or client certificate
+    identity) may not call this service, method or target. ErrorInfo.metadata["policy"]
+    names the policy: the caller's name under server.auth.callers, "default" for a caller
+    none names, or "server.tls.allowed_identities".
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """ErrorReason lists the stable reasons the sidecar puts in google.rpc.ErrorInfo.reason.
@@ -249,6 +267,24 @@ outside the service's allowlist); nothing was sent upstream.
 ERROR_REASON_RECEIPT_INVALID: ErrorReason.ValueType  # 41
 """A queue receipt handle that no longer holds the message: it was acked, or its
 visibility timeout ran out and it may have been redelivered.
+"""
+ERROR_REASON_SCHEMA_VIOLATION: ErrorReason.ValueType  # 42
+"""The data does not match the JSON Schema it was checked against (TransformService, a
+request_transform, a publish or send naming a schema); ErrorInfo.metadata["paths"]
+lists the failing JSON paths. Nothing was sent or published.
+"""
+ERROR_REASON_TRANSFORM_FAILED: ErrorReason.ValueType  # 43
+"""A transform cannot convert its input (not well-formed XML or JSON, a DTD or entity in
+XML, a protobuf encoding that does not decode, a JSON field the message lacks), or,
+as FAILED_PRECONDITION, an upstream's answer.
+"""
+ERROR_REASON_TRANSFORM_LIMIT_EXCEEDED: ErrorReason.ValueType  # 44
+"""A transform ran past its time limit, or no worker was free within it."""
+ERROR_REASON_PERMISSION_DENIED: ErrorReason.ValueType  # 49
+"""A permission policy refused the call: the caller (its bearer token or client certificate
+identity) may not call this service, method or target. ErrorInfo.metadata["policy"]
+names the policy: the caller's name under server.auth.callers, "default" for a caller
+none names, or "server.tls.allowed_identities".
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19integration/v1/http.proto\x12\x0eintegration.v1\")\n\nHttpHeader\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\"1\n\x12HttpQueryParameter\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\"\xc9\x01\n\x0bHttpRequest\x12\x0e\n\x06target\x18\x01 \x01(\t\x12\x0e\n\x06method\x18\x02 \x01(\t\x12\x0c\n\x04path\x18\x03 \x01(\t\x12+\n\x07headers\x18\x04 \x03(\x0b\x32\x1a.integration.v1.HttpHeader\x12\x31\n\x05query\x18\x05 \x03(\x0b\x32\".integration.v1.HttpQueryParameter\x12\x14\n\nbody_bytes\x18\x06 \x01(\x0cH\x00\x12\x0e\n\x04json\x18\x07 \x01(\tH\x00\x42\x06\n\x04\x62ody\"F\n\x16HttpServiceCallRequest\x12,\n\x07request\x18\x01 \x01(\x0b\x32\x1b.integration.v1.HttpRequest\"z\n\x17HttpServiceCallResponse\x12\x0e\n\x06status\x18\x01 \x01(\x05\x12+\n\x07headers\x18\x02 \x03(\x0b\x32\x1a.integration.v1.HttpHeader\x12\x0c\n\x04\x62ody\x18\x03 \x01(\x0c\x12\x14\n\x0chttp_version\x18\x04 \x01(\t\"l\n\x1cHttpServiceCallStreamRequest\x12.\n\x04head\x18\x01 \x01(\x0b\x32\x1e.integration.v1.HttpStreamHeadH\x00\x12\x14\n\nbody_chunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"f\n\x0eHttpStreamHead\x12,\n\x07request\x18\x01 \x01(\x0b\x32\x1b.integration.v1.HttpRequest\x12\x13\n\x0bstream_body\x18\x02 \x01(\x08\x12\x11\n\tparse_sse\x18\x03 \x01(\x08\"\xa0\x01\n\x1dHttpServiceCallStreamResponse\x12\x30\n\x04head\x18\x01 \x01(\x0b\x32 .integration.v1.HttpResponseHeadH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x12\x34\n\x05\x65vent\x18\x03 \x01(\x0b\x32#.integration.v1.HttpServerSentEventH\x00\x42\x06\n\x04part\"e\n\x10HttpResponseHead\x12\x0e\n\x06status\x18\x01 \x01(\x05\x12+\n\x07headers\x18\x02 \x03(\x0b\x32\x1a.integration.v1.HttpHeader\x12\x14\n\x0chttp_version\x18\x03 \x01(\t\"2\n\x13HttpServerSentEvent\x12\r\n\x05\x65vent\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\t2\xd5\x01\n\x0bHttpService\x12W\n\x04\x43\x61ll\x12&.integration.v1.HttpServiceCallRequest\x1a\'.integration.v1.HttpServiceCallResponse\x12m\n\nCallStream\x12,.integration.v1.HttpServiceCallStreamRequest\x1a-.integration.v1.HttpServiceCallStreamResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19integration/v1/http.proto\x12\x0eintegration.v1\")\n\nHttpHeader\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\"1\n\x12HttpQueryParameter\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\"\x80\x02\n\x0bHttpRequest\x12\x0e\n\x06target\x18\x01 \x01(\t\x12\x0e\n\x06method\x18\x02 \x01(\t\x12\x0c\n\x04path\x18\x03 \x01(\t\x12+\n\x07headers\x18\x04 \x03(\x0b\x32\x1a.integration.v1.HttpHeader\x12\x31\n\x05query\x18\x05 \x03(\x0b\x32\".integration.v1.HttpQueryParameter\x12\x14\n\nbody_bytes\x18\x06 \x01(\x0cH\x00\x12\x0e\n\x04json\x18\x07 \x01(\tH\x00\x12\x19\n\x11request_transform\x18\x08 \x01(\t\x12\x1a\n\x12response_transform\x18\t \x01(\tB\x06\n\x04\x62ody\"F\n\x16HttpServiceCallRequest\x12,\n\x07request\x18\x01 \x01(\x0b\x32\x1b.integration.v1.HttpRequest\"z\n\x17HttpServiceCallResponse\x12\x0e\n\x06status\x18\x01 \x01(\x05\x12+\n\x07headers\x18\x02 \x03(\x0b\x32\x1a.integration.v1.HttpHeader\x12\x0c\n\x04\x62ody\x18\x03 \x01(\x0c\x12\x14\n\x0chttp_version\x18\x04 \x01(\t\"l\n\x1cHttpServiceCallStreamRequest\x12.\n\x04head\x18\x01 \x01(\x0b\x32\x1e.integration.v1.HttpStreamHeadH\x00\x12\x14\n\nbody_chunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"f\n\x0eHttpStreamHead\x12,\n\x07request\x18\x01 \x01(\x0b\x32\x1b.integration.v1.HttpRequest\x12\x13\n\x0bstream_body\x18\x02 \x01(\x08\x12\x11\n\tparse_sse\x18\x03 \x01(\x08\"\xa0\x01\n\x1dHttpServiceCallStreamResponse\x12\x30\n\x04head\x18\x01 \x01(\x0b\x32 .integration.v1.HttpResponseHeadH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x12\x34\n\x05\x65vent\x18\x03 \x01(\x0b\x32#.integration.v1.HttpServerSentEventH\x00\x42\x06\n\x04part\"e\n\x10HttpResponseHead\x12\x0e\n\x06status\x18\x01 \x01(\x05\x12+\n\x07headers\x18\x02 \x03(\x0b\x32\x1a.integration.v1.HttpHeader\x12\x14\n\x0chttp_version\x18\x03 \x01(\t\"2\n\x13HttpServerSentEvent\x12\r\n\x05\x65vent\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\t2\xd5\x01\n\x0bHttpService\x12W\n\x04\x43\x61ll\x12&.integration.v1.HttpServiceCallRequest\x1a\'.integration.v1.HttpServiceCallResponse\x12m\n\nCallStream\x12,.integration.v1.HttpServiceCallStreamRequest\x1a-.integration.v1.HttpServiceCallStreamResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,21 +36,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_HTTPQUERYPARAMETER']._serialized_start=88
   _globals['_HTTPQUERYPARAMETER']._serialized_end=137
   _globals['_HTTPREQUEST']._serialized_start=140
-  _globals['_HTTPREQUEST']._serialized_end=341
-  _globals['_HTTPSERVICECALLREQUEST']._serialized_start=343
-  _globals['_HTTPSERVICECALLREQUEST']._serialized_end=413
-  _globals['_HTTPSERVICECALLRESPONSE']._serialized_start=415
-  _globals['_HTTPSERVICECALLRESPONSE']._serialized_end=537
-  _globals['_HTTPSERVICECALLSTREAMREQUEST']._serialized_start=539
-  _globals['_HTTPSERVICECALLSTREAMREQUEST']._serialized_end=647
-  _globals['_HTTPSTREAMHEAD']._serialized_start=649
-  _globals['_HTTPSTREAMHEAD']._serialized_end=751
-  _globals['_HTTPSERVICECALLSTREAMRESPONSE']._serialized_start=754
-  _globals['_HTTPSERVICECALLSTREAMRESPONSE']._serialized_end=914
-  _globals['_HTTPRESPONSEHEAD']._serialized_start=916
-  _globals['_HTTPRESPONSEHEAD']._serialized_end=1017
-  _globals['_HTTPSERVERSENTEVENT']._serialized_start=1019
-  _globals['_HTTPSERVERSENTEVENT']._serialized_end=1069
-  _globals['_HTTPSERVICE']._serialized_start=1072
-  _globals['_HTTPSERVICE']._serialized_end=1285
+  _globals['_HTTPREQUEST']._serialized_end=396
+  _globals['_HTTPSERVICECALLREQUEST']._serialized_start=398
+  _globals['_HTTPSERVICECALLREQUEST']._serialized_end=468
+  _globals['_HTTPSERVICECALLRESPONSE']._serialized_start=470
+  _globals['_HTTPSERVICECALLRESPONSE']._serialized_end=592
+  _globals['_HTTPSERVICECALLSTREAMREQUEST']._serialized_start=594
+  _globals['_HTTPSERVICECALLSTREAMREQUEST']._serialized_end=702
+  _globals['_HTTPSTREAMHEAD']._serialized_start=704
+  _globals['_HTTPSTREAMHEAD']._serialized_end=806
+  _globals['_HTTPSERVICECALLSTREAMRESPONSE']._serialized_start=809
+  _globals['_HTTPSERVICECALLSTREAMRESPONSE']._serialized_end=969
+  _globals['_HTTPRESPONSEHEAD']._serialized_start=971
+  _globals['_HTTPRESPONSEHEAD']._serialized_end=1072
+  _globals['_HTTPSERVERSENTEVENT']._serialized_start=1074
+  _globals['_HTTPSERVERSENTEVENT']._serialized_end=1124
+  _globals['_HTTPSERVICE']._serialized_start=1127
+  _globals['_HTTPSERVICE']._serialized_end=1340
 # @@protoc_insertion_point(module_scope)

@@ -81,6 +81,8 @@ class HttpRequest(_message.Message):
     QUERY_FIELD_NUMBER: _builtins.int
     BODY_BYTES_FIELD_NUMBER: _builtins.int
     JSON_FIELD_NUMBER: _builtins.int
+    REQUEST_TRANSFORM_FIELD_NUMBER: _builtins.int
+    RESPONSE_TRANSFORM_FIELD_NUMBER: _builtins.int
     target: _builtins.str
     """The configured api service; empty means the default one."""
     method: _builtins.str
@@ -97,6 +99,19 @@ class HttpRequest(_message.Message):
     json: _builtins.str
     """A JSON document as text; checked to be JSON and sent with
     `Content-Type: application/json` unless a Content-Type header is given.
+    """
+    request_transform: _builtins.str
+    """A transform (TransformService's names) the body goes through before it is sent, in
+    place of the target's request_transform; its output is sent with its Content-Type. When
+    it fails (SCHEMA_VIOLATION, TRANSFORM_FAILED: INVALID_ARGUMENT) nothing is sent. A
+    request without a body skips it. CallStream applies it to a body in the head and
+    refuses it with `stream_body`.
+    """
+    response_transform: _builtins.str
+    """A transform a 2xx answer's body goes through, in place of the target's
+    response_transform (Call only); the answer's Content-Type becomes the output's. Other
+    answers are returned as they came. An answer it cannot convert is FAILED_PRECONDITION
+    (TRANSFORM_FAILED or SCHEMA_VIOLATION).
     """
     @_builtins.property
     def headers(self) -> _containers.RepeatedCompositeFieldContainer[Global___HttpHeader]:
@@ -121,10 +136,12 @@ class HttpRequest(_message.Message):
         query: _abc.Iterable[Global___HttpQueryParameter] | None = ...,
         body_bytes: _builtins.bytes = ...,
         json: _builtins.str = ...,
+        request_transform: _builtins.str = ...,
+        response_transform: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "body_bytes", b"body_bytes", "json", b"json"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "body_bytes", b"body_bytes", "headers", b"headers", "json", b"json", "method", b"method", "path", b"path", "query", b"query", "target", b"target"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "body_bytes", b"body_bytes", "headers", b"headers", "json", b"json", "method", b"method", "path", b"path", "query", b"query", "request_transform", b"request_transform", "response_transform", b"response_transform", "target", b"target"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["body_bytes", "json"]  # noqa: Y015
     _WhichOneofArgType_body: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015

@@ -48,9 +48,22 @@ class PublishRequest(_message.Message):
     CHANNEL_FIELD_NUMBER: _builtins.int
     PAYLOAD_FIELD_NUMBER: _builtins.int
     METADATA_FIELD_NUMBER: _builtins.int
+    SCHEMA_FIELD_NUMBER: _builtins.int
+    ORDERING_KEY_FIELD_NUMBER: _builtins.int
     target: _builtins.str
     channel: _builtins.str
     payload: _builtins.bytes
+    schema: _builtins.str
+    """A schema under `schemas:` the payload (JSON) must match; when it does not, nothing is
+    published: INVALID_ARGUMENT (SCHEMA_VIOLATION, or TRANSFORM_FAILED for a payload that
+    is not JSON). Empty: not checked.
+    """
+    ordering_key: _builtins.str
+    """Reliable topics: messages published with the same key are delivered in publish order,
+    one at a time per key, on backends with the feature `ordering_keys` (AdminService lists
+    features; Kafka picks the partition by the key). Other backends accept it and ignore it.
+    At most 256 bytes. Empty: no key.
+    """
     @_builtins.property
     def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Small string attributes delivered with the payload."""
@@ -62,10 +75,12 @@ class PublishRequest(_message.Message):
         channel: _builtins.str = ...,
         payload: _builtins.bytes = ...,
         metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        schema: _builtins.str = ...,
+        ordering_key: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "metadata", b"metadata", "payload", b"payload", "target", b"target"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "metadata", b"metadata", "ordering_key", b"ordering_key", "payload", b"payload", "schema", b"schema", "target", b"target"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

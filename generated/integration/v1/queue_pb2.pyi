@@ -50,6 +50,7 @@ class SendRequest(_message.Message):
     DELAY_FIELD_NUMBER: _builtins.int
     MESSAGE_GROUP_ID_FIELD_NUMBER: _builtins.int
     DEDUPLICATION_ID_FIELD_NUMBER: _builtins.int
+    SCHEMA_FIELD_NUMBER: _builtins.int
     target: _builtins.str
     body: _builtins.bytes
     """The message body: 1 byte to 256 KiB, attributes included (SQS's limit). On SQS a body
@@ -63,6 +64,11 @@ class SendRequest(_message.Message):
     """FIFO queues: 1 to 128 characters (printable ASCII); a second message with the same id
     within 5 minutes is accepted but not enqueued (the first one's message_id is returned).
     Required unless the queue deduplicates by content. Must be empty on a standard queue.
+    """
+    schema: _builtins.str
+    """A schema under `schemas:` the body (JSON) must match; when it does not, nothing is
+    sent: INVALID_ARGUMENT (SCHEMA_VIOLATION, or TRANSFORM_FAILED for a body that is not
+    JSON). Empty: not checked.
     """
     @_builtins.property
     def attributes(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
@@ -86,10 +92,11 @@ class SendRequest(_message.Message):
         delay: _duration_pb2.Duration | None = ...,
         message_group_id: _builtins.str = ...,
         deduplication_id: _builtins.str = ...,
+        schema: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["delay", b"delay"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attributes", b"attributes", "body", b"body", "deduplication_id", b"deduplication_id", "delay", b"delay", "message_group_id", b"message_group_id", "target", b"target"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attributes", b"attributes", "body", b"body", "deduplication_id", b"deduplication_id", "delay", b"delay", "message_group_id", b"message_group_id", "schema", b"schema", "target", b"target"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

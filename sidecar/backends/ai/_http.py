@@ -20,14 +20,22 @@ import httpx2
 
 from sidecar.backends.ai.base import UpstreamTimeouts
 from sidecar.connections.http.errors import StatusMapper
-from sidecar.connections.http.stream import open_stream, request_timeout
+from sidecar.connections.http.stream import REQUEST_ID_HEADER, open_stream, request_timeout
+from sidecar.observability.call_context import current_call
 
-__all__ = ["open_sse", "sdk_headers", "timeout_of"]
+__all__ = ["call_headers", "open_sse", "sdk_headers", "timeout_of"]
 
 
 def timeout_of(timeouts: UpstreamTimeouts) -> httpx2.Timeout:
     """The httpx2 timeout of one request (writes and pool waits get the connect timeout)."""
     return request_timeout(timeouts.connect, timeouts.read)
+
+
+def call_headers() -> dict[str, str]:
+    """Headers naming the RPC for a request sent through the SDK (streams get them in
+    `open_stream`): its `x-request-id`, so the upstream's logs name the caller's request."""
+    call = current_call()
+    return {REQUEST_ID_HEADER: call.request_id} if call is not None else {}
 
 
 def sdk_headers(client: Any) -> dict[str, str]:
@@ -59,6 +67,7 @@ async def open_sse(
         SidecarError: A non-2xx status (`on_status`, Retry-After kept), a connect failure
             (UNAVAILABLE) or a timeout (DEADLINE_EXCEEDED), with the provider's metadata.
     """
+    model = str(body.get("model", ""))
     return await open_stream(
         http,
         "POST",
@@ -70,4 +79,11 @@ async def open_sse(
         upstream=provider,
         metadata=metadata,
         on_status=on_status,
+        # The GenAI semantic conventions' client span, when the call is traced.
+        span_name=f"chat {model}",
+        span_attributes={
+            "gen_ai.system": provider,
+            "gen_ai.operation.name": "chat",
+            "gen_ai.request.model": model,
+        },
     )

@@ -29,7 +29,7 @@ from typing import Any
 import httpx2
 import openai
 
-from sidecar.backends.ai._http import open_sse, sdk_headers, timeout_of
+from sidecar.backends.ai._http import call_headers, open_sse, sdk_headers, timeout_of
 from sidecar.backends.ai.base import ChatRequest, ChatStream, EmbedResult, UpstreamTimeouts, Usage
 from sidecar.backends.ai.errors import (
     mapped_sdk_errors,
@@ -132,7 +132,7 @@ class OpenAIProvider:
                 "/embeddings",
                 cast_to=httpx2.Response,
                 body=body,
-                options={"timeout": timeout_of(timeouts)},
+                options={"timeout": timeout_of(timeouts), "headers": call_headers()},
             )
             data = response.json()
         try:

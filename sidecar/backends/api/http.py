@@ -49,6 +49,7 @@ from sidecar.connections.http.errors import mapped_http_errors, parse_retry_afte
 from sidecar.connections.http.sse import SSEDecoder
 from sidecar.connections.http.stream import request_timeout
 from sidecar.errors import ResourceExhausted, Unavailable
+from sidecar.observability.tracing import annotate_span, recorded_traceparent
 from sidecar.resilience import Clock, Deadline
 
 if TYPE_CHECKING:
@@ -361,6 +362,12 @@ class ApiBackend:
         content: bytes | AsyncIterator[bytes] | None,
     ) -> httpx2.Response:
         headers = [*prepared.headers, *credentials.headers]
+        traced = recorded_traceparent()
+        if traced is not None:  # the upstream's parent is this attempt's span
+            headers = [
+                (name, traced if name.lower() == TRACEPARENT_HEADER else value)
+                for name, value in headers
+            ]
         if content is None:
             headers = [pair for pair in headers if pair[0].lower() != "content-type"]
         params = (*query, *credentials.query)
@@ -375,8 +382,21 @@ class ApiBackend:
             params=params if params and target is url else None,
             timeout=self._timeout,
         )
+        if traced is not None:
+            sent = request.url
+            annotate_span(
+                {
+                    "http.request.method": method,
+                    "server.address": sent.host,
+                    # No query or userinfo: either may hold a credential.
+                    "url.full": str(sent.copy_with(query=None, userinfo=b"")),
+                }
+            )
         with mapped_http_errors(self.name, metadata=self._metadata):
-            return await self._client.send(request, stream=True, follow_redirects=False)
+            response = await self._client.send(request, stream=True, follow_redirects=False)
+        if traced is not None:
+            annotate_span({"http.response.status_code": response.status_code})
+        return response
 
     async def _read(self, response: httpx2.Response, limit: int) -> bytes:
         """The whole body, or RESULT_TOO_LARGE as soon as it passes `limit`."""

@@ -128,4 +128,10 @@ def _build(context: BuildContext[PubSubServiceConfig]) -> MemoryBroker:
     return MemoryBroker()
 
 
-SPEC = BackendSpec(type="pubsub", backend="memory", settings=PubSubServiceConfig, build=_build)
+SPEC = BackendSpec(
+    type="pubsub",
+    backend="memory",
+    settings=PubSubServiceConfig,
+    build=_build,
+    features=frozenset({"patterns"}),
+)

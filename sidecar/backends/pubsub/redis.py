@@ -228,4 +228,5 @@ SPEC = BackendSpec(
     settings=PubSubServiceConfig,
     build=_build,
     connection_type="redis",
+    features=frozenset({"reliable", "patterns"}),
 )

@@ -33,6 +33,7 @@ from sidecar.backends.pubsub.reliable import (
     DeadLetter,
     ReliablePubSub,
     ReliableSubscription,
+    ReliableTopics,
     ReplayOutcome,
 )
 from sidecar.errors import Unavailable
@@ -170,7 +171,7 @@ class ReliableBroker(PubSubBackend, ReliablePubSub):
     def __init__(
         self,
         plain: PubSubBackend,
-        streams: RedisStreams,
+        streams: ReliableTopics,
     ) -> None:
         self.plain = plain
         self.streams = streams

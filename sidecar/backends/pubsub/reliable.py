@@ -34,6 +34,8 @@ __all__ = [
     "ReliableMessage",
     "ReliablePubSub",
     "ReliableSubscription",
+    "ReliableTopics",
+    "ReliableWithOrderingKeys",
     "ReplayOutcome",
     "Replayed",
 ]
@@ -176,4 +178,34 @@ class ReliablePubSub(Protocol):
 
         `dead_letter_ids` names them; None replays the oldest `limit` ones.
         """
+        ...
+
+
+class ReliableTopics(ReliablePubSub, Protocol):
+    """A reliable-topic backend that `redis_streams.ReliableBroker` joins with a plain one
+    (Redis Streams, RabbitMQ quorum queues, NATS JetStream)."""
+
+    def consumer_count(self) -> int:
+        """Consumers currently open through this backend."""
+        ...
+
+    async def close(self) -> None:
+        """End every open consumer (their messages stay pending) and the backend."""
+        ...
+
+
+class ReliableWithOrderingKeys(ReliablePubSub, Protocol):
+    """A reliable-topic backend whose spec lists the `ordering_keys` feature: messages
+    published with the same key reach the group's consumers in publish order, one at a time
+    per key (Kafka: the key picks the partition)."""
+
+    async def publish_reliable(
+        self,
+        topic: str,
+        payload: bytes,
+        metadata: Mapping[str, str] | None = None,
+        *,
+        ordering_key: str | None = None,
+    ) -> str:
+        """`ReliablePubSub.publish_reliable`, keeping the order of `ordering_key`'s messages."""
         ...

@@ -19,6 +19,7 @@
         default: true
         deployments: [openai/gpt-4o, claude/claude-sonnet-4-5]
         cache: {target: cache, ttl: 1h}
+        hedge: {after: 800ms}            # or {after: p95, floor: 200ms}
 
 On an `ai_model` service `rate_limit` holds the specification's per-minute limits, applied
 to each deployment (`service/model`) separately, instead of the generic requests-per-second
@@ -44,7 +45,7 @@ from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_va
 from pydantic_core import PydanticCustomError
 
 from .._common import AtLeastOne, AtLeastZero, ConfigModel, PositiveRate, ServiceName
-from .._units import DurationSeconds
+from .._units import DurationSeconds, parse_duration
 from .base import ServiceBase
 
 __all__ = [
@@ -52,6 +53,7 @@ __all__ = [
     "AIAliasServiceConfig",
     "AIAuthConfig",
     "AIDeploymentConfig",
+    "AIHedgeConfig",
     "AIModelDefaultsConfig",
     "AIModelServiceConfig",
     "AIRateLimitConfig",
@@ -74,6 +76,7 @@ DEFAULT_MODELS: Mapping[str, str] = {
     "echo": "echo",
 }
 """The model of a service that names none (huggingface has no sensible default)."""
+_PERCENTILE: Final = re.compile(r"p\d+(?:\.\d+)?")
 
 
 def huggingface_model_problem(model: str) -> str | None:
@@ -305,6 +308,47 @@ class AIResponseCacheConfig(ConfigModel):
     ttl: DurationSeconds = Field(default=3600.0, description="How long answers live. Default 1h.")
 
 
+class AIHedgeConfig(ConfigModel):
+    """Hedged first chunk (see `sidecar.ai.hedge`): with no first chunk `after` this long,
+    the next deployment starts too and the first to answer wins."""
+
+    after: float | str = Field(
+        description="A duration (800ms), or pNN (p50 to p99.9): that percentile of the "
+        "deployment's recent times to first chunk (no hedge until it has 20). Required.",
+    )
+    floor: DurationSeconds = Field(
+        default=0.05, description="With a percentile, never hedge sooner. Default 50ms."
+    )
+
+    @field_validator("after", mode="before")
+    @classmethod
+    def _after(cls, value: Any) -> Any:
+        """Keep `pNN` as written; anything else is a positive duration in seconds."""
+        if isinstance(value, str) and _PERCENTILE.fullmatch(value.strip()):
+            percent = float(value.strip()[1:])
+            if not 50 <= percent < 100:
+                raise PydanticCustomError(
+                    "hedge_percentile",
+                    "a percentile from p50 to below p100, got {value}",
+                    {"value": value},
+                )
+            return value.strip()
+        seconds = parse_duration(value)
+        if seconds <= 0:
+            raise PydanticCustomError("hedge_after", "must be a positive duration", {})
+        return seconds
+
+    @property
+    def delay(self) -> float | None:
+        """The fixed wait in seconds, or None with a percentile."""
+        return self.after if isinstance(self.after, float) else None
+
+    @property
+    def percentile(self) -> float | None:
+        """The percentile (95.0 for p95), or None with a fixed wait."""
+        return float(self.after[1:]) if isinstance(self.after, str) else None
+
+
 class AIAliasServiceConfig(ServiceBase):
     """A model alias (`type: ai_alias`): the name callers use for a list of deployments."""
 
@@ -317,6 +361,12 @@ class AIAliasServiceConfig(ServiceBase):
     )
     cache: AIResponseCacheConfig | None = Field(
         default=None, description="Response cache; null caches nothing. Default null."
+    )
+    hedge: AIHedgeConfig | None = Field(
+        default=None,
+        description="Hedged first chunk: start the next deployment too when the first chunk "
+        "is late (at most one extra request per call, paid from the retry budget); null "
+        "never hedges. Default null.",
     )
 
     @field_validator("deployments", mode="before")

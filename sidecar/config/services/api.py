@@ -263,6 +263,19 @@ class ApiServiceConfig(HttpEndpoint, ServiceBase):
         description="Largest response body of Call; larger is RESOURCE_EXHAUSTED (use "
         "CallStream). It is also capped by the server's largest gRPC message. Default 10MiB.",
     )
+    request_transform: str | None = Field(
+        default=None,
+        max_length=128,
+        description="A transform (transforms:, xml_to_json or validate:<schema>) every "
+        "request body goes through before it is sent; when it fails nothing is sent "
+        "(INVALID_ARGUMENT). A call's own request_transform replaces it. Default none.",
+    )
+    response_transform: str | None = Field(
+        default=None,
+        max_length=128,
+        description="A transform every 2xx answer of Call goes through (CallStream streams "
+        "answers as they come). A call's own response_transform replaces it. Default none.",
+    )
 
     @field_validator("query")
     @classmethod

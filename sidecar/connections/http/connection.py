@@ -115,6 +115,16 @@ class HttpConnection:
     def closed(self) -> bool:
         return self._closed
 
+    def pool_usage(self) -> tuple[int, int] | None:
+        """(connections in use, idle ones) of the client's pool, for metrics; None when the
+        transport is not httpcore2's pool (a test's mock transport)."""
+        pool = getattr(getattr(self.client, "_transport", None), "_pool", None)
+        connections = getattr(pool, "connections", None)
+        if connections is None:
+            return None
+        idle = sum(1 for connection in connections if connection.is_idle())
+        return len(connections) - idle, idle
+
     async def ping(self) -> None:
         """GET `health_path` (nothing without one); any answer below 400 is healthy.
 

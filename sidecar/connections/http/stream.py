@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ssl
 from collections.abc import Mapping
+from typing import Any
 
 import httpx2
 
@@ -29,8 +30,12 @@ from sidecar.connections.http.errors import (
     status_error,
     upstream_timeout,
 )
+from sidecar.observability.call_context import current_call
+from sidecar.observability.tracing import TRACEPARENT_HEADER, client_span, recorded_traceparent
 
-__all__ = ["StatusMapper", "open_stream", "request_timeout"]
+__all__ = ["REQUEST_ID_HEADER", "StatusMapper", "open_stream", "request_timeout"]
+
+REQUEST_ID_HEADER = "x-request-id"
 
 
 def request_timeout(connect: float | None, read: float | None) -> httpx2.Timeout:
@@ -51,8 +56,16 @@ async def open_stream(
     upstream: str,
     metadata: Mapping[str, str] | None = None,
     on_status: StatusMapper | None = None,
+    span_name: str | None = None,
+    span_attributes: Mapping[str, Any] | None = None,
 ) -> httpx2.Response:
     """Send one request and return the open response once the upstream answered 2xx.
+
+    When the call is traced, the request is a client span (`span_name`, default the
+    method, with `span_attributes` and the http.* ones) from sending to the answer's
+    headers, and carries that span's `traceparent`. Inside an RPC the request carries its
+    `x-request-id` (the caller's, or the one the sidecar made up) unless `headers` set one,
+    so the upstream's logs name the same request on every attempt.
 
     Args:
         upstream, metadata: Who answers and what errors carry (see `errors`).
@@ -65,6 +78,35 @@ async def open_stream(
     request = client.build_request(
         method, url, content=content, headers=headers, params=params, timeout=timeouts
     )
+    call = current_call()
+    if call is not None and REQUEST_ID_HEADER not in request.headers:
+        request.headers[REQUEST_ID_HEADER] = call.request_id
+    with client_span(span_name or method, span_attributes or {}) as span:
+        if span is not None:  # traced: built only then
+            sent = request.url
+            span.set_attributes(
+                {
+                    "http.request.method": method,
+                    "server.address": sent.host,
+                    "server.port": sent.port or (443 if sent.scheme == "https" else 80),
+                    # No query or userinfo: either may hold a credential.
+                    "url.full": str(sent.copy_with(query=None, userinfo=b"")),
+                }
+            )
+            request.headers[TRACEPARENT_HEADER] = recorded_traceparent() or ""
+        response = await _send(client, request, upstream, metadata, on_status)
+        if span is not None:
+            span.set_attribute("http.response.status_code", response.status_code)
+        return response
+
+
+async def _send(
+    client: httpx2.AsyncClient,
+    request: httpx2.Request,
+    upstream: str,
+    metadata: Mapping[str, str] | None,
+    on_status: StatusMapper | None,
+) -> httpx2.Response:
     try:
         response = await client.send(request, stream=True)
         if response.status_code < 400:

@@ -73,6 +73,17 @@ class RedisConnection:
         self._watchers.append(watcher)
         return lambda: self._watchers.remove(watcher) if watcher in self._watchers else None
 
+    def pool_usage(self) -> tuple[int, int] | None:
+        """(connections in use, idle ones) of redis-py's pool (blocking commands, pipelines,
+        the subscriber; the multiplexed link is its own), for metrics. redis-py keeps the
+        counts in private attributes: None if a release renames them."""
+        pool = self.client.connection_pool
+        in_use = getattr(pool, "_in_use_connections", None)
+        idle = getattr(pool, "_available_connections", None)
+        if in_use is None or idle is None:
+            return None
+        return len(in_use), len(idle)
+
     async def ping(self) -> None:
         """One PING on the multiplexed connection (connecting first if needed).
 
