@@ -17,7 +17,7 @@ from typing import Any
 from google.protobuf import timestamp_pb2
 
 from generated.integration.v1 import common_pb2, pubsub_pb2, pubsub_pb2_grpc
-from sidecar.backends.pubsub import Message, ReliableSubscription, Subscription
+from sidecar.backends.pubsub import Gap, Message, ReliableSubscription, Subscription
 from sidecar.observability.tracing import (
     TRACEPARENT_HEADER,
     annotate_span,
@@ -115,6 +115,8 @@ class PubSubServicer(pubsub_pb2_grpc.PubSubServiceServicer):
                 if isinstance(event, Message):
                     counts.add(broker.name, "delivered")
                     yield pubsub_pb2.SubscribeResponse(message=_message(event))
+                elif isinstance(event, Gap):
+                    yield pubsub_pb2.SubscribeResponse(gap=_gap(event))
                 else:
                     counts.add(broker.name, "dropped", event.count)
                     yield pubsub_pb2.SubscribeResponse(
@@ -239,12 +241,21 @@ def _names(values: Sequence[str], field: str) -> list[str]:
 
 
 def _message(message: Message) -> pubsub_pb2.PubSubMessage:
-    published = timestamp_pb2.Timestamp()
-    published.FromNanoseconds(int(message.published_at * 1e9))
     return pubsub_pb2.PubSubMessage(
         channel=message.channel,
         payload=message.payload,
         metadata=dict(message.metadata),
         pattern=message.pattern or "",
-        publish_time=published,
+        publish_time=_timestamp(message.published_at),
     )
+
+
+def _gap(gap: Gap) -> pubsub_pb2.SubscriptionGap:
+    ended = _timestamp(gap.ended_at) if gap.ended_at is not None else None
+    return pubsub_pb2.SubscriptionGap(started_at=_timestamp(gap.started_at), ended_at=ended)
+
+
+def _timestamp(seconds: float) -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromNanoseconds(int(seconds * 1e9))
+    return stamp

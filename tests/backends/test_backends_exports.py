@@ -35,6 +35,7 @@ EXPORTS = {
     "sidecar.backends.pubsub": [
         "DeadLetter",
         "Dropped",
+        "Gap",
         "GlobPattern",
         "MemoryBroker",
         "Message",

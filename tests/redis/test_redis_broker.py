@@ -49,11 +49,15 @@ _ITERATORS: weakref.WeakKeyDictionary[Subscription, AsyncIterator[SubscriptionEv
 )
 
 
-async def next_message(subscription: Subscription) -> Message:
+async def next_event(subscription: Subscription) -> SubscriptionEvent:
     iterator = _ITERATORS.get(subscription)
     if iterator is None:
         iterator = _ITERATORS[subscription] = aiter(subscription)
-    event = await asyncio.wait_for(anext(iterator), TIMEOUT)
+    return await asyncio.wait_for(anext(iterator), TIMEOUT)
+
+
+async def next_message(subscription: Subscription) -> Message:
+    event = await next_event(subscription)
     assert isinstance(event, Message)
     return event
 
@@ -146,7 +150,9 @@ async def test_subscription_resumes_after_its_connection_is_killed(
     await kill_connection(redis_client, broker.connection_name)
     await until_subscribed(redis_client, key_prefix + "orders", patterns=1)
     assert await broker.publish("orders", b"after") == 2
+    gaps = [await next_event(subscription) for _ in range(2)]
     events = [await next_message(subscription) for _ in range(2)]
+    assert [gap.ended_at is not None for gap in gaps] == [False, True]  # type: ignore[union-attr]
     assert sorted((m.pattern or "", m.payload) for m in events) == [
         ("", b"after"),
         ("o*", b"after"),

@@ -77,7 +77,10 @@ async def test_open_subscription_resumes_after_redis_restarts(owned_redis: Owned
         still_open = not call.done()
         call.cancel()
     assert {e.message.payload for e in before} == {b"before"}
-    assert {e.WhichOneof("event") for e in events} == {"message"}  # no end, no error
+    # no end, no error: the messages, and the gap reported when the link dropped and was back
+    assert {e.WhichOneof("event") for e in events} == {"message", "gap"}
+    gaps = [e.gap for e in events if e.WhichOneof("event") == "gap"]
+    assert [gap.HasField("ended_at") for gap in gaps] == [False, True]
     assert still_open
 
 

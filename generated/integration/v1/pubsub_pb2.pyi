@@ -287,30 +287,69 @@ class MessagesDropped(_message.Message):
 Global___MessagesDropped: _TypeAlias = MessagesDropped  # noqa: Y015
 
 @_typing.final
+class SubscriptionGap(_message.Message):
+    """SubscriptionGap reports that the link to the broker this subscription rides on was lost:
+    messages published on plain channels meanwhile were not delivered (at-most-once), so an
+    app can resynchronise. Sent when the link drops (ended_at unset) and again when it is back
+    and every channel and pattern is subscribed anew (ended_at set). Never sent on reliable
+    topics, which lose nothing.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STARTED_AT_FIELD_NUMBER: _builtins.int
+    ENDED_AT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def started_at(self) -> _timestamp_pb2.Timestamp:
+        """When the link was found lost."""
+
+    @_builtins.property
+    def ended_at(self) -> _timestamp_pb2.Timestamp:
+        """When it was back; unset in the event sent when it dropped."""
+
+    def __init__(
+        self,
+        *,
+        started_at: _timestamp_pb2.Timestamp | None = ...,
+        ended_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ended_at", b"ended_at", "started_at", b"started_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ended_at", b"ended_at", "started_at", b"started_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubscriptionGap: _TypeAlias = SubscriptionGap  # noqa: Y015
+
+@_typing.final
 class SubscribeResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     STARTED_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
     DROPPED_FIELD_NUMBER: _builtins.int
+    GAP_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def started(self) -> Global___SubscriptionStarted: ...
     @_builtins.property
     def message(self) -> Global___PubSubMessage: ...
     @_builtins.property
     def dropped(self) -> Global___MessagesDropped: ...
+    @_builtins.property
+    def gap(self) -> Global___SubscriptionGap: ...
     def __init__(
         self,
         *,
         started: Global___SubscriptionStarted | None = ...,
         message: Global___PubSubMessage | None = ...,
         dropped: Global___MessagesDropped | None = ...,
+        gap: Global___SubscriptionGap | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["dropped", b"dropped", "event", b"event", "message", b"message", "started", b"started"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["dropped", b"dropped", "event", b"event", "gap", b"gap", "message", b"message", "started", b"started"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dropped", b"dropped", "event", b"event", "message", b"message", "started", b"started"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dropped", b"dropped", "event", b"event", "gap", b"gap", "message", b"message", "started", b"started"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["started", "message", "dropped"]  # noqa: Y015
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["started", "message", "dropped", "gap"]  # noqa: Y015
     _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
 

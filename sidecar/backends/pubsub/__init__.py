@@ -7,6 +7,7 @@ only where Redis is configured.
 
 from sidecar.backends.pubsub.base import (
     Dropped,
+    Gap,
     GlobPattern,
     Message,
     PubSubBackend,
@@ -28,6 +29,7 @@ from sidecar.backends.pubsub.reliable import (
 __all__ = [
     "DeadLetter",
     "Dropped",
+    "Gap",
     "GlobPattern",
     "MemoryBroker",
     "Message",

@@ -35,6 +35,7 @@ from typing import Protocol, TypeAlias
 
 __all__ = [
     "Dropped",
+    "Gap",
     "GlobPattern",
     "Message",
     "PubSubBackend",
@@ -76,7 +77,22 @@ class Dropped:
     count: int
 
 
-SubscriptionEvent: TypeAlias = Message | Dropped
+@dataclass(frozen=True, slots=True)
+class Gap:
+    """The link to the broker this subscription rides on was lost at `started_at` and, once
+    `ended_at` is set, is back since then (wall-clock seconds since the epoch).
+
+    Messages published in between were not delivered (plain channels are at-most-once), so
+    an app can resynchronise: the event comes when the link drops (`ended_at` None) and again
+    when it is back and every channel and pattern is subscribed anew. A gap is never dropped
+    from a full buffer.
+    """
+
+    started_at: float
+    ended_at: float | None = None
+
+
+SubscriptionEvent: TypeAlias = Message | Dropped | Gap
 
 
 class Subscription(Protocol):

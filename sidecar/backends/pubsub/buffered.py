@@ -4,7 +4,8 @@ A broker decides *which* subscriptions a message reaches; this class decides wha
 then, identically for every backend: the message joins a bounded buffer (a deque plus an
 `asyncio.Event` waking the reader), a full buffer drops its oldest message and counts it, and
 the reader gets `Dropped(count)` before the newer messages. So a slow reader costs at most
-`buffer_size` messages of memory, whatever the backend.
+`buffer_size` messages of memory, whatever the backend. A `Gap` (the broker link was lost,
+or is back) takes its place in order among the messages and is never dropped.
 
 A broker registers the subscription in its own tables and passes `on_close`, which must
 unregister it synchronously: `on_close` runs from the iterator's `finally`, where awaiting
@@ -19,6 +20,7 @@ from collections.abc import AsyncIterator, Callable
 
 from sidecar.backends.pubsub.base import (
     Dropped,
+    Gap,
     GlobPattern,
     Message,
     Subscription,
@@ -49,7 +51,8 @@ class BufferedSubscription(Subscription):
         self.patterns = patterns
         self._buffer_size = buffer_size
         self._on_close = on_close
-        self._buffer: deque[Message] = deque()
+        self._buffer: deque[Message | Gap] = deque()
+        self._messages = 0  # in the buffer: gaps do not count against buffer_size
         self._unreported_drops = 0
         self._dropped_total = 0
         self._wakeup = asyncio.Event()
@@ -66,7 +69,7 @@ class BufferedSubscription(Subscription):
 
     def buffered(self) -> int:
         """Messages waiting to be read (for tests: it never exceeds the buffer size)."""
-        return len(self._buffer)
+        return self._messages
 
     def __aiter__(self) -> AsyncIterator[SubscriptionEvent]:
         return self._events()
@@ -78,7 +81,10 @@ class BufferedSubscription(Subscription):
                     count, self._unreported_drops = self._unreported_drops, 0
                     yield Dropped(count)
                 elif self._buffer:
-                    yield self._buffer.popleft()
+                    event = self._buffer.popleft()
+                    if isinstance(event, Message):
+                        self._messages -= 1
+                    yield event
                 elif self._closed:
                     return
                 else:
@@ -95,12 +101,30 @@ class BufferedSubscription(Subscription):
 
     def deliver(self, message: Message) -> None:
         """Buffer `message` for the reader, dropping the oldest one if the buffer is full."""
-        if len(self._buffer) >= self._buffer_size:
-            self._buffer.popleft()
+        if self._messages >= self._buffer_size:
+            self._drop_oldest_message()
             self._unreported_drops += 1
             self._dropped_total += 1
+        else:
+            self._messages += 1
         self._buffer.append(message)
         self._wakeup.set()
+
+    def gap(self, event: Gap) -> None:
+        """Tell the reader the broker link was lost (or is back), in order with messages."""
+        if not self._closed:
+            self._buffer.append(event)
+            self._wakeup.set()
+
+    def _drop_oldest_message(self) -> None:
+        buffer = self._buffer
+        if isinstance(buffer[0], Message):
+            buffer.popleft()
+            return
+        for index, event in enumerate(buffer):  # rare: a gap is waiting at the front
+            if isinstance(event, Message):
+                del buffer[index]
+                return
 
     def close_now(self) -> None:
         """Close synchronously: unregister, discard the buffer, end the iteration."""
@@ -108,6 +132,7 @@ class BufferedSubscription(Subscription):
             return
         self._closed = True
         self._buffer.clear()
+        self._messages = 0
         self._unreported_drops = 0
         self._on_close(self)
         self._wakeup.set()

@@ -10,8 +10,10 @@ confirmed every channel and pattern, so every message published after that reach
 
 If the connection drops (Redis restarted, network cut, or silent for 3 keepalive periods)
 the link reconnects with exponential backoff and jitter and resubscribes everything; open
-subscriptions stay open and miss only what was published meanwhile (at-most-once). While
-it is down, new `subscribe` calls fail at once with `Unavailable`.
+subscriptions stay open and miss only what was published meanwhile (at-most-once), and each
+is told: a `Gap` when the link drops, and another, with the time it came back, once every
+channel and pattern is subscribed again. While it is down, new `subscribe` calls fail at
+once with `Unavailable`.
 
 `publish` counts receivers as the contract does: one per subscription per matching channel
 or pattern. Redis counts this sidecar's shared connection once per channel and pattern it
@@ -34,6 +36,7 @@ from typing import Any
 
 from sidecar.backends.pubsub import _envelope
 from sidecar.backends.pubsub.base import (
+    Gap,
     Message,
     PubSubBackend,
     Subscription,
@@ -89,7 +92,10 @@ class RedisBroker(PubSubBackend):
             prefixes=(key_prefix, glob_escape(key_prefix)),
             wanted=lambda: list(self._listeners),
             on_message=self._dispatch,
+            on_change=self._link_changed,
         )
+        self._lost_at: float | None = None
+        """When the subscriber link dropped under open subscriptions (a gap is running)."""
         self._closed = False
 
     @property
@@ -199,6 +205,23 @@ class RedisBroker(PubSubBackend):
                 del self._listeners[key]
                 if not self._closed:
                     self._link.unsubscribe(key)
+
+    def _link_changed(self) -> None:
+        """Tell the open subscriptions when the link drops and when, every name confirmed
+        again, it is back."""
+        if self._closed or not self._subscriptions:
+            return
+        link = self._link
+        if not link.up:
+            if self._lost_at is None:
+                self._lost_at = self._clock_wall()
+                for subscription in self._subscriptions:
+                    subscription.gap(Gap(self._lost_at))
+        elif self._lost_at is not None and link.confirmed.issuperset(self._listeners):
+            back = Gap(self._lost_at, self._clock_wall())
+            self._lost_at = None
+            for subscription in self._subscriptions:
+                subscription.gap(back)
 
     def _dispatch(self, key: Key, channel: str, data: bytes) -> None:
         """Fan one message from Redis out to the local subscriptions of `key`."""
