@@ -59,6 +59,11 @@ class QueueServicer(queue_pb2_grpc.QueueServiceServicer):
     ) -> queue_pb2.SendBatchResponse:
         queue, backend = self._target(request.target)
         messages = values.batch(request.entries, backend.fifo)
+        if request.schema:  # every body checked before anything is sent
+            for i, entry in enumerate(request.entries):
+                await self._integrations.transforms.check(
+                    request.schema, entry.body, field=f"entries[{i}].body"
+                )
         outcomes = await call_through(
             queue, context, lambda: backend.send_batch(messages), idempotent=False
         )

@@ -243,3 +243,25 @@ async def test_send_checks_its_schema_before_anything_is_sent(
     )
     bodies = [response.message.body async for response in stream]
     assert bodies == [good]
+
+
+async def test_send_batch_checks_every_body_before_anything_is_sent(
+    channel: grpc.aio.Channel,
+) -> None:
+    queue = QueueServiceStub(channel)
+    good = b'{"id": "c", "qty": 2}'
+    entries = [
+        queue_pb2.SendBatchEntry(id="a", body=good),
+        queue_pb2.SendBatchEntry(id="b", body=b'{"qty": -1}'),
+    ]
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await queue.SendBatch(queue_pb2.SendBatchRequest(entries=entries, schema="order"))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error_info(caught.value).reason == "SCHEMA_VIOLATION"
+    assert error_info(caught.value).metadata["field"] == "entries[1].body"
+    await queue.SendBatch(queue_pb2.SendBatchRequest(entries=entries[:1], schema="order"))
+    stream = queue.Receive(
+        queue_pb2.ReceiveRequest(max_messages=5, wait_time=duration_pb2.Duration(seconds=1)),
+        timeout=5,
+    )
+    assert [response.message.body async for response in stream] == [good]  # only the valid

@@ -26,7 +26,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aintegration/v1/queue.proto\x12\x0eintegration.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8d\x02\n\x0bSendRequest\x12\x0e\n\x06target\x18\x01 \x01(\t\x12\x0c\n\x04\x62ody\x18\x02 \x01(\x0c\x12?\n\nattributes\x18\x03 \x03(\x0b\x32+.integration.v1.SendRequest.AttributesEntry\x12(\n\x05\x64\x65lay\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x18\n\x10message_group_id\x18\x05 \x01(\t\x12\x18\n\x10\x64\x65\x64uplication_id\x18\x06 \x01(\t\x12\x0e\n\x06schema\x18\x07 \x01(\t\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\";\n\x0cSendResponse\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x17\n\x0fsequence_number\x18\x02 \x01(\t\"\xff\x01\n\x0eSendBatchEntry\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04\x62ody\x18\x02 \x01(\x0c\x12\x42\n\nattributes\x18\x03 \x03(\x0b\x32..integration.v1.SendBatchEntry.AttributesEntry\x12(\n\x05\x64\x65lay\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x18\n\x10message_group_id\x18\x05 \x01(\t\x12\x18\n\x10\x64\x65\x64uplication_id\x18\x06 \x01(\t\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"S\n\x10SendBatchRequest\x12\x0e\n\x06target\x18\x01 \x01(\t\x12/\n\x07\x65ntries\x18\x02 \x03(\x0b\x32\x1e.integration.v1.SendBatchEntry\"@\n\x0fQueueEntryError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\"z\n\x0fSendBatchResult\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\nmessage_id\x18\x02 \x01(\t\x12\x17\n\x0fsequence_number\x18\x03 \x01(\t\x12.\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x1f.integration.v1.QueueEntryError\"E\n\x11SendBatchResponse\x12\x30\n\x07results\x18\x01 \x03(\x0b\x32\x1f.integration.v1.SendBatchResult\"\xb2\x01\n\x0eReceiveRequest\x12\x0e\n\x06target\x18\x01 \x01(\t\x12\x15\n\rmax_in_flight\x18\x02 \x01(\x05\x12\x35\n\x12visibility_timeout\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12,\n\twait_time\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x14\n\x0cmax_messages\x18\x05 \x01(\x05\"\xb6\x02\n\x0cQueueMessage\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x0c\n\x04\x62ody\x18\x02 \x01(\x0c\x12@\n\nattributes\x18\x03 \x03(\x0b\x32,.integration.v1.QueueMessage.AttributesEntry\x12\x16\n\x0ereceipt_handle\x18\x04 \x01(\t\x12\x15\n\rreceive_count\x18\x05 \x01(\x05\x12\x18\n\x10message_group_id\x18\x06 \x01(\t\x12-\n\tsent_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0fsequence_number\x18\x08 \x01(\t\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"@\n\x0fReceiveResponse\x12-\n\x07message\x18\x01 \x01(\x0b\x32\x1c.integration.v1.QueueMessage\"5\n\nAckRequest\x12\x0e\n\x06target\x18\x01 \x01(\t\x12\x17\n\x0freceipt_handles\x18\x02 \x03(\t\"T\n\nAckFailure\x12\x16\n\x0ereceipt_handle\x18\x01 \x01(\t\x12.\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x1f.integration.v1.QueueEntryError\"Q\n\x0b\x41\x63kResponse\x12\x14\n\x0c\x61\x63knowledged\x18\x01 \x01(\x05\x12,\n\x08\x66\x61ilures\x18\x02 \x03(\x0b\x32\x1a.integration.v1.AckFailure\"x\n\x17\x43hangeVisibilityRequest\x12\x0e\n\x06target\x18\x01 \x01(\t\x12\x16\n\x0ereceipt_handle\x18\x02 \x01(\t\x12\x35\n\x12visibility_timeout\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x1a\n\x18\x43hangeVisibilityResponse2\x98\x03\n\x0cQueueService\x12\x41\n\x04Send\x12\x1b.integration.v1.SendRequest\x1a\x1c.integration.v1.SendResponse\x12P\n\tSendBatch\x12 .integration.v1.SendBatchRequest\x1a!.integration.v1.SendBatchResponse\x12L\n\x07Receive\x12\x1e.integration.v1.ReceiveRequest\x1a\x1f.integration.v1.ReceiveResponse0\x01\x12>\n\x03\x41\x63k\x12\x1a.integration.v1.AckRequest\x1a\x1b.integration.v1.AckResponse\x12\x65\n\x10\x43hangeVisibility\x12\'.integration.v1.ChangeVisibilityRequest\x1a(.integration.v1.ChangeVisibilityResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aintegration/v1/queue.proto\x12\x0eintegration.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8d\x02\n\x0bSendRequest\x12\x0e\n\x06target\x18\x01 \x01(\t\x12\x0c\n\x04\x62ody\x18\x02 \x01(\x0c\x12?\n\nattributes\x18\x03 \x03(\x0b\x32+.integration.v1.SendRequest.AttributesEntry\x12(\n\x05\x64\x65lay\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x18\n\x10message_group_id\x18\x05 \x01(\t\x12\x18\n\x10\x64\x65\x64uplication_id\x18\x06 \x01(\t\x12\x0e\n\x06schema\x18\x07 \x01(\t\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\";\n\x0cSendResponse\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x17\n\x0fsequence_number\x18\x02 \x01(\t\"\xff\x01\n\x0eSendBatchEntry\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04\x62ody\x18\x02 \x01(\x0c\x12\x42\n\nattributes\x18\x03 \x03(\x0b\x32..integration.v1.SendBatchEntry.AttributesEntry\x12(\n\x05\x64\x65lay\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x18\n\x10message_group_id\x18\x05 \x01(\t\x12\x18\n\x10\x64\x65\x64uplication_id\x18\x06 \x01(\t\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"c\n\x10SendBatchRequest\x12\x0e\n\x06target\x18\x01 \x01(\t\x12/\n\x07\x65ntries\x18\x02 \x03(\x0b\x32\x1e.integration.v1.SendBatchEntry\x12\x0e\n\x06schema\x18\x03 \x01(\t\"@\n\x0fQueueEntryError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\"z\n\x0fSendBatchResult\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\nmessage_id\x18\x02 \x01(\t\x12\x17\n\x0fsequence_number\x18\x03 \x01(\t\x12.\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x1f.integration.v1.QueueEntryError\"E\n\x11SendBatchResponse\x12\x30\n\x07results\x18\x01 \x03(\x0b\x32\x1f.integration.v1.SendBatchResult\"\xb2\x01\n\x0eReceiveRequest\x12\x0e\n\x06target\x18\x01 \x01(\t\x12\x15\n\rmax_in_flight\x18\x02 \x01(\x05\x12\x35\n\x12visibility_timeout\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12,\n\twait_time\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x14\n\x0cmax_messages\x18\x05 \x01(\x05\"\xb6\x02\n\x0cQueueMessage\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x0c\n\x04\x62ody\x18\x02 \x01(\x0c\x12@\n\nattributes\x18\x03 \x03(\x0b\x32,.integration.v1.QueueMessage.AttributesEntry\x12\x16\n\x0ereceipt_handle\x18\x04 \x01(\t\x12\x15\n\rreceive_count\x18\x05 \x01(\x05\x12\x18\n\x10message_group_id\x18\x06 \x01(\t\x12-\n\tsent_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0fsequence_number\x18\x08 \x01(\t\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"@\n\x0fReceiveResponse\x12-\n\x07message\x18\x01 \x01(\x0b\x32\x1c.integration.v1.QueueMessage\"5\n\nAckRequest\x12\x0e\n\x06target\x18\x01 \x01(\t\x12\x17\n\x0freceipt_handles\x18\x02 \x03(\t\"T\n\nAckFailure\x12\x16\n\x0ereceipt_handle\x18\x01 \x01(\t\x12.\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x1f.integration.v1.QueueEntryError\"Q\n\x0b\x41\x63kResponse\x12\x14\n\x0c\x61\x63knowledged\x18\x01 \x01(\x05\x12,\n\x08\x66\x61ilures\x18\x02 \x03(\x0b\x32\x1a.integration.v1.AckFailure\"x\n\x17\x43hangeVisibilityRequest\x12\x0e\n\x06target\x18\x01 \x01(\t\x12\x16\n\x0ereceipt_handle\x18\x02 \x01(\t\x12\x35\n\x12visibility_timeout\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x1a\n\x18\x43hangeVisibilityResponse2\x98\x03\n\x0cQueueService\x12\x41\n\x04Send\x12\x1b.integration.v1.SendRequest\x1a\x1c.integration.v1.SendResponse\x12P\n\tSendBatch\x12 .integration.v1.SendBatchRequest\x1a!.integration.v1.SendBatchResponse\x12L\n\x07Receive\x12\x1e.integration.v1.ReceiveRequest\x1a\x1f.integration.v1.ReceiveResponse0\x01\x12>\n\x03\x41\x63k\x12\x1a.integration.v1.AckRequest\x1a\x1b.integration.v1.AckResponse\x12\x65\n\x10\x43hangeVisibility\x12\'.integration.v1.ChangeVisibilityRequest\x1a(.integration.v1.ChangeVisibilityResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -50,31 +50,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SENDBATCHENTRY_ATTRIBUTESENTRY']._serialized_start=332
   _globals['_SENDBATCHENTRY_ATTRIBUTESENTRY']._serialized_end=381
   _globals['_SENDBATCHREQUEST']._serialized_start=702
-  _globals['_SENDBATCHREQUEST']._serialized_end=785
-  _globals['_QUEUEENTRYERROR']._serialized_start=787
-  _globals['_QUEUEENTRYERROR']._serialized_end=851
-  _globals['_SENDBATCHRESULT']._serialized_start=853
-  _globals['_SENDBATCHRESULT']._serialized_end=975
-  _globals['_SENDBATCHRESPONSE']._serialized_start=977
-  _globals['_SENDBATCHRESPONSE']._serialized_end=1046
-  _globals['_RECEIVEREQUEST']._serialized_start=1049
-  _globals['_RECEIVEREQUEST']._serialized_end=1227
-  _globals['_QUEUEMESSAGE']._serialized_start=1230
-  _globals['_QUEUEMESSAGE']._serialized_end=1540
+  _globals['_SENDBATCHREQUEST']._serialized_end=801
+  _globals['_QUEUEENTRYERROR']._serialized_start=803
+  _globals['_QUEUEENTRYERROR']._serialized_end=867
+  _globals['_SENDBATCHRESULT']._serialized_start=869
+  _globals['_SENDBATCHRESULT']._serialized_end=991
+  _globals['_SENDBATCHRESPONSE']._serialized_start=993
+  _globals['_SENDBATCHRESPONSE']._serialized_end=1062
+  _globals['_RECEIVEREQUEST']._serialized_start=1065
+  _globals['_RECEIVEREQUEST']._serialized_end=1243
+  _globals['_QUEUEMESSAGE']._serialized_start=1246
+  _globals['_QUEUEMESSAGE']._serialized_end=1556
   _globals['_QUEUEMESSAGE_ATTRIBUTESENTRY']._serialized_start=332
   _globals['_QUEUEMESSAGE_ATTRIBUTESENTRY']._serialized_end=381
-  _globals['_RECEIVERESPONSE']._serialized_start=1542
-  _globals['_RECEIVERESPONSE']._serialized_end=1606
-  _globals['_ACKREQUEST']._serialized_start=1608
-  _globals['_ACKREQUEST']._serialized_end=1661
-  _globals['_ACKFAILURE']._serialized_start=1663
-  _globals['_ACKFAILURE']._serialized_end=1747
-  _globals['_ACKRESPONSE']._serialized_start=1749
-  _globals['_ACKRESPONSE']._serialized_end=1830
-  _globals['_CHANGEVISIBILITYREQUEST']._serialized_start=1832
-  _globals['_CHANGEVISIBILITYREQUEST']._serialized_end=1952
-  _globals['_CHANGEVISIBILITYRESPONSE']._serialized_start=1954
-  _globals['_CHANGEVISIBILITYRESPONSE']._serialized_end=1980
-  _globals['_QUEUESERVICE']._serialized_start=1983
-  _globals['_QUEUESERVICE']._serialized_end=2391
+  _globals['_RECEIVERESPONSE']._serialized_start=1558
+  _globals['_RECEIVERESPONSE']._serialized_end=1622
+  _globals['_ACKREQUEST']._serialized_start=1624
+  _globals['_ACKREQUEST']._serialized_end=1677
+  _globals['_ACKFAILURE']._serialized_start=1679
+  _globals['_ACKFAILURE']._serialized_end=1763
+  _globals['_ACKRESPONSE']._serialized_start=1765
+  _globals['_ACKRESPONSE']._serialized_end=1846
+  _globals['_CHANGEVISIBILITYREQUEST']._serialized_start=1848
+  _globals['_CHANGEVISIBILITYREQUEST']._serialized_end=1968
+  _globals['_CHANGEVISIBILITYRESPONSE']._serialized_start=1970
+  _globals['_CHANGEVISIBILITYRESPONSE']._serialized_end=1996
+  _globals['_QUEUESERVICE']._serialized_start=1999
+  _globals['_QUEUESERVICE']._serialized_end=2407
 # @@protoc_insertion_point(module_scope)

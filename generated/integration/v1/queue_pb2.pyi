@@ -192,7 +192,13 @@ class SendBatchRequest(_message.Message):
 
     TARGET_FIELD_NUMBER: _builtins.int
     ENTRIES_FIELD_NUMBER: _builtins.int
+    SCHEMA_FIELD_NUMBER: _builtins.int
     target: _builtins.str
+    schema: _builtins.str
+    """A schema under `schemas:` every entry's body (JSON) must match; when one does not,
+    nothing is sent: INVALID_ARGUMENT (SCHEMA_VIOLATION, field entries[i].body). Empty: not
+    checked.
+    """
     @_builtins.property
     def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___SendBatchEntry]:
         """1 to 10 entries (SQS's limit); their bodies and attributes together at most 256 KiB."""
@@ -202,10 +208,11 @@ class SendBatchRequest(_message.Message):
         *,
         target: _builtins.str = ...,
         entries: _abc.Iterable[Global___SendBatchEntry] | None = ...,
+        schema: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries", "target", b"target"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries", "schema", b"schema", "target", b"target"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
