@@ -57,7 +57,7 @@ services:
 """
 
 
-async def _concurrently(count: int, publish: Callable[[], Awaitable[object]]) -> float:
+async def concurrently(count: int, publish: Callable[[], Awaitable[object]]) -> float:
     """Seconds to run `publish` `count` times from PUBLISHERS concurrent tasks."""
     left = [count]
 
@@ -81,7 +81,7 @@ async def _sidecar(stub: PubSubServiceStub, target: str) -> tuple[float, float]:
     )
     await call.read()  # started: the group exists before the first message
     request = pubsub_pb2.PublishRequest(target=target, channel=topic, payload=PAYLOAD)
-    publish = await _concurrently(MESSAGES, lambda: stub.Publish(request))
+    publish = await concurrently(MESSAGES, lambda: stub.Publish(request))
     started, held, seen = time.perf_counter(), [], 0
     while seen < MESSAGES:
         event = await call.read()
@@ -129,7 +129,7 @@ async def _rabbitmq_direct() -> tuple[float, float]:
         message = aio_pika.Message(PAYLOAD, delivery_mode=aio_pika.DeliveryMode.PERSISTENT)
         await channel.default_exchange.publish(message, routing_key=queue.name)
 
-    publish = await _concurrently(MESSAGES, send)
+    publish = await concurrently(MESSAGES, send)
     consumer = await connection.channel()
     await consumer.set_qos(prefetch_count=WINDOW)
     done = asyncio.get_running_loop().create_future()
@@ -156,7 +156,7 @@ async def _nats_direct() -> tuple[float, float]:
     js = client.jetstream()
     name = f"BENCH_{uuid.uuid4().hex[:8]}"
     await js.add_stream(name=name, subjects=[name])
-    publish = await _concurrently(MESSAGES, lambda: js.publish(name, PAYLOAD))
+    publish = await concurrently(MESSAGES, lambda: js.publish(name, PAYLOAD))
     pull = await js.pull_subscribe(name, durable="bench", stream=name)
     started, seen = time.perf_counter(), 0
     while seen < MESSAGES:

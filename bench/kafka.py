@@ -25,7 +25,6 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import grpc
@@ -33,12 +32,12 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from bench.__main__ import free_port, start
+from bench.brokers import concurrently
 from generated.integration.v1 import pubsub_pb2
 from generated.integration.v1.pubsub_pb2_grpc import PubSubServiceStub
 
 REPEATS = int(os.environ.get("BENCH_REPEATS", "3"))
 MESSAGES = int(os.environ.get("BENCH_BROKER_MESSAGES", "2000"))
-PUBLISHERS = 16
 WINDOW = 100
 PAYLOAD = b"x" * 256
 GROUP_OPTIONS = {"session_timeout_ms": 6000, "heartbeat_interval_ms": 500}
@@ -65,23 +64,10 @@ def tansu(port: int) -> subprocess.Popen[bytes]:
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-async def _concurrently(count: int, publish: Callable[[], Awaitable[object]]) -> float:
-    left = [count]
-
-    async def worker() -> None:
-        while left[0] > 0:
-            left[0] -= 1
-            await publish()
-
-    started = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(PUBLISHERS)))
-    return time.perf_counter() - started
-
-
 async def _sidecar(stub: PubSubServiceStub) -> tuple[float, float]:
     topic = f"t{uuid.uuid4().hex[:8]}"
     request = pubsub_pb2.PublishRequest(target="kafka", channel=topic, payload=PAYLOAD)
-    publish = await _concurrently(MESSAGES, lambda: stub.Publish(request))
+    publish = await concurrently(MESSAGES, lambda: stub.Publish(request))
     call = stub.Subscribe(
         pubsub_pb2.SubscribeRequest(
             target="kafka", channels=[topic], group="bench", max_in_flight=WINDOW
@@ -112,7 +98,7 @@ async def _direct(bootstrap: str) -> tuple[float, float]:
     await admin.create_topics([NewTopic(topic, 1, 1)])
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=0)
     await producer.start()
-    publish = await _concurrently(MESSAGES, lambda: producer.send_and_wait(topic, PAYLOAD))
+    publish = await concurrently(MESSAGES, lambda: producer.send_and_wait(topic, PAYLOAD))
     await producer.stop()
     consumer = AIOKafkaConsumer(
         topic,
