@@ -6,7 +6,6 @@ deletes its topics afterwards."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 
 import grpc
@@ -18,6 +17,7 @@ from kafka_servers import (
     kafka_bootstrap,
     kafka_servers,
 )
+from pubsub_scenarios import plain_channel_and_pattern, reliable_round_trip
 
 from generated.integration.v1 import pubsub_pb2
 from generated.integration.v1.pubsub_pb2_grpc import PubSubServiceStub
@@ -73,21 +73,8 @@ async def pubsub(
         yield PubSubServiceStub(channel)
 
 
-async def read(call: grpc.aio.UnaryStreamCall, kind: str) -> pubsub_pb2.SubscribeResponse:
-    response = await asyncio.wait_for(call.read(), TIMEOUT)
-    assert response.WhichOneof("event") == kind, response
-    return response
-
-
 async def test_a_plain_channel_and_a_pattern_reach_a_subscriber(pubsub: PubSubServiceStub) -> None:
-    call = pubsub.Subscribe(pubsub_pb2.SubscribeRequest(channels=["news"], patterns=["news.*"]))
-    await read(call, "started")
-    for channel in ("news", "news.eu"):
-        reply = await pubsub.Publish(pubsub_pb2.PublishRequest(channel=channel, payload=b"x"))
-        assert reply.receivers == 1
-    got = [(await read(call, "message")).message for _ in range(2)]
-    assert sorted((m.channel, m.pattern) for m in got) == [("news", ""), ("news.eu", "news.*")]
-    call.cancel()
+    await plain_channel_and_pattern(pubsub, TIMEOUT)
 
 
 async def test_topics_are_named_connection_prefix_then_key_prefix_then_channel(
@@ -101,47 +88,7 @@ async def test_topics_are_named_connection_prefix_then_key_prefix_then_channel(
 async def test_a_reliable_topic_is_consumed_acknowledged_dead_lettered_and_replayed(
     pubsub: PubSubServiceStub,
 ) -> None:
-    call = pubsub.Subscribe(
-        pubsub_pb2.SubscribeRequest(channels=["jobs.mail"], group="mailers", consumer="m1")
-    )
-    assert (await read(call, "started")).started.consumer == "m1"
-    good = await pubsub.Publish(pubsub_pb2.PublishRequest(channel="jobs.mail", payload=b"ok"))
-    bad = await pubsub.Publish(pubsub_pb2.PublishRequest(channel="jobs.mail", payload=b"bad"))
-    assert good.message_id and bad.message_id and good.message_id != bad.message_id
-    seen: list[pubsub_pb2.PubSubMessage] = []
-    while len([m for m in seen if m.message_id == bad.message_id]) < 2:
-        message = (await read(call, "message")).message
-        seen.append(message)
-        if message.message_id == good.message_id:
-            acked = await pubsub.Acknowledge(
-                pubsub_pb2.AcknowledgeRequest(
-                    topic="jobs.mail", group="mailers", message_ids=[message.message_id]
-                )
-            )
-            assert acked.acknowledged == 1
-    request = pubsub_pb2.ReadDeadLettersRequest(topic="jobs.mail")
-    async with asyncio.timeout(TIMEOUT):
-        while not (letters := (await pubsub.ReadDeadLetters(request)).dead_letters):  # noqa: ASYNC110
-            await asyncio.sleep(0.05)  # moved once its last visibility timeout passes
-    [letter] = letters
-    assert (letter.message_id, letter.payload, letter.group, letter.consumer) == (
-        bad.message_id,
-        b"bad",
-        "mailers",
-        "m1",
-    )
-    replay = await pubsub.ReplayDeadLetters(
-        pubsub_pb2.ReplayDeadLettersRequest(topic="jobs.mail", replay_all=True)
-    )
-    assert (len(replay.replayed), replay.remaining) == (1, 0)
-    again = (await read(call, "message")).message
-    assert (again.message_id, again.payload, again.delivery_count) == (
-        replay.replayed[0].message_id,
-        b"bad",
-        1,
-    )
-    assert not (await pubsub.ReadDeadLetters(request)).dead_letters
-    call.cancel()
+    await reliable_round_trip(pubsub, TIMEOUT)
 
 
 async def test_messages_with_one_ordering_key_share_a_partition(pubsub: PubSubServiceStub) -> None:
