@@ -14,9 +14,14 @@ from typing import Final
 from sidecar.config.services.ai import MAX_MODEL_NAME
 
 __all__ = [
+    "MAX_AUDIO_BYTES",
+    "MAX_AUDIO_MESSAGES",
     "MAX_EMBED_DIMENSIONS",
     "MAX_EMBED_INPUTS",
     "MAX_EMBED_VALUES",
+    "MAX_IMAGES",
+    "MAX_IMAGE_OPTION",
+    "MAX_IMAGE_PROMPT",
     "MAX_JSON_DEPTH",
     "MAX_MAX_TOKENS",
     "MAX_MESSAGES",
@@ -69,3 +74,15 @@ MAX_EMBED_DIMENSIONS: Final = 8_192
 MAX_EMBED_VALUES: Final = 512 * 1024
 """Inputs times `dimensions` at most, when dimensions is set: the answer's 2 MiB of floats
 then fits the default 4 MiB max_send_message_size."""
+MAX_IMAGE_PROMPT: Final = 32_000
+"""Characters in a GenerateImage prompt (OpenAI's limit for gpt-image models)."""
+MAX_IMAGES: Final = 10
+"""Images in one GenerateImage call (OpenAI's limit)."""
+MAX_IMAGE_OPTION: Final = 32
+"""Characters in GenerateImage's size, quality and style."""
+MAX_AUDIO_BYTES: Final = 25 * 1024 * 1024
+"""Audio bytes in one Transcribe call (OpenAI's 25 MiB file limit); held in memory until the
+upload, so the bound is also the call's memory."""
+MAX_AUDIO_MESSAGES: Final = 16_384
+"""Messages in one Transcribe stream (25 MiB in 1.6 kB pieces): bounds the per-message work
+of a client sending tiny pieces."""

@@ -162,6 +162,18 @@ class AIRouter:
             )
         return found
 
+    def configured_models(self) -> dict[str, tuple[ModelService, frozenset[str]]]:
+        """Each `ai_model` service, with the models the config names on it (its default, its
+        `models:` list and the aliases' deployments of it)."""
+        named: dict[str, set[str]] = {name: set() for name in self._services}
+        for service_name, model in list(self._deployments):
+            named[service_name].add(model)
+        found = {}
+        for name, service in self._services.items():
+            settings: ModelService = service.backend
+            found[name] = (settings, frozenset({settings.model, *settings.models, *named[name]}))
+        return found
+
     def observe(self, listener_for: Callable[[Deployment], EventListener]) -> None:
         """Listen to the pipeline events (lifecycle included) of every deployment, those
         built so far and those built later: `listener_for(deployment)` makes its listener."""

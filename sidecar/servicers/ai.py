@@ -12,22 +12,30 @@ whole call runs inside one `asyncio.timeout`. `sidecar.ai.relay` sits between th
 the writes: chunks that arrive while a write is in flight go out merged in the next message,
 and its queue is bounded, so a slow client stops the upstream reads instead of piling up
 memory.
+
+Transcribe checks the first message's config and target, then reads the whole client stream
+(bounded: `sidecar.ai.limits.MAX_AUDIO_BYTES`) because the upstream takes one multipart
+file; only then does the call start on the route and the deadline.
+ListModels answers from `sidecar.ai.catalog` (configured targets plus the upstreams' lists).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Final
+from collections.abc import AsyncIterable, Awaitable, Callable
+from dataclasses import replace
+from typing import Final, TypeVar
 
 from opentelemetry.metrics import Meter
 
 from generated.integration.v1 import ai_pb2, ai_pb2_grpc
+from sidecar.ai.catalog import ModelCatalog
 from sidecar.ai.fallback import RoutedCall, stream_chat
 from sidecar.ai.relay import relay
 from sidecar.ai.route import Route
 from sidecar.ai.router import AIRouter
-from sidecar.ai.unary import embed
+from sidecar.ai.unary import embed, generate_image, transcribe
 from sidecar.backends.ai.base import ChatEvent
 from sidecar.errors import DeadlineExceeded
 from sidecar.observability.genai_metrics import GenAIMetrics
@@ -39,7 +47,10 @@ from sidecar.servicers.ai_mapping import (
     chat_request,
     check_target,
     embed_inputs,
+    image_request,
     stream_messages,
+    transcription_audio,
+    transcription_config,
     usage_proto,
 )
 
@@ -47,7 +58,12 @@ __all__ = ["AIServicer"]
 
 _MARGIN: Final = 0.05
 """Seconds before the caller's deadline at which the sidecar gives up (at most 10% of it)."""
-_KINDS: Final = {"alias": ai_pb2.MODEL_KIND_ALIAS, "service": ai_pb2.MODEL_KIND_SERVICE}
+_KINDS: Final = {
+    "alias": ai_pb2.MODEL_KIND_ALIAS,
+    "service": ai_pb2.MODEL_KIND_SERVICE,
+    "upstream": ai_pb2.MODEL_KIND_UPSTREAM,
+}
+_T = TypeVar("_T")
 
 
 class AIServicer(ai_pb2_grpc.AIServiceServicer):
@@ -74,11 +90,24 @@ class AIServicer(ai_pb2_grpc.AIServiceServicer):
         if self._metrics is not None:
             # Attempts and refusals reach the GenAI metrics as the deployments' events.
             self._router.observe(self._metrics.listener)
+        self._catalog = ModelCatalog(self._router, clock)
+        self._model_check: asyncio.Task[None] | None = None
+        with contextlib.suppress(RuntimeError):  # no running loop: built outside a server
+            # In the background: an upstream that is slow or down must not delay start-up.
+            self._model_check = asyncio.get_running_loop().create_task(
+                self._catalog.warn_unlisted(), name="ai-unlisted-models"
+            )
 
     @property
     def router(self) -> AIRouter:
         """The router (for tests and the admin view)."""
         return self._router
+
+    @property
+    def model_check(self) -> asyncio.Task[None] | None:
+        """The start-up check of the configured models against the upstreams' lists (for
+        tests: it sends requests of its own)."""
+        return self._model_check
 
     def _route(self, target: str) -> Route:
         route = self._router.route(check_target(target))
@@ -128,20 +157,63 @@ class AIServicer(ai_pb2_grpc.AIServiceServicer):
         except TimeoutError as exc:
             raise _too_late(call) from exc
 
-    async def Embed(self, request: ai_pb2.EmbedRequest, context: Context) -> ai_pb2.EmbedResponse:
-        route = self._route(request.target)
-        inputs, dimensions = embed_inputs(request)
+    async def _unary(
+        self, context: Context, run: Callable[[Deadline | None, RoutedCall], Awaitable[_T]]
+    ) -> tuple[_T, RoutedCall]:
+        """Run a unary AI call within the caller's deadline."""
         deadline, seconds = self._deadline(context)
         call = RoutedCall()
         try:
             async with asyncio.timeout(seconds):
-                result = await embed(route, inputs, dimensions, deadline, call)
+                return await run(deadline, call), call
         except TimeoutError as exc:
             raise _too_late(call) from exc
+
+    async def Embed(self, request: ai_pb2.EmbedRequest, context: Context) -> ai_pb2.EmbedResponse:
+        route = self._route(request.target)
+        inputs, dimensions = embed_inputs(request)
+        result, call = await self._unary(
+            context, lambda deadline, call: embed(route, inputs, dimensions, deadline, call)
+        )
         return ai_pb2.EmbedResponse(
             embeddings=[
                 ai_pb2.Embedding(index=i, values=vector) for i, vector in enumerate(result.vectors)
             ],
+            model=result.model,
+            deployment=call.deployment,
+            usage=usage_proto(result.usage),
+        )
+
+    async def GenerateImage(
+        self, request: ai_pb2.GenerateImageRequest, context: Context
+    ) -> ai_pb2.GenerateImageResponse:
+        route = self._route(request.target)
+        wanted = image_request(request)
+        result, call = await self._unary(
+            context, lambda deadline, call: generate_image(route, wanted, deadline, call)
+        )
+        return ai_pb2.GenerateImageResponse(
+            images=[
+                ai_pb2.Image(data=image.data, url=image.url, revised_prompt=image.revised_prompt)
+                for image in result.images
+            ],
+            model=result.model,
+            deployment=call.deployment,
+            usage=usage_proto(result.usage),
+        )
+
+    async def Transcribe(
+        self, request_iterator: AsyncIterable[ai_pb2.TranscribeRequest], context: Context
+    ) -> ai_pb2.TranscribeResponse:
+        messages = aiter(request_iterator)
+        target, settings = await transcription_config(messages)
+        route = self._route(target)  # an unknown target is refused before the audio is read
+        audio = replace(settings, audio=await transcription_audio(settings.audio, messages))
+        result, call = await self._unary(
+            context, lambda deadline, call: transcribe(route, audio, deadline, call)
+        )
+        return ai_pb2.TranscribeResponse(
+            text=result.text,
             model=result.model,
             deployment=call.deployment,
             usage=usage_proto(result.usage),
@@ -160,7 +232,7 @@ class AIServicer(ai_pb2_grpc.AIServiceServicer):
                     default=info.default,
                     response_cache=info.response_cache,
                 )
-                for info in self._router.targets()
+                for info in await self._catalog.targets()
             ]
         )
 

@@ -10,7 +10,8 @@ tool-call pieces follow them, and the end rides on the last message.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+import re
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any, Final
 
 from google.protobuf import json_format, struct_pb2
@@ -26,14 +27,17 @@ from sidecar.backends.ai.base import (
     ContentPart,
     FinishReason,
     ImagePart,
+    ImageRequest,
     ResponseFormat,
     Role,
     Tool,
     ToolCall,
     ToolCallDelta,
     ToolChoice,
+    TranscriptionRequest,
     Usage,
 )
+from sidecar.errors import ResourceExhausted
 from sidecar.servicers._common import invalid
 
 __all__ = [
@@ -41,7 +45,10 @@ __all__ = [
     "chat_request",
     "check_target",
     "embed_inputs",
+    "image_request",
     "stream_messages",
+    "transcription_audio",
+    "transcription_config",
 ]
 
 _DETAILS: Final = frozenset({"", "auto", "low", "high"})
@@ -62,6 +69,12 @@ _FORMATS: Final[dict[int, Any]] = {
     ai_pb2.RESPONSE_FORMAT_TYPE_JSON_OBJECT: "json_object",
     ai_pb2.RESPONSE_FORMAT_TYPE_JSON_SCHEMA: "json_schema",
 }
+_IMAGE_FORMATS: Final[dict[int, Any]] = {
+    ai_pb2.IMAGE_FORMAT_UNSPECIFIED: "",
+    ai_pb2.IMAGE_FORMAT_BYTES: "b64_json",
+    ai_pb2.IMAGE_FORMAT_URL: "url",
+}
+_IMAGE_SIZE: Final = re.compile(r"\A(?:auto|[1-9][0-9]{0,4}x[1-9][0-9]{0,4})\Z")
 _FINISH: Final = {
     FinishReason.STOP: ai_pb2.FINISH_REASON_STOP,
     FinishReason.LENGTH: ai_pb2.FINISH_REASON_LENGTH,
@@ -394,3 +407,93 @@ class Assembler:
             cached=call.cached,
             id=end.response_id,
         )
+
+
+def image_request(request: ai_pb2.GenerateImageRequest) -> ImageRequest:
+    """The domain request of a GenerateImage call.
+
+    Raises:
+        InvalidArgument: A field out of its bound (see `sidecar.ai.limits` and the proto).
+    """
+    if not request.prompt:
+        raise invalid("prompt", "must not be empty")
+    if len(request.prompt) > limits.MAX_IMAGE_PROMPT:
+        raise invalid("prompt", f"must be at most {limits.MAX_IMAGE_PROMPT} characters")
+    if not 0 <= request.n <= limits.MAX_IMAGES:
+        raise invalid("n", f"must be between 0 and {limits.MAX_IMAGES}")
+    for field in ("size", "quality", "style"):
+        if len(getattr(request, field)) > limits.MAX_IMAGE_OPTION:
+            raise invalid(field, f"must be at most {limits.MAX_IMAGE_OPTION} characters")
+    if request.size and not _IMAGE_SIZE.match(request.size):
+        raise invalid("size", 'must be WIDTHxHEIGHT (for example "1024x1024") or "auto"')
+    return ImageRequest(
+        prompt=request.prompt,
+        n=request.n or 1,
+        size=request.size,
+        quality=request.quality,
+        style=request.style,
+        response_format=_known(_IMAGE_FORMATS, request.format, "format"),
+        user=_name(request.user, "user"),
+    )
+
+
+async def transcription_config(
+    messages: AsyncIterator[ai_pb2.TranscribeRequest],
+) -> tuple[str, TranscriptionRequest]:
+    """The target and settings of a Transcribe stream, from its first message (read here,
+    and checked before any more audio is read); `audio` holds that message's piece only.
+
+    Raises:
+        InvalidArgument: No first message, no `config` on it, or a field out of its bound.
+    """
+    first = await anext(messages, None)
+    if first is None or not first.HasField("config"):
+        raise invalid("config", "must be set on the first message")
+    config = first.config
+    temperature = config.temperature if config.HasField("temperature") else None
+    if temperature is not None and not 0 <= temperature <= 1:
+        raise invalid("config.temperature", "must be between 0 and 1")
+    if len(config.prompt) > limits.MAX_IMAGE_PROMPT:
+        raise invalid("config.prompt", f"must be at most {limits.MAX_IMAGE_PROMPT} characters")
+    settings = TranscriptionRequest(
+        audio=first.audio,
+        filename=_name(config.filename, "config.filename") or "audio.wav",
+        content_type=_name(config.content_type, "config.content_type")
+        or "application/octet-stream",
+        language=_name(config.language, "config.language"),
+        prompt=config.prompt,
+        temperature=temperature,
+    )
+    return check_target(config.target), settings
+
+
+async def transcription_audio(first: bytes, rest: AsyncIterator[ai_pb2.TranscribeRequest]) -> bytes:
+    """The whole audio of a Transcribe stream: the first message's piece, then the rest's.
+
+    Raises:
+        InvalidArgument: A second `config`, or no audio at all.
+        ResourceExhausted: Over `limits.MAX_AUDIO_BYTES` of audio or
+            `limits.MAX_AUDIO_MESSAGES` messages (VALUE_TOO_LARGE).
+    """
+    pieces = [first] if first else []
+    size, count = len(first), 1
+    async for message in rest:
+        count += 1
+        if count > limits.MAX_AUDIO_MESSAGES:
+            raise _too_large(f"at most {limits.MAX_AUDIO_MESSAGES} messages per call")
+        if message.HasField("config"):
+            raise invalid("config", "must be set on the first message only")
+        size += len(message.audio)
+        if size > limits.MAX_AUDIO_BYTES:
+            raise _too_large(f"at most {limits.MAX_AUDIO_BYTES} bytes of audio per call")
+        if message.audio:
+            pieces.append(message.audio)
+    if not size:
+        raise invalid("audio", "must not be empty")
+    return b"".join(pieces)
+
+
+def _too_large(message: str) -> ResourceExhausted:
+    return ResourceExhausted(
+        f"audio: {message}", reason="VALUE_TOO_LARGE", metadata={"field": "audio"}
+    )

@@ -1,17 +1,19 @@
 """A fake LLM upstream speaking three real wire formats over real HTTP and SSE:
 
 - OpenAI `/v1/chat/completions` (exact `chat.completion.chunk` events, the final usage chunk
-  when `stream_options.include_usage` is set, then `data: [DONE]`), `/v1/embeddings` and
-  `/v1/models`;
+  when `stream_options.include_usage` is set, then `data: [DONE]`), `/v1/embeddings`,
+  `/v1/models` (the ids in `models`), `/v1/images/generations` (JSON, checked as the API
+  checks it) and `/v1/audio/transcriptions` (multipart/form-data, parsed with the stdlib's
+  MIME parser and recorded in `uploads`);
 - Anthropic `/v1/messages` streaming events (`message_start` ... `message_stop`), accepting
   `x-api-key` and `Authorization: Bearer` alike, since the SDK sends either;
 - Hugging Face TGI text-generation streams and feature extraction under `/hf/`.
 
-Each completion request takes the next scripted `Step` (429 + Retry-After, 500, slow
-chunks, a cut connection, a hang, a stall mid-stream), or `default` when the script is
-empty. Each exchange records the answer tokens it sent (`Exchange.tokens_sent`, one per
-word, as the usage the fake reports counts them), and `open_requests` counts completion
-requests whose connection is still open.
+Each completion, image or transcription request takes the next scripted `Step` (429 +
+Retry-After, 500; for completions also slow chunks, a cut connection, a hang, a stall
+mid-stream), or `default` when the script is empty. Each exchange records the answer
+tokens it sent (`Exchange.tokens_sent`, one per word, as the usage the fake reports counts
+them), and `open_requests` counts completion requests whose connection is still open.
 
 Run it alone for the benchmark: `PYTHONPATH=tests python -m ai.fake_llm 127.0.0.1:PORT WORDS`.
 """
@@ -19,6 +21,9 @@ Run it alone for the benchmark: `PYTHONPATH=tests python -m ai.fake_llm 127.0.0.
 from __future__ import annotations
 
 import asyncio
+import base64
+import email.parser
+import email.policy
 import hashlib
 import json
 import sys
@@ -29,11 +34,13 @@ from typing import Any
 
 from ai.fake_http import Exchange, FakeHTTPServer, Request, Responder
 
-__all__ = ["FakeLLM", "Step"]
+__all__ = ["FakeLLM", "Step", "fake_image"]
 
 DEFAULT_WORDS = ("Hello", "from", "the", "fake", "model.")
 _SSE = {"content-type": "text/event-stream", "cache-control": "no-cache"}
 _COMPLETION_PATHS = ("/v1/chat/completions", "/v1/messages", "/hf/")
+_MEDIA_PATHS = ("/v1/images/generations", "/v1/audio/transcriptions")
+_IMAGE_FIELDS = {"model", "prompt", "n", "size", "quality", "style", "response_format", "user"}
 _FIRST_WORD_EVENT = {"": 1, "anthropic": 3, "tgi": 0}
 """Events before the first word: OpenAI's role chunk; Anthropic's message_start,
 content_block_start and ping."""
@@ -85,6 +92,9 @@ class FakeLLM:
         self.api_key = api_key
         self.tool_call: tuple[str, str] | None = None  # (name, JSON arguments)
         self.script: deque[Step] = deque()
+        self.models = ["fake-model"]
+        self.uploads: list[dict[str, Any]] = []
+        """Each transcription's form: its fields, and `file` as (filename, type, bytes)."""
         self.default = Step()
         self.http = FakeHTTPServer(self._handle)
         self._cache: dict[tuple[Any, ...], list[tuple[bytes, int]]] = {}
@@ -114,6 +124,11 @@ class FakeLLM:
     def completions(self) -> list[Exchange]:
         return [e for e in self.http.exchanges if e.request.path.startswith(_COMPLETION_PATHS)]
 
+    @property
+    def media(self) -> list[Exchange]:
+        """Image and transcription requests, in arrival order."""
+        return [e for e in self.http.exchanges if e.request.path.startswith(_MEDIA_PATHS)]
+
     def _pieces(self) -> list[str]:
         last = len(self.words) - 1
         return [word if i == last else word + " " for i, word in enumerate(self.words)]
@@ -131,12 +146,24 @@ class FakeLLM:
             error = {"type": "authentication_error", "message": "invalid x-api-key"}
             await respond.send_json(401, {"type": "error", "error": error})
             return
+        if path in _MEDIA_PATHS:
+            step = self.script.popleft() if self.script else self.default
+            if step.status != 200:
+                await self._error("", step, respond)
+            elif path == "/v1/images/generations":
+                await self._images(request.json(), respond)
+            else:
+                await self._transcription(request, respond)
+            return
         body = request.json() if request.method == "POST" else None
         if path.startswith("/hf/") and not (body or {}).get("stream"):
             await self._embeddings(request, respond)
             return
         if path == "/v1/models":
-            models = [{"id": "fake-model", "object": "model", "created": 0, "owned_by": "fake"}]
+            models = [
+                {"id": name, "object": "model", "created": 0, "owned_by": "fake"}
+                for name in self.models
+            ]
             await respond.send_json(200, {"object": "list", "data": models})
             return
         if path == "/v1/embeddings":
@@ -320,6 +347,71 @@ class FakeLLM:
         await respond.send_json(
             200, {"object": "list", "data": data, "model": body["model"], "usage": usage}
         )
+
+    async def _images(self, body: dict[str, Any], respond: Responder) -> None:
+        """Images whose bytes are a hash of the prompt and index, so a test can check them."""
+        unknown = set(body) - _IMAGE_FIELDS
+        if unknown or not isinstance(body.get("prompt"), str) or not body["prompt"]:
+            await self._invalid(respond, f"bad image request: {sorted(unknown) or 'prompt'}")
+            return
+        n = body.get("n", 1)
+        if not isinstance(n, int) or not 1 <= n <= 10:
+            await self._invalid(respond, "n must be between 1 and 10")
+            return
+        as_url = body.get("response_format") == "url"
+        data = []
+        for i in range(n):
+            image = fake_image(body["prompt"], i)
+            item: dict[str, Any] = {"revised_prompt": body["prompt"] + " (revised)"}
+            if as_url:
+                item["url"] = f"https://images.example/{hashlib.sha256(image).hexdigest()}.png"
+            else:
+                item["b64_json"] = base64.b64encode(image).decode()
+            data.append(item)
+        words = len(body["prompt"].split())
+        usage = {
+            "input_tokens": words,
+            "output_tokens": 100 * n,
+            "total_tokens": words + 100 * n,
+            "input_tokens_details": {"text_tokens": words, "image_tokens": 0},
+        }
+        await respond.send_json(200, {"created": 0, "data": data, "usage": usage})
+
+    async def _transcription(self, request: Request, respond: Responder) -> None:
+        content_type = request.headers.get("content-type", "")
+        if not content_type.startswith("multipart/form-data; boundary="):
+            await self._invalid(respond, f"expected multipart/form-data, got {content_type!r}")
+            return
+        message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
+            b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + request.body
+        )
+        form: dict[str, Any] = {}
+        for part in message.iter_parts():
+            name = part.get_param("name", header="content-disposition")
+            payload = part.get_payload(decode=True)
+            filename = part.get_filename()
+            if filename is not None:
+                form[str(name)] = (filename, part.get_content_type(), payload)
+            else:
+                form[str(name)] = payload.decode()
+        if "file" not in form or "model" not in form:
+            await self._invalid(respond, "file and model are required")
+            return
+        self.uploads.append(form)
+        audio = form["file"][2]
+        text = f"heard {len(audio)} bytes {hashlib.sha256(audio).hexdigest()[:12]}"
+        usage = {"type": "tokens", "input_tokens": 1 + len(audio) // 1000, "output_tokens": 4}
+        usage["total_tokens"] = usage["input_tokens"] + usage["output_tokens"]
+        await respond.send_json(200, {"text": text, "usage": usage})
+
+    async def _invalid(self, respond: Responder, message: str) -> None:
+        error = {"message": message, "type": "invalid_request_error", "code": None}
+        await respond.send_json(400, {"error": error})
+
+
+def fake_image(prompt: str, index: int) -> bytes:
+    """The bytes of image `index` of `prompt` (a PNG signature, then a hash)."""
+    return b"\x89PNG\r\n\x1a\n" + hashlib.sha256(f"{index}:{prompt}".encode()).digest()
 
 
 async def _main(address: str, words: int) -> None:

@@ -52,6 +52,8 @@ async def test_two_services_on_one_connection_share_its_client_and_its_pool(
         assert two.backend.provider._http is client
         assert one.backend.provider._client._client is client  # the SDK runs on it too
         assert integrations.connections.entry("gw-v1").users == ["one", "two"]
+        check = ai.running.servicers["integration.v1.AIService"].model_check
+        await check  # the start-up listing of models, one GET /models per service, first
         for target in ("one", "two", "one"):
             answer = await ai.stub.Complete(
                 ai_pb2.CompleteRequest(target=target, messages=user("hi"))

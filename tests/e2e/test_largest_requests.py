@@ -206,6 +206,13 @@ LARGEST: dict[str, Callable[[], Message]] = {
         dimensions=limits.MAX_EMBED_VALUES // limits.MAX_EMBED_INPUTS,
     ),
     "AIService/ListModels": ai_pb2.ListModelsRequest,
+    "AIService/GenerateImage": lambda: ai_pb2.GenerateImageRequest(
+        prompt="x" * limits.MAX_IMAGE_PROMPT, n=limits.MAX_IMAGES, size="1024x1024"
+    ),
+    # One message of the client stream (the 25 MiB total needs several; see tests/ai).
+    "AIService/Transcribe": lambda: ai_pb2.TranscribeRequest(
+        config=ai_pb2.TranscribeConfig(filename="a.wav"), audio=b"\0" * (MESSAGE_LIMIT - 64)
+    ),
     # Admin: a page of 1000.
     "AdminService/ListIntegrations": lambda: admin_pb2.ListIntegrationsRequest(
         page=common_pb2.PageRequest(page_size=1000)
@@ -252,6 +259,8 @@ async def _run(channel: grpc.aio.Channel, method: Any, request: Message) -> None
     if method.server_streaming:
         async for _ in channel.unary_stream(path, request_serializer=serialize)(request):
             pass
+    elif method.client_streaming:
+        await channel.stream_unary(path, request_serializer=serialize)(iter([request]))
     else:
         await channel.unary_unary(path, request_serializer=serialize)(request)
 

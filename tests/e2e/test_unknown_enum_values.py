@@ -55,6 +55,7 @@ def _null() -> common_pb2.Value:
 BASE_REQUESTS: dict[str, Callable[[], Message]] = {
     "AIService/Complete": lambda: _chat(ai_pb2.CompleteRequest),
     "AIService/StreamComplete": lambda: _chat(ai_pb2.StreamCompleteRequest),
+    "AIService/GenerateImage": lambda: ai_pb2.GenerateImageRequest(prompt="a fox"),
     "CacheService/Set": lambda: cache_pb2.SetRequest(
         key="enum-k", value=b"v", condition=cache_pb2.SET_CONDITION_IF_ABSENT
     ),

@@ -125,6 +125,8 @@ class _ModelKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ModelKind.V
     """An `ai_alias` service: ordered deployments with fallback."""
     MODEL_KIND_SERVICE: _ModelKind.ValueType  # 2
     """An `ai_model` service, answering with its default model."""
+    MODEL_KIND_UPSTREAM: _ModelKind.ValueType  # 3
+    """A model an upstream lists at its `/models`, named as "service/model"."""
 
 class ModelKind(_ModelKind, metaclass=_ModelKindEnumTypeWrapper):
     """ModelKind says what a target is."""
@@ -134,7 +136,33 @@ MODEL_KIND_ALIAS: ModelKind.ValueType  # 1
 """An `ai_alias` service: ordered deployments with fallback."""
 MODEL_KIND_SERVICE: ModelKind.ValueType  # 2
 """An `ai_model` service, answering with its default model."""
+MODEL_KIND_UPSTREAM: ModelKind.ValueType  # 3
+"""A model an upstream lists at its `/models`, named as "service/model"."""
 Global___ModelKind: _TypeAlias = ModelKind  # noqa: Y015
+
+class _ImageFormat:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ImageFormatEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ImageFormat.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    IMAGE_FORMAT_UNSPECIFIED: _ImageFormat.ValueType  # 0
+    """The upstream's default (bytes for gpt-image models, URLs for dall-e)."""
+    IMAGE_FORMAT_BYTES: _ImageFormat.ValueType  # 1
+    """The image bytes, in `Image.data`."""
+    IMAGE_FORMAT_URL: _ImageFormat.ValueType  # 2
+    """A URL the upstream hosts for a limited time, in `Image.url`."""
+
+class ImageFormat(_ImageFormat, metaclass=_ImageFormatEnumTypeWrapper):
+    """ImageFormat says how GenerateImage returns the images."""
+
+IMAGE_FORMAT_UNSPECIFIED: ImageFormat.ValueType  # 0
+"""The upstream's default (bytes for gpt-image models, URLs for dall-e)."""
+IMAGE_FORMAT_BYTES: ImageFormat.ValueType  # 1
+"""The image bytes, in `Image.data`."""
+IMAGE_FORMAT_URL: ImageFormat.ValueType  # 2
+"""A URL the upstream hosts for a limited time, in `Image.url`."""
+Global___ImageFormat: _TypeAlias = ImageFormat  # noqa: Y015
 
 @_typing.final
 class ImageUrl(_message.Message):
@@ -898,3 +926,230 @@ class ListModelsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListModelsResponse: _TypeAlias = ListModelsResponse  # noqa: Y015
+
+@_typing.final
+class GenerateImageRequest(_message.Message):
+    """GenerateImageRequest asks for `n` images of `prompt`.
+
+    Bounds (INVALID_ARGUMENT naming the field): prompt 1 to 32,000 characters; n 0 to 10
+    (0 means 1); size, quality and style at most 32 characters each, size as WIDTHxHEIGHT
+    or "auto"; user at most 256 characters.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TARGET_FIELD_NUMBER: _builtins.int
+    PROMPT_FIELD_NUMBER: _builtins.int
+    N_FIELD_NUMBER: _builtins.int
+    SIZE_FIELD_NUMBER: _builtins.int
+    QUALITY_FIELD_NUMBER: _builtins.int
+    STYLE_FIELD_NUMBER: _builtins.int
+    FORMAT_FIELD_NUMBER: _builtins.int
+    USER_FIELD_NUMBER: _builtins.int
+    target: _builtins.str
+    prompt: _builtins.str
+    n: _builtins.int
+    size: _builtins.str
+    """For example "1024x1024"; empty means the model's default."""
+    quality: _builtins.str
+    """For example "standard", "hd", "low", "medium", "high"; empty means the default."""
+    style: _builtins.str
+    """"vivid" or "natural" (dall-e-3 only); empty means the default."""
+    format: Global___ImageFormat.ValueType
+    user: _builtins.str
+    """End-user id passed to the upstream for abuse monitoring."""
+    def __init__(
+        self,
+        *,
+        target: _builtins.str = ...,
+        prompt: _builtins.str = ...,
+        n: _builtins.int = ...,
+        size: _builtins.str = ...,
+        quality: _builtins.str = ...,
+        style: _builtins.str = ...,
+        format: Global___ImageFormat.ValueType = ...,
+        user: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["format", b"format", "n", b"n", "prompt", b"prompt", "quality", b"quality", "size", b"size", "style", b"style", "target", b"target", "user", b"user"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GenerateImageRequest: _TypeAlias = GenerateImageRequest  # noqa: Y015
+
+@_typing.final
+class Image(_message.Message):
+    """Image is one generated image: its bytes or its URL, as the request's format asked."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATA_FIELD_NUMBER: _builtins.int
+    URL_FIELD_NUMBER: _builtins.int
+    REVISED_PROMPT_FIELD_NUMBER: _builtins.int
+    data: _builtins.bytes
+    url: _builtins.str
+    revised_prompt: _builtins.str
+    """The prompt the upstream actually used, when it rewrote it (dall-e-3)."""
+    def __init__(
+        self,
+        *,
+        data: _builtins.bytes = ...,
+        url: _builtins.str = ...,
+        revised_prompt: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "revised_prompt", b"revised_prompt", "url", b"url"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Image: _TypeAlias = Image  # noqa: Y015
+
+@_typing.final
+class GenerateImageResponse(_message.Message):
+    """GenerateImageResponse holds the images in the order the upstream made them."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IMAGES_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    DEPLOYMENT_FIELD_NUMBER: _builtins.int
+    USAGE_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    deployment: _builtins.str
+    """The deployment that answered, as "service/model"."""
+    @_builtins.property
+    def images(self) -> _containers.RepeatedCompositeFieldContainer[Global___Image]: ...
+    @_builtins.property
+    def usage(self) -> Global___Usage: ...
+    def __init__(
+        self,
+        *,
+        images: _abc.Iterable[Global___Image] | None = ...,
+        model: _builtins.str = ...,
+        deployment: _builtins.str = ...,
+        usage: Global___Usage | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deployment", b"deployment", "images", b"images", "model", b"model", "usage", b"usage"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GenerateImageResponse: _TypeAlias = GenerateImageResponse  # noqa: Y015
+
+@_typing.final
+class TranscribeConfig(_message.Message):
+    """TranscribeConfig describes the audio of a Transcribe call (first message only).
+
+    Bounds (INVALID_ARGUMENT naming the field): filename, content_type and language at most
+    256 characters; prompt at most 32,000 characters; temperature between 0 and 1.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TARGET_FIELD_NUMBER: _builtins.int
+    FILENAME_FIELD_NUMBER: _builtins.int
+    CONTENT_TYPE_FIELD_NUMBER: _builtins.int
+    LANGUAGE_FIELD_NUMBER: _builtins.int
+    PROMPT_FIELD_NUMBER: _builtins.int
+    TEMPERATURE_FIELD_NUMBER: _builtins.int
+    target: _builtins.str
+    filename: _builtins.str
+    """The file name the upstream sees; its extension tells the format (for example
+    "speech.mp3"). Empty means "audio.wav".
+    """
+    content_type: _builtins.str
+    """The audio's MIME type (for example "audio/mpeg"); empty means application/octet-stream."""
+    language: _builtins.str
+    """ISO-639-1 language of the audio, when known (for example "en")."""
+    prompt: _builtins.str
+    """Text to guide the model's style or continue a previous segment."""
+    temperature: _builtins.float
+    def __init__(
+        self,
+        *,
+        target: _builtins.str = ...,
+        filename: _builtins.str = ...,
+        content_type: _builtins.str = ...,
+        language: _builtins.str = ...,
+        prompt: _builtins.str = ...,
+        temperature: _builtins.float | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_temperature", b"_temperature", "temperature", b"temperature"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_temperature", b"_temperature", "content_type", b"content_type", "filename", b"filename", "language", b"language", "prompt", b"prompt", "target", b"target", "temperature", b"temperature"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__temperature: _TypeAlias = _typing.Literal["temperature"]  # noqa: Y015
+    _WhichOneofArgType__temperature: _TypeAlias = _typing.Literal["_temperature", b"_temperature"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__temperature) -> _WhichOneofReturnType__temperature | None: ...
+
+Global___TranscribeConfig: _TypeAlias = TranscribeConfig  # noqa: Y015
+
+@_typing.final
+class TranscribeRequest(_message.Message):
+    """TranscribeRequest is one message of the client stream.
+
+    Bounds: 25 MiB of audio in all (OpenAI's limit) and 16,384 messages; more is refused with
+    RESOURCE_EXHAUSTED. A stream without `config` first, with a second `config`, or with no
+    audio is refused with INVALID_ARGUMENT.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONFIG_FIELD_NUMBER: _builtins.int
+    AUDIO_FIELD_NUMBER: _builtins.int
+    audio: _builtins.bytes
+    """The next piece of the audio file."""
+    @_builtins.property
+    def config(self) -> Global___TranscribeConfig:
+        """Set on the first message only."""
+
+    def __init__(
+        self,
+        *,
+        config: Global___TranscribeConfig | None = ...,
+        audio: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audio", b"audio", "config", b"config"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TranscribeRequest: _TypeAlias = TranscribeRequest  # noqa: Y015
+
+@_typing.final
+class TranscribeResponse(_message.Message):
+    """TranscribeResponse is the text of the audio."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TEXT_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    DEPLOYMENT_FIELD_NUMBER: _builtins.int
+    USAGE_FIELD_NUMBER: _builtins.int
+    text: _builtins.str
+    model: _builtins.str
+    deployment: _builtins.str
+    """The deployment that answered, as "service/model"."""
+    @_builtins.property
+    def usage(self) -> Global___Usage:
+        """Token usage, when the upstream reports it."""
+
+    def __init__(
+        self,
+        *,
+        text: _builtins.str = ...,
+        model: _builtins.str = ...,
+        deployment: _builtins.str = ...,
+        usage: Global___Usage | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deployment", b"deployment", "model", b"model", "text", b"text", "usage", b"usage"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TranscribeResponse: _TypeAlias = TranscribeResponse  # noqa: Y015

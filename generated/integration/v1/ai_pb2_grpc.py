@@ -60,6 +60,16 @@ class AIServiceStub:
                 request_serializer=integration_dot_v1_dot_ai__pb2.ListModelsRequest.SerializeToString,
                 response_deserializer=integration_dot_v1_dot_ai__pb2.ListModelsResponse.FromString,
                 _registered_method=True)
+        self.GenerateImage = channel.unary_unary(
+                '/integration.v1.AIService/GenerateImage',
+                request_serializer=integration_dot_v1_dot_ai__pb2.GenerateImageRequest.SerializeToString,
+                response_deserializer=integration_dot_v1_dot_ai__pb2.GenerateImageResponse.FromString,
+                _registered_method=True)
+        self.Transcribe = channel.stream_unary(
+                '/integration.v1.AIService/Transcribe',
+                request_serializer=integration_dot_v1_dot_ai__pb2.TranscribeRequest.SerializeToString,
+                response_deserializer=integration_dot_v1_dot_ai__pb2.TranscribeResponse.FromString,
+                _registered_method=True)
 
 
 class AIServiceServicer:
@@ -96,7 +106,30 @@ class AIServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListModels(self, request, context):
-        """ListModels lists the targets a request may name.
+        """ListModels lists the targets a request may name: the configured aliases and services,
+        then the models each OpenAI-compatible upstream lists at its `/models` (as
+        "service/model", kind UPSTREAM; each upstream's list is cached for 5 minutes, and an
+        upstream that cannot be reached is left out rather than failing the call).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GenerateImage(self, request, context):
+        """GenerateImage makes images from a text prompt (OpenAI `/images/generations`). It goes
+        through the target's deployments with fallback, as Embed does. Providers without image
+        generation (anthropic, huggingface, echo) answer FAILED_PRECONDITION with reason
+        UNSUPPORTED_OPERATION.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Transcribe(self, request_iterator, context):
+        """Transcribe turns audio into text (OpenAI `/audio/transcriptions`). The client streams
+        the audio in: the first message carries `config` (and may carry audio), the rest carry
+        `audio` only. The upstream is called once the client half-closes. Providers without
+        transcription answer FAILED_PRECONDITION with reason UNSUPPORTED_OPERATION.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -124,6 +157,16 @@ def add_AIServiceServicer_to_server(servicer, server):
                     servicer.ListModels,
                     request_deserializer=integration_dot_v1_dot_ai__pb2.ListModelsRequest.FromString,
                     response_serializer=integration_dot_v1_dot_ai__pb2.ListModelsResponse.SerializeToString,
+            ),
+            'GenerateImage': grpc.unary_unary_rpc_method_handler(
+                    servicer.GenerateImage,
+                    request_deserializer=integration_dot_v1_dot_ai__pb2.GenerateImageRequest.FromString,
+                    response_serializer=integration_dot_v1_dot_ai__pb2.GenerateImageResponse.SerializeToString,
+            ),
+            'Transcribe': grpc.stream_unary_rpc_method_handler(
+                    servicer.Transcribe,
+                    request_deserializer=integration_dot_v1_dot_ai__pb2.TranscribeRequest.FromString,
+                    response_serializer=integration_dot_v1_dot_ai__pb2.TranscribeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -240,6 +283,60 @@ class AIService:
             '/integration.v1.AIService/ListModels',
             integration_dot_v1_dot_ai__pb2.ListModelsRequest.SerializeToString,
             integration_dot_v1_dot_ai__pb2.ListModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GenerateImage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/integration.v1.AIService/GenerateImage',
+            integration_dot_v1_dot_ai__pb2.GenerateImageRequest.SerializeToString,
+            integration_dot_v1_dot_ai__pb2.GenerateImageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Transcribe(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/integration.v1.AIService/Transcribe',
+            integration_dot_v1_dot_ai__pb2.TranscribeRequest.SerializeToString,
+            integration_dot_v1_dot_ai__pb2.TranscribeResponse.FromString,
             options,
             channel_credentials,
             insecure,

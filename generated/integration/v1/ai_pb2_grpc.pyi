@@ -50,7 +50,23 @@ class AIServiceStub:
     Embed: _grpc.UnaryUnaryMultiCallable[_ai_pb2.EmbedRequest, _ai_pb2.EmbedResponse]
     """Embed turns a batch of texts into vectors."""
     ListModels: _grpc.UnaryUnaryMultiCallable[_ai_pb2.ListModelsRequest, _ai_pb2.ListModelsResponse]
-    """ListModels lists the targets a request may name."""
+    """ListModels lists the targets a request may name: the configured aliases and services,
+    then the models each OpenAI-compatible upstream lists at its `/models` (as
+    "service/model", kind UPSTREAM; each upstream's list is cached for 5 minutes, and an
+    upstream that cannot be reached is left out rather than failing the call).
+    """
+    GenerateImage: _grpc.UnaryUnaryMultiCallable[_ai_pb2.GenerateImageRequest, _ai_pb2.GenerateImageResponse]
+    """GenerateImage makes images from a text prompt (OpenAI `/images/generations`). It goes
+    through the target's deployments with fallback, as Embed does. Providers without image
+    generation (anthropic, huggingface, echo) answer FAILED_PRECONDITION with reason
+    UNSUPPORTED_OPERATION.
+    """
+    Transcribe: _grpc.StreamUnaryMultiCallable[_ai_pb2.TranscribeRequest, _ai_pb2.TranscribeResponse]
+    """Transcribe turns audio into text (OpenAI `/audio/transcriptions`). The client streams
+    the audio in: the first message carries `config` (and may carry audio), the rest carry
+    `audio` only. The upstream is called once the client half-closes. Providers without
+    transcription answer FAILED_PRECONDITION with reason UNSUPPORTED_OPERATION.
+    """
 
 @_typing.type_check_only
 class AIServiceAsyncStub(AIServiceStub):
@@ -74,7 +90,23 @@ class AIServiceAsyncStub(AIServiceStub):
     Embed: _aio.UnaryUnaryMultiCallable[_ai_pb2.EmbedRequest, _ai_pb2.EmbedResponse]  # type: ignore[assignment]
     """Embed turns a batch of texts into vectors."""
     ListModels: _aio.UnaryUnaryMultiCallable[_ai_pb2.ListModelsRequest, _ai_pb2.ListModelsResponse]  # type: ignore[assignment]
-    """ListModels lists the targets a request may name."""
+    """ListModels lists the targets a request may name: the configured aliases and services,
+    then the models each OpenAI-compatible upstream lists at its `/models` (as
+    "service/model", kind UPSTREAM; each upstream's list is cached for 5 minutes, and an
+    upstream that cannot be reached is left out rather than failing the call).
+    """
+    GenerateImage: _aio.UnaryUnaryMultiCallable[_ai_pb2.GenerateImageRequest, _ai_pb2.GenerateImageResponse]  # type: ignore[assignment]
+    """GenerateImage makes images from a text prompt (OpenAI `/images/generations`). It goes
+    through the target's deployments with fallback, as Embed does. Providers without image
+    generation (anthropic, huggingface, echo) answer FAILED_PRECONDITION with reason
+    UNSUPPORTED_OPERATION.
+    """
+    Transcribe: _aio.StreamUnaryMultiCallable[_ai_pb2.TranscribeRequest, _ai_pb2.TranscribeResponse]  # type: ignore[assignment]
+    """Transcribe turns audio into text (OpenAI `/audio/transcriptions`). The client streams
+    the audio in: the first message carries `config` (and may carry audio), the rest carry
+    `audio` only. The upstream is called once the client half-closes. Providers without
+    transcription answer FAILED_PRECONDITION with reason UNSUPPORTED_OPERATION.
+    """
 
 class AIServiceServicer(metaclass=_abc_1.ABCMeta):
     """AIService runs chat completions and embeddings on the configured AI models.
@@ -119,6 +151,34 @@ class AIServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _ai_pb2.ListModelsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_ai_pb2.ListModelsResponse, _abc.Awaitable[_ai_pb2.ListModelsResponse]]:
-        """ListModels lists the targets a request may name."""
+        """ListModels lists the targets a request may name: the configured aliases and services,
+        then the models each OpenAI-compatible upstream lists at its `/models` (as
+        "service/model", kind UPSTREAM; each upstream's list is cached for 5 minutes, and an
+        upstream that cannot be reached is left out rather than failing the call).
+        """
+
+    @_abc_1.abstractmethod
+    def GenerateImage(
+        self,
+        request: _ai_pb2.GenerateImageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ai_pb2.GenerateImageResponse, _abc.Awaitable[_ai_pb2.GenerateImageResponse]]:
+        """GenerateImage makes images from a text prompt (OpenAI `/images/generations`). It goes
+        through the target's deployments with fallback, as Embed does. Providers without image
+        generation (anthropic, huggingface, echo) answer FAILED_PRECONDITION with reason
+        UNSUPPORTED_OPERATION.
+        """
+
+    @_abc_1.abstractmethod
+    def Transcribe(
+        self,
+        request_iterator: _MaybeAsyncIterator[_ai_pb2.TranscribeRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_ai_pb2.TranscribeResponse, _abc.Awaitable[_ai_pb2.TranscribeResponse]]:
+        """Transcribe turns audio into text (OpenAI `/audio/transcriptions`). The client streams
+        the audio in: the first message carries `config` (and may carry audio), the rest carry
+        `audio` only. The upstream is called once the client half-closes. Providers without
+        transcription answer FAILED_PRECONDITION with reason UNSUPPORTED_OPERATION.
+        """
 
 def add_AIServiceServicer_to_server(servicer: AIServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

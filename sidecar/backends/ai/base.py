@@ -41,13 +41,19 @@ __all__ = [
     "ChatStream",
     "EmbedResult",
     "FinishReason",
+    "GeneratedImage",
     "ImagePart",
+    "ImageRequest",
+    "ImageResult",
+    "MediaProvider",
     "ResponseFormat",
     "Role",
     "Tool",
     "ToolCall",
     "ToolCallDelta",
     "ToolChoice",
+    "TranscriptionRequest",
+    "TranscriptionResult",
     "UpstreamTimeouts",
     "Usage",
 ]
@@ -215,6 +221,58 @@ class EmbedResult:
     usage: Usage | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class ImageRequest:
+    """Images of `prompt`; empty strings and None leave the upstream's default."""
+
+    prompt: str
+    n: int = 1
+    size: str = ""
+    quality: str = ""
+    style: str = ""
+    response_format: Literal["", "b64_json", "url"] = ""
+    user: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class GeneratedImage:
+    """One image: its bytes or the URL the upstream hosts it at."""
+
+    data: bytes = b""
+    url: str = ""
+    revised_prompt: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ImageResult:
+    """The images, in the upstream's order."""
+
+    images: Sequence[GeneratedImage]
+    model: str
+    usage: Usage | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TranscriptionRequest:
+    """One whole audio file to turn into text."""
+
+    audio: bytes
+    filename: str = "audio.wav"
+    content_type: str = "application/octet-stream"
+    language: str = ""
+    prompt: str = ""
+    temperature: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TranscriptionResult:
+    """The text of the audio."""
+
+    text: str
+    model: str
+    usage: Usage | None = None
+
+
 @runtime_checkable
 class ChatStream(Protocol):
     """An open upstream answer, read in batches of events."""
@@ -273,4 +331,25 @@ class ChatProvider(Protocol):
 
     async def close(self) -> None:
         """Release the client and its connections."""
+        ...
+
+
+@runtime_checkable
+class MediaProvider(Protocol):
+    """A provider that also generates images and transcribes audio (OpenAI and compatible
+    APIs). Providers without these APIs simply do not implement it: the router answers
+    FAILED_PRECONDITION (UNSUPPORTED_OPERATION) for them."""
+
+    provider: str
+
+    async def generate_image(
+        self, request: ImageRequest, model: str, timeouts: UpstreamTimeouts
+    ) -> ImageResult:
+        """Generate images with the upstream's image API."""
+        ...
+
+    async def transcribe(
+        self, request: TranscriptionRequest, model: str, timeouts: UpstreamTimeouts
+    ) -> TranscriptionResult:
+        """Transcribe one audio file with the upstream's transcription API."""
         ...

@@ -22,6 +22,8 @@ Usage:
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -30,7 +32,18 @@ import httpx2
 import openai
 
 from sidecar.backends.ai._http import call_headers, open_sse, sdk_headers, timeout_of
-from sidecar.backends.ai.base import ChatRequest, ChatStream, EmbedResult, UpstreamTimeouts, Usage
+from sidecar.backends.ai.base import (
+    ChatRequest,
+    ChatStream,
+    EmbedResult,
+    GeneratedImage,
+    ImageRequest,
+    ImageResult,
+    TranscriptionRequest,
+    TranscriptionResult,
+    UpstreamTimeouts,
+    Usage,
+)
 from sidecar.backends.ai.errors import (
     mapped_sdk_errors,
     metadata_of,
@@ -144,8 +157,76 @@ class OpenAIProvider:
         tokens = int(usage.get("prompt_tokens") or 0)
         return EmbedResult(vectors, data.get("model") or model, Usage(tokens, 0))
 
+    async def generate_image(
+        self, request: ImageRequest, model: str, timeouts: UpstreamTimeouts
+    ) -> ImageResult:
+        """Generate images with `/images/generations` (JSON in, JSON out, as the SDK's
+        `images.generate` sends it; the raw answer is read so that compatible servers'
+        extra or missing fields do not matter)."""
+        body: dict[str, Any] = {"model": model, "prompt": request.prompt, "n": request.n}
+        for name in ("size", "quality", "style", "response_format", "user"):
+            value = getattr(request, name)
+            if value:
+                body[name] = value
+        with self._errors():
+            response = await self._client.post(
+                "/images/generations",
+                cast_to=httpx2.Response,
+                body=body,
+                options={"timeout": timeout_of(timeouts), "headers": call_headers()},
+            )
+            data = response.json()
+        try:
+            images = [_image(item) for item in data["data"]]
+        except (KeyError, TypeError, ValueError, binascii.Error) as exc:
+            raise stream_interrupted(self.provider, "malformed images answer") from exc
+        return ImageResult(images, data.get("model") or model, _usage(data.get("usage")))
+
+    async def transcribe(
+        self, request: TranscriptionRequest, model: str, timeouts: UpstreamTimeouts
+    ) -> TranscriptionResult:
+        """Transcribe with `/audio/transcriptions`: the SDK's own multipart upload."""
+        params: dict[str, Any] = {}
+        if request.language:
+            params["language"] = request.language
+        if request.prompt:
+            params["prompt"] = request.prompt
+        if request.temperature is not None:
+            params["temperature"] = request.temperature
+        with self._errors():
+            answer = await self._client.audio.transcriptions.create(
+                file=(request.filename, request.audio, request.content_type),
+                model=model,
+                response_format="json",
+                timeout=timeout_of(timeouts),
+                extra_headers=call_headers(),
+                **params,
+            )
+        usage = getattr(answer, "usage", None)
+        return TranscriptionResult(
+            str(getattr(answer, "text", answer)),
+            model,
+            _usage(usage.model_dump() if usage is not None else None),
+        )
+
     def check_model(self, model: str) -> None:
         """Any name will do: it travels only inside the JSON body."""
+
+    async def list_models(self) -> list[str]:
+        """The model ids the upstream lists at `/models`.
+
+        Raises:
+            SidecarError: The upstream is unreachable or refuses to list.
+        """
+        with self._errors():
+            response = await self._client.get(
+                "/models", cast_to=httpx2.Response, options={"timeout": 5.0}
+            )
+            data = response.json()
+        try:
+            return [str(item["id"]) for item in data["data"]]
+        except (KeyError, TypeError) as exc:
+            raise stream_interrupted(self.provider, "malformed models answer") from exc
 
     async def ping(self) -> None:
         """GET /models; a 404 still proves the server is there (not every one lists models).
@@ -165,3 +246,20 @@ class OpenAIProvider:
         owner, after every service on it)."""
         if self._owns_http:
             await self._client.close()
+
+
+def _image(item: Mapping[str, Any]) -> GeneratedImage:
+    encoded = item.get("b64_json")
+    return GeneratedImage(
+        data=base64.b64decode(encoded, validate=True) if encoded else b"",
+        url=str(item.get("url") or ""),
+        revised_prompt=str(item.get("revised_prompt") or ""),
+    )
+
+
+def _usage(usage: Mapping[str, Any] | None) -> Usage | None:
+    """Token usage of an images or transcription answer (`input_tokens`/`output_tokens`);
+    None when the upstream counts none (dall-e, whisper-1's duration-based usage)."""
+    if not usage or "input_tokens" not in usage:
+        return None
+    return Usage(int(usage.get("input_tokens") or 0), int(usage.get("output_tokens") or 0))
