@@ -7,6 +7,7 @@ import pytest
 
 from sidecar.backends.pubsub._rabbitmq_reliable import RabbitMqReliable
 from sidecar.backends.pubsub.rabbitmq import binding_key
+from sidecar.backends.pubsub.reliable import ReliableOptions
 from sidecar.config import ConfigError, TimeoutsConfig, parse_config
 from sidecar.config.rabbitmq import RabbitMqEndpoint
 from sidecar.connections.rabbitmq import RabbitMqConnection
@@ -100,7 +101,7 @@ def test_an_exact_channel_binds_itself() -> None:
 
 async def test_a_topic_too_long_for_its_queue_names_is_invalid_before_any_io() -> None:
     mq = connection(url="amqp://127.0.0.1:1/")  # never reached: refused before any I/O
-    reliable = RabbitMqReliable(mq, name="events", key_prefix="app.")
+    reliable = RabbitMqReliable(mq, ReliableOptions("events", key_prefix="app."))
     with pytest.raises(InvalidArgument) as raised:
         await reliable.publish_reliable("t" * 245, b"x")  # 4 + 245 + len(".unclaimed") > 255
     assert raised.value.metadata["field"] == "topic"

@@ -49,6 +49,7 @@ from sidecar.backends.pubsub.rabbitmq import headers_of, metadata_of, routing_ke
 from sidecar.backends.pubsub.reliable import (
     DeadLetter,
     ReliableMessage,
+    ReliableOptions,
     ReliablePubSub,
     ReliableSubscription,
     Replayed,
@@ -102,34 +103,24 @@ class RabbitMqReliable(ReliablePubSub):
 
     Args:
         connection: the rabbitmq connection (shared; closed by its owner).
-        name: the service name, reported as `target` in errors.
-        key_prefix: prepended to every routing key and queue name.
-        max_length: messages kept per group queue (oldest dropped beyond).
-        visibility_timeout: seconds a delivery may stay unacknowledged.
-        max_deliveries: deliveries after which a message goes to the dead letters.
+        options: the service's reliable-topic settings (`ReliableOptions`).
         wall_clock: seconds since the epoch.
     """
 
     def __init__(
         self,
         connection: RabbitMqConnection,
+        options: ReliableOptions,
         *,
-        name: str,
-        key_prefix: str = "",
-        max_length: int = 100_000,
-        visibility_timeout: float = 30.0,
-        max_deliveries: int = 5,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
-        if visibility_timeout <= 0 or max_deliveries < 1 or max_length < 1:
-            raise ValueError("visibility_timeout, max_deliveries and max_length must be > 0")
         self.connection = connection
         self._errors = connection.errors
-        self._name = name
-        self._prefix = key_prefix
-        self._max_length = max_length
-        self.visibility_timeout = visibility_timeout
-        self.max_deliveries = max_deliveries
+        self._name = options.name
+        self._prefix = options.key_prefix
+        self._max_length = options.max_length
+        self.visibility_timeout = options.visibility_timeout
+        self.max_deliveries = options.max_deliveries
         self.wall_clock = wall_clock
         self._publisher: AbstractRobustChannel | None = None
         self._opening = asyncio.Lock()

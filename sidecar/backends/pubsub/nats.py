@@ -262,15 +262,9 @@ def _build(context: BuildContext[PubSubServiceConfig]) -> PubSubBackend:
         return broker
     from sidecar.backends.pubsub._nats_reliable import NatsReliable
     from sidecar.backends.pubsub.redis_streams import ReliableBroker
+    from sidecar.backends.pubsub.reliable import ReliableOptions
 
-    reliable = NatsReliable(
-        connection,
-        name=context.name,
-        key_prefix=settings.key_prefix,
-        max_length=settings.max_stream_length,
-        visibility_timeout=settings.visibility_timeout,
-        max_deliveries=settings.max_deliveries,
-    )
+    reliable = NatsReliable(connection, ReliableOptions.of(context.name, settings))
     return ReliableBroker(broker, reliable)
 
 

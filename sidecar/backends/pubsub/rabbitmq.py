@@ -336,15 +336,9 @@ def _build(context: BuildContext[PubSubServiceConfig]) -> PubSubBackend:
         return broker
     from sidecar.backends.pubsub._rabbitmq_reliable import RabbitMqReliable
     from sidecar.backends.pubsub.redis_streams import ReliableBroker
+    from sidecar.backends.pubsub.reliable import ReliableOptions
 
-    reliable = RabbitMqReliable(
-        connection,
-        name=context.name,
-        key_prefix=settings.key_prefix,
-        max_length=settings.max_stream_length,
-        visibility_timeout=settings.visibility_timeout,
-        max_deliveries=settings.max_deliveries,
-    )
+    reliable = RabbitMqReliable(connection, ReliableOptions.of(context.name, settings))
     return ReliableBroker(broker, reliable)
 
 

@@ -29,9 +29,12 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+from sidecar.config import PubSubServiceConfig
+
 __all__ = [
     "DeadLetter",
     "ReliableMessage",
+    "ReliableOptions",
     "ReliablePubSub",
     "ReliableSubscription",
     "ReliableTopics",
@@ -39,6 +42,40 @@ __all__ = [
     "ReplayOutcome",
     "Replayed",
 ]
+
+
+@dataclass(frozen=True, slots=True)
+class ReliableOptions:
+    """How one service's reliable topics behave, whichever broker carries them.
+
+    Attributes:
+        name: the service name, reported as `target` in errors.
+        key_prefix: prepended to every topic's name on the broker.
+        max_length: messages kept per topic (or per group queue), oldest discarded beyond.
+        visibility_timeout: seconds a delivery may stay unacknowledged.
+        max_deliveries: deliveries after which a message goes to the dead letters.
+    """
+
+    name: str
+    key_prefix: str = ""
+    max_length: int = 100_000
+    visibility_timeout: float = 30.0
+    max_deliveries: int = 5
+
+    def __post_init__(self) -> None:
+        if self.visibility_timeout <= 0 or self.max_deliveries < 1 or self.max_length < 1:
+            raise ValueError("visibility_timeout, max_deliveries and max_length must be > 0")
+
+    @classmethod
+    def of(cls, name: str, settings: PubSubServiceConfig) -> ReliableOptions:
+        """The options a `type: pubsub` service's settings give its reliable topics."""
+        return cls(
+            name,
+            settings.key_prefix,
+            settings.max_stream_length,
+            settings.visibility_timeout,
+            settings.max_deliveries,
+        )
 
 
 @dataclass(frozen=True, slots=True)
