@@ -28,10 +28,11 @@ Usage:
 
 from __future__ import annotations
 
+import random
 import re
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -48,6 +49,9 @@ from opentelemetry.trace import (
 from sidecar.observability.call_context import current_call
 from sidecar.observability.logging import redact_line
 from sidecar.resilience import current_attempt
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace.id_generator import IdGenerator
 
 __all__ = [
     "GRPC_STATUS_CODES",
@@ -161,11 +165,18 @@ class Tracing:
         from opentelemetry.sdk.resources import Resource
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
+        from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
         from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 
+        ratio = TraceIdRatioBased(sampling_ratio)
+        # The root spans' sampling decision, taken here as TraceIdRatioBased takes it (on the
+        # trace id's low 64 bits): a root trace sampled out never enters the SDK.
+        self._root_bound: int = ratio.bound
+        self._preset = _PresetTraceIds(RandomIdGenerator())
         self.provider = TracerProvider(
-            sampler=ParentBased(TraceIdRatioBased(sampling_ratio)),
+            sampler=ParentBased(ratio),
             resource=Resource.create({"service.name": service_name}),
+            id_generator=cast("IdGenerator", self._preset),  # the SDK's protocol, duck-typed
         )
         self.provider.add_span_processor(
             BatchSpanProcessor(exporter, schedule_delay_millis=export_delay * 1000)
@@ -193,6 +204,14 @@ class Tracing:
             # ParentBased drops it: skip the SDK (its sampler and span object cost ~3 µs).
             # The call keeps the caller's ids, for log lines and pub/sub messages.
             span = NonRecordingSpan(remote)
+        elif remote is None and (trace_id := _new_trace_id()) & _LOW_64 >= self._root_bound:
+            # A new trace the ratio drops: its ids, for log lines, without the SDK.
+            span = NonRecordingSpan(
+                SpanContext(trace_id, random.getrandbits(64) or 1, is_remote=False)
+            )
+        elif remote is None:
+            self._preset.next_trace_id = trace_id  # the id the decision above was taken on
+            span = self.tracer.start_span(method[1:], kind=SpanKind.SERVER, attributes=attributes)
         else:
             parent = trace.set_span_in_context(NonRecordingSpan(remote)) if remote else None
             span = self.tracer.start_span(
@@ -303,3 +322,33 @@ def attempt_attributes(
         return base, "rpc.method"
     # HTTP families: the request itself adds http.* (`annotate_span`), once built.
     return base, None
+
+
+_LOW_64: Final = (1 << 64) - 1
+
+
+def _new_trace_id() -> int:
+    return random.getrandbits(128) or 1
+
+
+class _PresetTraceIds:
+    """The SDK's id generator, except that a root span's trace id can be chosen beforehand
+    (the one the sidecar's own sampling decision was taken on)."""
+
+    def __init__(self, ids: Any) -> None:
+        self._ids = ids
+        self.next_trace_id: int | None = None
+
+    def generate_span_id(self) -> int:
+        span_id: int = self._ids.generate_span_id()
+        return span_id
+
+    def is_trace_id_random(self) -> bool:
+        return True  # a preset id is random too: drawn by `_new_trace_id`
+
+    def generate_trace_id(self) -> int:
+        preset, self.next_trace_id = self.next_trace_id, None
+        if preset is not None:
+            return preset
+        trace_id: int = self._ids.generate_trace_id()
+        return trace_id

@@ -74,3 +74,29 @@ def test_a_callers_unsampled_trace_is_kept_but_not_recorded(
     tracing.end_server_span(span, "OK")
     tracing.shutdown()
     assert exported.get_finished_spans() == ()
+
+
+def test_new_traces_are_sampled_by_their_trace_id_and_dropped_ones_skip_the_sdk() -> None:
+    """The root sampling decision is the ratio's (on the trace id's low 64 bits) and the SDK
+    sees only the traces it keeps; dropped ones still get ids, for log lines."""
+
+    def spans(ratio: float, count: int) -> list[tuple[bool, int]]:
+        """(recording, trace id) of `count` new traces."""
+        tracing = Tracing(InMemorySpanExporter(), sampling_ratio=ratio)
+        made = []
+        for _ in range(count):
+            span = contextvars.copy_context().run(
+                tracing.start_server_span, "/integration.v1.CacheService/Get", {}, None
+            )
+            made.append((span.is_recording(), span.get_span_context().trace_id))
+            tracing.end_server_span(span, "OK")
+        return made
+
+    dropped = spans(0.0, 50)
+    assert not any(recording for recording, _ in dropped)
+    assert all(trace_id for _, trace_id in dropped)
+    assert all(recording for recording, _ in spans(1.0, 50))
+    half = spans(0.5, 2000)
+    assert 800 < sum(recording for recording, _ in half) < 1200
+    low_64 = (1 << 64) - 1
+    assert all(recording == ((trace_id & low_64) < 1 << 63) for recording, trace_id in half)
