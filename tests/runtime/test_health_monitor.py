@@ -92,3 +92,21 @@ async def test_an_isolated_breaker_is_not_serving_until_reset(
     breaker.reset()
     await monitor.check_once()
     assert await status(servicer, "orders") == SERVING
+
+
+async def test_every_service_of_the_embedded_defaults_answers_its_health_check() -> None:
+    """Each backend the defaults build answers `ping` (a queue once had none: the monitor's
+    task died at its first check, and shutdown hung on it)."""
+    from sidecar.config import load_config
+
+    integrations = build_integrations(load_config(None), clock=FakeClock())
+    servicer = health.aio.HealthServicer()
+    monitor = HealthMonitor(
+        integrations, servicer, {}, check_interval=1.0, timeout=1.0, consecutive_failures=1
+    )
+    try:
+        await monitor.publish_initial()
+        await monitor.check_once()
+        assert [item.name for item in integrations if not item.healthy] == []
+    finally:
+        await integrations.close()

@@ -153,6 +153,10 @@ class QueueBackend(Protocol):
         """
         ...
 
+    async def ping(self) -> None:
+        """Return if the queue can serve requests (a health check), else raise `Unavailable`."""
+        ...
+
     async def close(self) -> None:
         """Release what the backend holds; later calls fail with UNAVAILABLE."""
         ...

@@ -522,6 +522,9 @@ class MemoryQueue:
                 metadata={"target": self.name},
             )
 
+    async def ping(self) -> None:
+        self._check_open()
+
     async def close(self) -> None:
         self._closed = True
         if self._changed is not None:

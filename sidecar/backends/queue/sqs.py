@@ -256,6 +256,11 @@ class SqsQueue:
         status = 400 if failed.get("SenderFault", True) else 500
         return client_error(code=code, status=status, message=message, metadata=metadata)
 
+    async def ping(self) -> None:
+        client, url = await self._client()
+        with self._errors:
+            await client.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])
+
     async def close(self) -> None:
         self._closed = True  # the client is the connection's; it closes it
 

@@ -231,3 +231,12 @@ async def test_a_cancelled_long_poll_loses_nothing(queues: Queues) -> None:
     await queue.send(_message(b"kept"))
     await queues.elapse(1.0)  # had a cancelled poll taken it, it would be back by now
     assert [m.body for m in await queues.receive(queue)] == [b"kept"]
+
+
+async def test_ping_answers_while_open_and_is_unavailable_once_closed(queues: Queues) -> None:
+    queue, _ = await queues.make()
+    await queue.ping()
+    await queue.close()
+    with pytest.raises(SidecarError) as raised:
+        await queue.ping()
+    assert raised.value.reason == "BACKEND_CLOSED"
