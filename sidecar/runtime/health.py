@@ -108,7 +108,10 @@ class HealthMonitor:
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(self._interval)
-            await self.check_once()
+            try:
+                await self.check_once()
+            except Exception:  # a bug in one check must not end health checking for good
+                _log.exception("health check failed")
 
     async def _probe_connection(self, entry: ConnectionEntry) -> None:
         name = entry.connection.name
