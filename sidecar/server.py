@@ -22,20 +22,6 @@ from grpc_health.v1 import health, health_pb2_grpc
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader
 
-from generated.integration.v1 import (
-    admin_pb2,
-    admin_pb2_grpc,
-    ai_pb2,
-    ai_pb2_grpc,
-    cache_pb2,
-    cache_pb2_grpc,
-    objectstore_pb2,
-    objectstore_pb2_grpc,
-    pubsub_pb2,
-    pubsub_pb2_grpc,
-    sql_pb2,
-    sql_pb2_grpc,
-)
 from sidecar.ai.services import ModelService
 from sidecar.config import Config
 from sidecar.config.secrets import secret_settings
@@ -55,19 +41,10 @@ from sidecar.runtime import Integrations, build_integrations
 from sidecar.runtime.health import HealthMonitor
 from sidecar.runtime.recovery import RecoveryProber
 from sidecar.runtime.telemetry import otlp_metric_reader, start_tracing, watch_integrations
-from sidecar.servicers import AdminServicer, CacheServicer, PubSubServicer
-from sidecar.servicers.ai import AIServicer
-from sidecar.servicers.objectstore import ObjectStoreServicer
-from sidecar.servicers.sql import SqlServicer
 
 __all__ = ["SERVICE_NAMES", "RunningServer", "serve", "start_server"]
 
 _log = logging.getLogger("sidecar.server")
-
-
-def _full_name(module: Any, service: str) -> str:
-    name: str = module.DESCRIPTOR.services_by_name[service].full_name
-    return name
 
 
 HEALTH_SERVICE = "grpc.health.v1.Health"
@@ -78,37 +55,47 @@ _SOCKET_PROBE_TIMEOUT = 1.0
 class _Service:
     """One proto service: its full name, the capability type whose default integration its
     health follows (None: always up), and how to add its servicer to a server (some read
-    the server's own settings, such as its largest message)."""
+    the server's own settings, such as its largest message).
+
+    `add` imports the servicer and its generated module when it runs: a service the
+    configuration does not use costs no import at start-up (tests/startup keeps it so)."""
 
     name: str
     capability: str | None
     add: Callable[[Integrations, grpc.aio.Server, Config], Any]
 
 
-def _add_cache(
-    integrations: Integrations, server: grpc.aio.Server, config: Config
-) -> CacheServicer:
+def _add_cache(integrations: Integrations, server: grpc.aio.Server, config: Config) -> Any:
+    from generated.integration.v1 import cache_pb2_grpc
+    from sidecar.servicers.cache import CacheServicer
+
     servicer = CacheServicer(integrations)
     cache_pb2_grpc.add_CacheServiceServicer_to_server(servicer, server)
     return servicer
 
 
-def _add_pubsub(
-    integrations: Integrations, server: grpc.aio.Server, config: Config
-) -> PubSubServicer:
+def _add_pubsub(integrations: Integrations, server: grpc.aio.Server, config: Config) -> Any:
+    from generated.integration.v1 import pubsub_pb2_grpc
+    from sidecar.servicers.pubsub import PubSubServicer
+
     servicer = PubSubServicer(integrations)
     pubsub_pb2_grpc.add_PubSubServiceServicer_to_server(servicer, server)
     return servicer
 
 
-def _add_sql(integrations: Integrations, server: grpc.aio.Server, config: Config) -> SqlServicer:
+def _add_sql(integrations: Integrations, server: grpc.aio.Server, config: Config) -> Any:
+    from generated.integration.v1 import sql_pb2_grpc
+    from sidecar.servicers.sql import SqlServicer
+
     servicer = SqlServicer(integrations, max_message_bytes=config.server.max_send_message_size)
     sql_pb2_grpc.add_SqlServiceServicer_to_server(servicer, server)
     return servicer
 
 
-def _add_ai(integrations: Integrations, server: grpc.aio.Server, config: Config) -> AIServicer:
+def _add_ai(integrations: Integrations, server: grpc.aio.Server, config: Config) -> Any:
+    from generated.integration.v1 import ai_pb2_grpc
     from sidecar.ai import AIConfigError
+    from sidecar.servicers.ai import AIServicer
 
     try:
         servicer = AIServicer(integrations, clock=integrations.clock, meter=integrations.meter)
@@ -118,9 +105,10 @@ def _add_ai(integrations: Integrations, server: grpc.aio.Server, config: Config)
     return servicer
 
 
-def _add_objectstore(
-    integrations: Integrations, server: grpc.aio.Server, config: Config
-) -> ObjectStoreServicer:
+def _add_objectstore(integrations: Integrations, server: grpc.aio.Server, config: Config) -> Any:
+    from generated.integration.v1 import objectstore_pb2_grpc
+    from sidecar.servicers.objectstore import ObjectStoreServicer
+
     servicer = ObjectStoreServicer(integrations)
     objectstore_pb2_grpc.add_ObjectStoreServiceServicer_to_server(servicer, server)
     return servicer
@@ -187,9 +175,10 @@ def _add_transform(integrations: Integrations, server: grpc.aio.Server, config: 
     return servicer
 
 
-def _add_admin(
-    integrations: Integrations, server: grpc.aio.Server, config: Config
-) -> AdminServicer:
+def _add_admin(integrations: Integrations, server: grpc.aio.Server, config: Config) -> Any:
+    from generated.integration.v1 import admin_pb2_grpc
+    from sidecar.servicers.admin import AdminServicer
+
     servicer = AdminServicer(integrations)
     admin_pb2_grpc.add_AdminServiceServicer_to_server(servicer, server)
     return servicer
@@ -197,18 +186,18 @@ def _add_admin(
 
 # Every proto service the sidecar serves. A new capability adds one line here.
 SERVICES: tuple[_Service, ...] = (
-    _Service(_full_name(cache_pb2, "CacheService"), "cache", _add_cache),
-    _Service(_full_name(pubsub_pb2, "PubSubService"), "pubsub", _add_pubsub),
-    _Service(_full_name(sql_pb2, "SqlService"), "sql", _add_sql),
-    _Service(_full_name(ai_pb2, "AIService"), "ai_model", _add_ai),
-    _Service(_full_name(objectstore_pb2, "ObjectStoreService"), "objectstore", _add_objectstore),
+    _Service("integration.v1.CacheService", "cache", _add_cache),
+    _Service("integration.v1.PubSubService", "pubsub", _add_pubsub),
+    _Service("integration.v1.SqlService", "sql", _add_sql),
+    _Service("integration.v1.AIService", "ai_model", _add_ai),
+    _Service("integration.v1.ObjectStoreService", "objectstore", _add_objectstore),
     _Service("integration.v1.HttpService", "api", _add_http),
     _Service("integration.v1.AwsService", "cloud", _add_aws),
     _Service("integration.v1.GraphQLService", "graphql", _add_graphql),
     _Service("integration.v1.WebSocketService", "websocket", _add_websocket),
     _Service("integration.v1.QueueService", "queue", _add_queue),
     _Service("integration.v1.TransformService", None, _add_transform),
-    _Service(_full_name(admin_pb2, "AdminService"), None, _add_admin),
+    _Service("integration.v1.AdminService", None, _add_admin),
 )
 SERVICE_NAMES = (*(service.name for service in SERVICES), HEALTH_SERVICE)
 

@@ -8,22 +8,24 @@ data, is at fault).
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, Final
-
-from jsonschema import Draft202012Validator, validators
-from jsonschema.exceptions import ValidationError
-from jsonschema.protocols import Validator
-from referencing import Registry, Resource
-from referencing.exceptions import Unresolvable
-from referencing.jsonschema import DRAFT202012
+from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 from sidecar.config.transform import SchemaConfig
 from sidecar.errors import FailedPrecondition, InvalidArgument
 
 from ._payload import Budget, Kind, Payload
+
+# jsonschema and referencing are imported when the first schema is compiled: a sidecar with
+# no schema configured does not load them (tests/startup keeps it so).
+if TYPE_CHECKING:
+    from jsonschema.exceptions import ValidationError
+    from jsonschema.protocols import Validator
+
+    _Keyword = Callable[[Any, Any, Any, Any], Iterator[ValidationError] | None]
 
 __all__ = ["MAX_VIOLATIONS", "Report", "Schema", "Validate", "Violation", "compile_schemas"]
 
@@ -37,8 +39,6 @@ _PATHS_IN_ERROR: Final = 20
 _running = threading.local()
 """The budget of the run on this worker thread, for the keyword functions to tick."""
 
-_Keyword = Callable[[Any, Any, Any, Any], Iterator[ValidationError] | None]
-
 
 def _ticking(keyword: _Keyword) -> _Keyword:
     def ticked(validator: Any, value: Any, instance: Any, schema: Any) -> Any:
@@ -50,12 +50,16 @@ def _ticking(keyword: _Keyword) -> _Keyword:
     return ticked
 
 
-_TickingValidator: Any = validators.extend(  # type: ignore[no-untyped-call]  # untyped in the stubs
-    Draft202012Validator,
-    {name: _ticking(keyword) for name, keyword in Draft202012Validator.VALIDATORS.items()},
-)
-"""Draft 2020-12, looking at the run's clock at every keyword it applies: a large
-document that matches (and so yields no error to look between) still stops on time."""
+@functools.cache
+def _ticking_validator() -> Any:
+    """Draft 2020-12, looking at the run's clock at every keyword it applies: a large
+    document that matches (and so yields no error to look between) still stops on time."""
+    from jsonschema import Draft202012Validator, validators
+
+    return validators.extend(  # type: ignore[no-untyped-call]  # untyped in the stubs
+        Draft202012Validator,
+        {name: _ticking(keyword) for name, keyword in Draft202012Validator.VALIDATORS.items()},
+    )
 
 
 @dataclass(frozen=True)
@@ -102,6 +106,8 @@ class Schema:
 
     def report(self, value: Any, budget: Budget) -> Report:
         """Every violation of `value` (at most MAX_VIOLATIONS), within the budget's time."""
+        from referencing.exceptions import Unresolvable  # loaded with the schema's validator
+
         found: list[Violation] = []
         _running.budget = budget
         try:
@@ -162,6 +168,12 @@ class Validate:
 
 def compile_schemas(configs: Mapping[str, SchemaConfig]) -> dict[str, Schema]:
     """One validator per schema, each able to `$ref` the others by their `$id`."""
+    if not configs:
+        return {}
+    from jsonschema import Draft202012Validator
+    from referencing import Registry, Resource
+    from referencing.jsonschema import DRAFT202012
+
     registry: Registry[Any] = Registry().with_resources(
         (str(config.document["$id"]), Resource.from_contents(config.document, DRAFT202012))
         for config in configs.values()
@@ -170,7 +182,7 @@ def compile_schemas(configs: Mapping[str, SchemaConfig]) -> dict[str, Schema]:
     return {
         name: Schema(
             name,
-            _TickingValidator(
+            _ticking_validator()(
                 config.document,
                 registry=registry,
                 format_checker=Draft202012Validator.FORMAT_CHECKER if config.formats else None,

@@ -21,10 +21,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Final
-from xml.etree.ElementTree import ParseError
-
-from defusedxml import DefusedXmlException, DTDForbidden, EntitiesForbidden
-from defusedxml.ElementTree import DefusedXMLParser
 
 from sidecar.config.transform import XmlToJsonStep
 
@@ -160,6 +156,12 @@ class XmlToJson:
         return "xml_to_json"
 
     def apply(self, payload: Payload, budget: Budget) -> Payload:
+        # imported on first use: a sidecar that never converts XML loads no XML parser
+        from xml.etree.ElementTree import ParseError
+
+        from defusedxml import DefusedXmlException, DTDForbidden, EntitiesForbidden
+        from defusedxml.ElementTree import DefusedXMLParser
+
         assert payload.raw is not None
         builder = _Builder(self.options, budget)
         parser = DefusedXMLParser(
