@@ -6,12 +6,13 @@ Events: "delivered" (a message written to a Subscribe stream), "redelivered" (on
 that had been delivered before: a reliable message past its first delivery), "acknowledged"
 (ids an Acknowledge call settled) and "dropped" (messages a slow subscriber lost, as its
 stream reports). Moves to a dead-letter log happen inside the backends, out of the
-servicer's sight: "dead_lettered" is counted once a backend reports them here.
+servicer's sight: "dead_lettered" comes from the backends' own totals, read through a
+source (`add_source`) at export time.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 __all__ = ["EVENTS", "MessageCounts"]
 
@@ -24,6 +25,12 @@ class MessageCounts:
 
     def __init__(self) -> None:
         self._counts: dict[tuple[str, str], int] = {}
+        self._sources: list[Callable[[], Iterable[tuple[str, str, int]]]] = []
+
+    def add_source(self, source: Callable[[], Iterable[tuple[str, str, int]]]) -> None:
+        """Also report the (service, event, count) triples `source` gives when read: counts
+        kept elsewhere, such as a backend's dead letters."""
+        self._sources.append(source)
 
     def add(self, service: str, event: str, count: int = 1) -> None:
         """Count `count` messages of `event` on `service` (label sets: configured
@@ -35,3 +42,5 @@ class MessageCounts:
         """(service, event, count) of every pair counted so far."""
         for (service, event), count in list(self._counts.items()):
             yield service, event, count
+        for source in self._sources:
+            yield from source()

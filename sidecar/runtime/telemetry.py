@@ -63,6 +63,13 @@ def watch_integrations(metrics: Metrics, integrations: Integrations) -> None:
             if usage is not None:
                 yield name, usage()
 
+    def dead_letters() -> Iterator[tuple[str, str, int]]:
+        for item in integrations:
+            total: Any = getattr(item.backend, "dead_lettered_total", None)
+            if item.type == "pubsub" and total is not None:
+                yield item.name, "dead_lettered", total()
+
+    integrations.messages.add_source(dead_letters)
     metrics.watch(health, pools, integrations.messages)
 
 

@@ -106,6 +106,7 @@ class KafkaReliable(ReliablePubSub):
         self.max_deliveries = max_deliveries
         self.clock = clock
         self.clock_wall = clock_wall
+        self.dead_lettered = 0
         self._members: dict[tuple[str, tuple[str, ...]], GroupMember] = {}
         self._counts = DeliveryCounts()
         self._closed = False
@@ -195,6 +196,7 @@ class KafkaReliable(ReliablePubSub):
                 headers=headers,
                 timestamp_ms=round(self.clock_wall() * 1000),
             )
+        self.dead_lettered += 1
 
     async def read_dead_letters(
         self, topic: str, *, after: str | None, count: int
@@ -294,6 +296,10 @@ class KafkaReliable(ReliablePubSub):
         for key, known in list(self._members.items()):
             if known is member:
                 del self._members[key]
+
+    def dead_lettered_total(self) -> int:
+        """Messages this backend has moved to the dead letters since it was built."""
+        return self.dead_lettered
 
     def consumer_count(self) -> int:
         """Group consumers open through this backend."""

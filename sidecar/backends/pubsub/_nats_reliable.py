@@ -110,6 +110,7 @@ class NatsReliable(ReliablePubSub):
         self.visibility_timeout = options.visibility_timeout
         self.max_deliveries = options.max_deliveries
         self.wall_clock = wall_clock
+        self.dead_lettered = 0
         self._streams: set[str] = set()
         self._consumers: dict[_Consumer, None] = {}
         self._closed = False
@@ -230,6 +231,10 @@ class NatsReliable(ReliablePubSub):
     def consumer_count(self) -> int:
         """Consumers currently open through this backend."""
         return len(self._consumers)
+
+    def dead_lettered_total(self) -> int:
+        """Messages this backend has moved to the dead letters since it was built."""
+        return self.dead_lettered
 
     def declared_streams(self) -> list[str]:
         """The streams this backend made (for operators and tests that clean up)."""
@@ -508,3 +513,4 @@ class _Consumer(ReliableSubscription):
                 await msg.term()
         except Exception:  # not terminated: the server delivers it again
             return
+        backend.dead_lettered += 1

@@ -122,6 +122,7 @@ class RabbitMqReliable(ReliablePubSub):
         self.visibility_timeout = options.visibility_timeout
         self.max_deliveries = options.max_deliveries
         self.wall_clock = wall_clock
+        self.dead_lettered = 0
         self._publisher: AbstractRobustChannel | None = None
         self._opening = asyncio.Lock()
         self._topics: set[str] = set()
@@ -244,6 +245,10 @@ class RabbitMqReliable(ReliablePubSub):
     def consumer_count(self) -> int:
         """Consumers currently open through this backend."""
         return len(self._consumers)
+
+    def dead_lettered_total(self) -> int:
+        """Messages this backend has moved to the dead letters since it was built."""
+        return self.dead_lettered
 
     def declared_queues(self) -> list[str]:
         """The queues this backend declared (for operators and tests that clean up)."""
@@ -596,6 +601,7 @@ class _Consumer(ReliableSubscription):
             publisher = await backend.publisher()
             dead_queue = backend.dead_queue(delivered.topic)
             await backend.send(publisher, DEAD, dead_queue, delivered.payload, headers, new_id(now))
+            backend.dead_lettered += 1
             with self._backend_connection().errors:
                 await held.message.ack()
         except Exception:  # unacked, it returns to the queue with its channel

@@ -93,6 +93,8 @@ class StreamOps:
         block_seconds: float,
         wall_clock: Any = time.time,
     ) -> None:
+        self.dead_lettered = 0
+        """Messages the CLAIM script moved to the dead letters so far."""
         self._client = client
         self._errors = redis_errors(name)
         self._reader = _blocking_client(client, block_seconds)
@@ -186,6 +188,7 @@ class StreamOps:
             codec.message(topic, entry_id, fields, int(count))
             for entry_id, fields, count in entries
         )
+        self.dead_lettered += int(dead_lettered)
         return Claimed(messages, int(dead_lettered), int(scanned), codec.text(last_id))
 
     async def read_new(

@@ -151,6 +151,10 @@ class KafkaBroker(PubSubBackend, ReliablePubSub):
     def subscriber_count(self) -> int:
         return len(self._fanout.subscriptions) + self.reliable.consumer_count()
 
+    def dead_lettered_total(self) -> int:
+        """Messages the reliable topics moved to the dead letters since they were built."""
+        return self.reliable.dead_lettered_total()
+
     async def publish_reliable(
         self,
         topic: str,

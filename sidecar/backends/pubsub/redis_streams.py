@@ -153,6 +153,10 @@ class RedisStreams(ReliablePubSub):
         """Consumers currently open through this backend."""
         return len(self._consumers)
 
+    def dead_lettered_total(self) -> int:
+        """Messages this backend has moved to the dead letters since it was built."""
+        return self._ops.dead_lettered
+
     def _forget(self, subscription: StreamConsumer) -> None:
         self._consumers.pop(subscription, None)
 
@@ -188,6 +192,10 @@ class ReliableBroker(PubSubBackend, ReliablePubSub):
 
     def subscriber_count(self) -> int:
         return self.plain.subscriber_count() + self.streams.consumer_count()
+
+    def dead_lettered_total(self) -> int:
+        """Messages the reliable topics moved to the dead letters since they were built."""
+        return self.streams.dead_lettered_total()
 
     async def publish_reliable(
         self, topic: str, payload: bytes, metadata: Mapping[str, str] | None = None

@@ -226,6 +226,10 @@ class ReliableTopics(ReliablePubSub, Protocol):
         """Consumers currently open through this backend."""
         ...
 
+    def dead_lettered_total(self) -> int:
+        """Messages this backend has moved to the dead letters since it was built."""
+        ...
+
     async def close(self) -> None:
         """End every open consumer (their messages stay pending) and the backend."""
         ...

@@ -175,6 +175,12 @@ async def test_a_poison_message_reaches_the_dead_letters_and_replays_as_a_new_me
             while not (letters := await dead_letters(backend)):  # noqa: ASYNC110 - polling
                 await asyncio.sleep(0.05)
         [letter] = letters
+        # What integration_pubsub_messages_total{event="dead_lettered"} reports.
+        counted = backend.dead_lettered_total  # type: ignore[attr-defined]
+        async with asyncio.timeout(TIMEOUT):
+            while counted() < 1:  # noqa: ASYNC110 - the move's reply may still be on its way
+                await asyncio.sleep(0.01)
+        assert counted() == 1
         assert (letter.topic, letter.message_id, letter.payload, dict(letter.metadata)) == (
             "orders",
             published,
