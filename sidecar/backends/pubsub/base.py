@@ -98,9 +98,11 @@ SubscriptionEvent: TypeAlias = Message | Dropped | Gap
 class Subscription(Protocol):
     """An open subscription: iterate it for events; close it to free it.
 
-    Iteration yields events in publishing order and ends when the subscription is closed (by
-    `close`, or by the broker's `close`); messages still buffered then are discarded. If the
-    task iterating it is cancelled, or the iterator is closed, the subscription closes too.
+    Iteration yields each channel's events in publishing order (across channels, as the
+    backend receives them: Kafka keeps no order between topics) and ends when the
+    subscription is closed (by `close`, or by the broker's `close`); messages still
+    buffered then are discarded. If the task iterating it is cancelled, or the iterator is
+    closed, the subscription closes too.
     Whoever subscribes must close it, for example in a `finally`; a subscription never
     iterated stays open until then.
     """

@@ -187,7 +187,9 @@ async def test_subscribe_to_several_channels_receives_from_each(
         await broker.publish("b", b"1")
         await broker.publish("a", b"2")
         messages = await take_messages(queue, 2)
-    assert [(m.channel, m.payload) for m in messages] == [("b", b"1"), ("a", b"2")]
+    # Order holds within a channel on every backend, not across channels: a Kafka channel is
+    # a topic of its own, and two topics' records come back from one fetch in either order.
+    assert sorted((m.channel, m.payload) for m in messages) == [("a", b"2"), ("b", b"1")]
 
 
 GLOB_CASES = [
