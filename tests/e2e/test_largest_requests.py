@@ -31,7 +31,9 @@ from generated.integration.v1 import (
     cache_pb2,
     common_pb2,
     pubsub_pb2,
+    queue_pb2,
     sql_pb2,
+    transform_pb2,
 )
 from sidecar.ai import limits
 
@@ -43,7 +45,15 @@ WATCH_FOR = 2.0
 """Seconds a long call is watched before it is cancelled."""
 MESSAGE_LIMIT = 4 * 1024 * 1024 - 4096
 """The default max_receive_message_size, less room for the gRPC framing."""
-MODULES: tuple[ModuleType, ...] = (admin_pb2, ai_pb2, cache_pb2, pubsub_pb2, sql_pb2)
+MODULES: tuple[ModuleType, ...] = (
+    admin_pb2,
+    ai_pb2,
+    cache_pb2,
+    pubsub_pb2,
+    queue_pb2,
+    sql_pb2,
+    transform_pb2,
+)
 
 MAX_ITEMS = 10_000  # cache: keys, entries, values, members, operations per call
 KEY = "k" * 1024  # cache: max_key_length
@@ -213,6 +223,33 @@ LARGEST: dict[str, Callable[[], Message]] = {
     "AIService/Transcribe": lambda: ai_pb2.TranscribeRequest(
         config=ai_pb2.TranscribeConfig(filename="a.wav"), audio=b"\0" * (MESSAGE_LIMIT - 64)
     ),
+    # Queue (memory, the embedded default): body and attributes 256 KiB, 10 entries,
+    # 100 receipts of 1024 bytes.
+    "QueueService/Send": lambda: queue_pb2.SendRequest(
+        body=b"q" * (256 * 1024 - 9 * 300), attributes={f"a{i}": "v" * 256 for i in range(9)}
+    ),
+    "QueueService/SendBatch": lambda: queue_pb2.SendBatchRequest(
+        entries=[queue_pb2.SendBatchEntry(id=f"e{i}", body=b"q" * 26_000) for i in range(10)]
+    ),
+    "QueueService/Receive": lambda: queue_pb2.ReceiveRequest(
+        max_in_flight=1000, max_messages=1_000_000, wait_time=duration_pb2.Duration(seconds=20)
+    ),
+    "QueueService/Ack": lambda: queue_pb2.AckRequest(receipt_handles=["r" * 1024] * 100),
+    "QueueService/ChangeVisibility": lambda: queue_pb2.ChangeVisibilityRequest(
+        receipt_handle="r" * 1024, visibility_timeout=duration_pb2.Duration(seconds=60)
+    ),
+    # Transform: a whole message of nested XML (refused past max_input_bytes, 1 MiB by
+    # default), and of JSON for a schema that is not configured.
+    "TransformService/Transform": lambda: transform_pb2.TransformRequest(
+        transform="xml_to_json",
+        input=b"<a>" * (MESSAGE_LIMIT // 8) + b"</a>" * (MESSAGE_LIMIT // 8),
+        content_type="application/xml",
+    ),
+    "TransformService/Validate": lambda: transform_pb2.ValidateRequest(
+        schema="s" * 1024,
+        json=b"[" * (MESSAGE_LIMIT // 2 - 1024) + b"]" * (MESSAGE_LIMIT // 2 - 1024),
+    ),
+    "TransformService/ListTransforms": transform_pb2.ListTransformsRequest,
     # Admin: a page of 1000.
     "AdminService/ListIntegrations": lambda: admin_pb2.ListIntegrationsRequest(
         page=common_pb2.PageRequest(page_size=1000)
