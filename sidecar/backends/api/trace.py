@@ -8,26 +8,16 @@ the sidecar's request id).
 
 from __future__ import annotations
 
-import re
 import secrets
-from typing import Final
+
+from sidecar.observability.tracing import parse_traceparent
 
 __all__ = ["new_traceparent", "traceparent_for", "valid_traceparent"]
-
-_TRACEPARENT: Final = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}")
-_ZERO_TRACE: Final = "0" * 32
-_ZERO_SPAN: Final = "0" * 16
 
 
 def valid_traceparent(value: str) -> bool:
     """Version 00 syntax (lower-case hex), a version other than ff, non-zero ids."""
-    match = _TRACEPARENT.fullmatch(value)
-    return (
-        match is not None
-        and match[1] != "ff"
-        and match[2] != _ZERO_TRACE
-        and match[3] != _ZERO_SPAN
-    )
+    return parse_traceparent(value) is not None
 
 
 def new_traceparent() -> str:
