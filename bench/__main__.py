@@ -16,8 +16,12 @@ repeated Gets of the (unchanging) key are answered locally. The Redis is the one
 
 `cache.get, traced` runs the memory cache's Get on a second sidecar with `tracing:`
 configured (ratio 0, an OTLP endpoint nothing listens on: nothing is exported), each call
-carrying a caller's traceparent that is not sampled: its server CPU less plain `cache.get`'s
-is what tracing costs a sampled-out call (printed after the table; target under 10 µs).
+carrying a caller's traceparent that is not sampled; a third sidecar with the same services
+and no `tracing:` gets the same calls, traceparent included. The difference of their server
+CPU per call is what tracing costs a sampled-out call (printed after the table; target
+under 10 µs): both parse the same metadata, so only the tracing work differs. On a busy
+machine that difference drowns in noise, so `bench/tracing.py` also times the per-call
+tracing hooks alone, in-process CPU time.
 
 The SQL case runs a one-row SqlService.Query through the sidecar against PostgreSQL, and the
 same query on an asyncpg pool used directly ("vs direct"). It runs when PostgreSQL answers
@@ -63,22 +67,28 @@ services:
     near_cache: {{enabled: true}}
   sql-bench: {{type: sql, backend: postgres, dsn: "{pg_dsn}"}}
 """
-TRACED_CONFIG = """
+UNTRACED_CONFIG = """
 server:
   access_log: false
+services:
+  cache: {{type: cache}}
+"""
+TRACED_CONFIG = (
+    UNTRACED_CONFIG
+    + """
 integration:
   tracing:
     sampling_ratio: 0.0
     otlp: {{endpoint: "http://127.0.0.1:{port}"}}
-services:
-  cache: {{type: cache}}
 """
+)
 LABELS = {
     "noop": "grpc.aio no-op (floor)",
     "noop_uvloop": "grpc.aio no-op on uvloop",
     "cache_get": "sidecar cache.get (memory)",
     "cache_set": "sidecar cache.set (memory)",
     "cache_get_traced": "  ... traced, sampled out",
+    "cache_get_traceparent": "  ... untraced, same metadata",
     "redis_get": "sidecar cache.get (redis)",
     "redis_near_get": "  ... with near_cache",
     "redis_set": "sidecar cache.set (redis)",
@@ -188,50 +198,56 @@ def postgres_answers(dsn: str) -> bool:
     return True
 
 
+def launch(tmp: str, host: str, port: int) -> tuple[dict[str, Server], list[Server]]:
+    """The floors and the sidecars, each serving on a free port, by name; and all of them,
+    for stopping. Every process starts before any is waited for, and a failed start stops
+    them all."""
+    configs = {
+        "sidecar": SIDECAR_CONFIG.format(host=host, port=port, pg_dsn=PG_DSN),
+        "traced": TRACED_CONFIG.format(port=free_port()),
+        "untraced": UNTRACED_CONFIG.format(),
+    }
+    commands: dict[str, list[str]] = {
+        "noop": ["-m", "bench.noop_server", "{address}", "asyncio"],
+        "noop_uvloop": ["-m", "bench.noop_server", "{address}", "uvloop"],
+    }
+    for name, text in configs.items():
+        path = Path(tmp) / f"{name}.yaml"
+        path.write_text(text)
+        commands[name] = ["-m", "sidecar", "serve", "--config", str(path), "--listen", "{address}"]
+    launched: list[Server] = []
+    for name, command in commands.items():
+        address = f"127.0.0.1:{free_port()}"
+        process = subprocess.Popen(
+            [sys.executable, *(part.format(address=address) for part in command)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        launched.append(Server(name, process, address))
+    try:
+        return {s.name: start(s.name, [], s.address, s.process) for s in launched}, launched
+    except RuntimeError:
+        for server in launched:
+            server.process.kill()
+        raise
+
+
 def main() -> int:
     host, port, own_redis = redis_address()
     with tempfile.TemporaryDirectory() as tmp:
-        config = Path(tmp) / "sidecar.yaml"
-        config.write_text(SIDECAR_CONFIG.format(host=host, port=port, pg_dsn=PG_DSN))
-        traced_config = Path(tmp) / "traced.yaml"
-        traced_config.write_text(TRACED_CONFIG.format(port=free_port()))
-        noop_address = f"127.0.0.1:{free_port()}"
-        noop_uvloop_address = f"127.0.0.1:{free_port()}"
-        sidecar_address = f"127.0.0.1:{free_port()}"
-        traced_address = f"127.0.0.1:{free_port()}"
-        noop_process, noop_uvloop_process = (
-            subprocess.Popen(
-                [sys.executable, "-m", "bench.noop_server", address, loop],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-            for address, loop in ((noop_address, "asyncio"), (noop_uvloop_address, "uvloop"))
-        )
-        sidecar_process, traced_process = (
-            subprocess.Popen(
-                [sys.executable, "-m", "sidecar", "serve", "--config", str(path), "--listen", at],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-            for path, at in ((config, sidecar_address), (traced_config, traced_address))
-        )
-        # Started before the try below, so a failed start never leaves a process behind.
-        processes = [noop_process, noop_uvloop_process, sidecar_process, traced_process]
-        try:
-            noop = start("noop", [], noop_address, noop_process)
-            noop_uvloop = start("noop_uvloop", [], noop_uvloop_address, noop_uvloop_process)
-            sidecar = start("sidecar", [], sidecar_address, sidecar_process)
-            traced = start("traced", [], traced_address, traced_process)
-        except RuntimeError:
-            for process in processes:
-                process.kill()
-            raise
+        servers, launched = launch(tmp, host, port)
+        noop, noop_uvloop = servers["noop"], servers["noop_uvloop"]
+        sidecar, traced, untraced = servers["sidecar"], servers["traced"], servers["untraced"]
+        noop_address, noop_uvloop_address = noop.address, noop_uvloop.address
+        sidecar_address, traced_address = sidecar.address, traced.address
+        untraced_address = untraced.address
         redis_direct = f"{host}:{port}"
         cases: list[tuple[Server | None, str, str]] = [
             (noop, noop_address, "noop"),
             (noop_uvloop, noop_uvloop_address, "noop_uvloop"),
             (sidecar, sidecar_address, "cache_get"),
             (traced, traced_address, "cache_get_traced"),
+            (untraced, untraced_address, "cache_get_traceparent"),
             (sidecar, sidecar_address, "cache_set"),
             (sidecar, sidecar_address, "redis_get"),
             (sidecar, sidecar_address, "redis_near_get"),
@@ -279,13 +295,15 @@ def main() -> int:
                     )
                 cost = statistics.median(
                     t["server_cpu_us"] - p["server_cpu_us"]
-                    for t, p in zip(runs["cache_get_traced"], runs["cache_get"], strict=True)
+                    for t, p in zip(
+                        runs["cache_get_traced"], runs["cache_get_traceparent"], strict=True
+                    )
                 )
                 print(f"  tracing, sampled out: {cost:+.1f} us of server CPU per call (< 10)")
         finally:
-            for process in processes:
-                process.terminate()
-                process.wait(10)
+            for server in launched:
+                server.process.terminate()
+                server.process.wait(10)
             if own_redis is not None:
                 own_redis.terminate()
                 own_redis.wait(10)
@@ -295,9 +313,17 @@ def main() -> int:
         http,  # REST calls: HttpService.Call vs httpx direct
         kafka,  # Kafka-protocol topics (Tansu): sidecar vs aiokafka direct
         objectstore,  # a 50 MB object: ObjectStoreService on S3 vs aiobotocore direct
+        tracing,  # the per-call tracing hooks in-process, sampled out vs untraced
     )
 
-    return ai.main() or http.main() or objectstore.main() or brokers.main() or kafka.main()
+    return (
+        tracing.main()
+        or ai.main()
+        or http.main()
+        or objectstore.main()
+        or brokers.main()
+        or kafka.main()
+    )
 
 
 if __name__ == "__main__":

@@ -80,6 +80,7 @@ WORKLOADS = {
     "cache_get": _cache_get,
     "cache_set": _cache_set,
     "cache_get_traced": _cache_get_traced,
+    "cache_get_traceparent": _cache_get_traced,  # on a sidecar without tracing
     "redis_get": _redis_get,
     "redis_near_get": _redis_near_get,
     "redis_set": _redis_set,
