@@ -3,8 +3,8 @@
 Called by the runtime with a service's settings, its resolved policies, the pipeline
 options it made of them (so routing never reaches up into the runtime) and the http
 connection the service talks over (its named one, or its own). A
-provider module (and with it its SDK: `import openai` alone takes about a second) is
-imported only here, and only for providers that are configured.
+provider module (and with it the HTTP stack) is imported only here, and only for providers
+that are configured.
 """
 
 from __future__ import annotations

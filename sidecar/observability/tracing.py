@@ -64,6 +64,7 @@ __all__ = [
     "parse_traceparent",
     "record_error",
     "recorded_traceparent",
+    "recording_span",
     "trace_id_of",
 ]
 
@@ -132,6 +133,12 @@ def annotate_span(attributes: Mapping[str, Any]) -> None:
     span = trace.get_current_span()
     if span.is_recording():
         span.set_attributes(attributes)
+
+
+def recording_span() -> Span | None:
+    """The current span if it records (an attempt of a traced call), else None."""
+    span = trace.get_current_span()
+    return span if span.is_recording() else None
 
 
 def recorded_traceparent() -> str | None:

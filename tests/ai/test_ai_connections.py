@@ -48,9 +48,8 @@ async def test_two_services_on_one_connection_share_its_client_and_its_pool(
         client = integrations.connections.get("gw-v1").client  # type: ignore[attr-defined]
         one, two = integrations.get("one"), integrations.get("two")
         assert one is not None and two is not None
-        assert one.backend.provider._http is client
-        assert two.backend.provider._http is client
-        assert one.backend.provider._client._client is client  # the SDK runs on it too
+        assert one.backend.provider._api.http is client
+        assert two.backend.provider._api.http is client
         assert integrations.connections.entry("gw-v1").users == ["one", "two"]
         check = ai.running.servicers["integration.v1.AIService"].model_check
         await check  # the start-up listing of models, one GET /models per service, first
@@ -81,7 +80,7 @@ async def test_an_inline_endpoint_makes_a_connection_named_like_the_service(
         connection = entry.connection
         assert isinstance(connection, HttpConnection) and not connection.probed
         service = ai.running.integrations.get("llm")
-        assert service is not None and service.backend.provider._http is connection.client
+        assert service is not None and service.backend.provider._api.http is connection.client
         await ai.stub.Complete(ai_pb2.CompleteRequest(target="llm", messages=user("hi")))
 
 

@@ -1,5 +1,6 @@
-"""The public surface of the AI packages is pinned, and no SDK is imported unless a
-configured service needs it (`import openai` alone takes about a second)."""
+"""The public surface of the AI packages is pinned; no HTTP stack is imported unless a
+configured service needs it, and no provider SDK ever (the `openai` and `anthropic` SDKs
+cost 20 and 50 MB of resident memory and a third of a second of start-up)."""
 
 from __future__ import annotations
 
@@ -67,3 +68,24 @@ def test_serving_the_echo_default_imports_no_ai_sdk() -> None:
         [sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, check=True
     )
     assert out.stdout.strip() == "[]"
+
+
+def test_serving_openai_and_anthropic_services_imports_neither_sdk() -> None:
+    config = (
+        "services:\n"
+        "  gpt: {type: ai_model, provider: openai, endpoint: 'http://127.0.0.1:9/v1'}\n"
+        "  claude: {type: ai_model, provider: anthropic, endpoint: 'http://127.0.0.1:9'}\n"
+    )
+    script = (
+        "import asyncio, sys\n"
+        "from sidecar.testing import serve_for_test\n"
+        "async def main():\n"
+        f"    async with serve_for_test({config!r}):\n"
+        "        pass\n"
+        "asyncio.run(main())\n"
+        "print(sorted(m for m in ('openai', 'anthropic', 'httpx2') if m in sys.modules))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, check=True
+    )
+    assert out.stdout.strip() == "['httpx2']"

@@ -1,29 +1,31 @@
-"""The hot path the SDK-based providers share: one streamed POST on the connection's client.
+"""The requests the HTTP providers share, sent on the service's http connection's client.
 
-Both SDKs sit on `httpx2`. Each provider builds its SDK client on its http connection's
-`httpx2` client (`http_client=`), and sends streamed completions on that client directly
-(`sidecar.connections.http.stream.open_stream`), with the headers the SDK computes (auth,
-API version, user agent; `default_headers` and `auth_headers` are public) and the SDK's
-base URL. The SDK's own request path (`client.post`) costs about a millisecond per call
-(options copied twice through pydantic, header merging, an auth-retry wrapper): a whole
-time-to-first-token budget. Everything else (embeddings, model listing) still goes
-through the SDK; a non-2xx answer maps by status exactly as the SDK's typed errors would.
+The providers speak the APIs' JSON and event streams with `httpx2` directly, not through
+the `openai` and `anthropic` SDKs: the SDKs' request path costs about a millisecond per call
+(options copied twice through pydantic, header merging, an auth-retry wrapper), a whole
+time-to-first-token budget, and importing them costs 20 MB (openai) and 50 MB (anthropic) of
+resident memory and a third of a second of start-up, for what is here a header or two and a
+JSON body. A non-2xx answer maps by status (`errors.status_mapper`), as the SDKs' typed
+errors would.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Final
 
 import httpx2
 
+import sidecar
 from sidecar.backends.ai.base import UpstreamTimeouts
-from sidecar.connections.http.errors import StatusMapper
-from sidecar.connections.http.stream import REQUEST_ID_HEADER, open_stream, request_timeout
-from sidecar.observability.call_context import current_call
+from sidecar.backends.ai.errors import metadata_of, status_mapper, stream_interrupted
+from sidecar.connections.http.errors import mapped_http_errors
+from sidecar.connections.http.stream import open_stream, request_timeout
 
-__all__ = ["call_headers", "open_sse", "sdk_headers", "timeout_of"]
+__all__ = ["USER_AGENT", "ProviderHTTP", "own_client", "timeout_of"]
+
+USER_AGENT: Final = f"integration-sidecar/{sidecar.__version__}"
 
 
 def timeout_of(timeouts: UpstreamTimeouts) -> httpx2.Timeout:
@@ -31,59 +33,123 @@ def timeout_of(timeouts: UpstreamTimeouts) -> httpx2.Timeout:
     return request_timeout(timeouts.connect, timeouts.read)
 
 
-def call_headers() -> dict[str, str]:
-    """Headers naming the RPC for a request sent through the SDK (streams get them in
-    `open_stream`): its `x-request-id`, so the upstream's logs name the caller's request."""
-    call = current_call()
-    return {REQUEST_ID_HEADER: call.request_id} if call is not None else {}
+def own_client() -> httpx2.AsyncClient:
+    """The client of a provider that was given no http connection's (tests, tools)."""
+    return httpx2.AsyncClient(follow_redirects=True)
 
 
-def sdk_headers(client: Any) -> dict[str, str]:
-    """The headers the SDK sends on every request, for a streamed answer.
+class ProviderHTTP:
+    """One provider's requests: its base URL, headers (credentials included) and query
+    parameters on `http`, its errors named after `provider`.
 
-    Call it inside the running loop: the SDK names the async library in one of them.
+    Args:
+        base_url: Every path is appended to it (`https://api.openai.com/v1`).
+        headers: Sent on every request; `User-Agent` and `Accept` are added.
     """
-    headers = {k: v for k, v in client.default_headers.items() if isinstance(v, str)}
-    headers.update({k: v for k, v in client.auth_headers.items() if isinstance(v, str)})
-    headers["Accept"] = "text/event-stream"
-    return headers
 
-
-async def open_sse(
-    http: httpx2.AsyncClient,
-    url: str,
-    *,
-    body: dict[str, Any],
-    headers: Mapping[str, str],
-    params: Mapping[str, str],
-    timeouts: UpstreamTimeouts,
-    provider: str,
-    metadata: Mapping[str, str],
-    on_status: StatusMapper,
-) -> httpx2.Response:
-    """POST `body` as JSON and return the open response once the upstream answered 2xx.
-
-    Raises:
-        SidecarError: A non-2xx status (`on_status`, Retry-After kept), a connect failure
-            (UNAVAILABLE) or a timeout (DEADLINE_EXCEEDED), with the provider's metadata.
-    """
-    model = str(body.get("model", ""))
-    return await open_stream(
-        http,
-        "POST",
-        url,
-        content=json.dumps(body, separators=(",", ":")).encode(),
-        headers=headers,
-        params=params,
-        timeouts=timeout_of(timeouts),
-        upstream=provider,
-        metadata=metadata,
-        on_status=on_status,
-        # The GenAI semantic conventions' client span, when the call is traced.
-        span_name=f"chat {model}",
-        span_attributes={
-            "gen_ai.system": provider,
-            "gen_ai.operation.name": "chat",
-            "gen_ai.request.model": model,
-        },
+    __slots__ = (
+        "_headers",
+        "_json_headers",
+        "base_url",
+        "http",
+        "metadata",
+        "on_status",
+        "params",
+        "provider",
+        "stream_headers",
     )
+
+    def __init__(
+        self,
+        http: httpx2.AsyncClient,
+        base_url: str,
+        headers: Mapping[str, str],
+        params: Mapping[str, str],
+        provider: str,
+    ) -> None:
+        self.http = http
+        self.base_url = base_url.rstrip("/")
+        self.params = dict(params)
+        self.provider = provider
+        self.metadata = metadata_of(provider)
+        self.on_status = status_mapper(provider)
+        base = {"User-Agent": USER_AGENT, **headers}
+        self._headers = {**base, "Accept": "application/json"}
+        self._json_headers = {**self._headers, "Content-Type": "application/json"}
+        self.stream_headers = {
+            **base,
+            "Accept": "text/event-stream",
+            "Content-Type": "application/json",
+        }
+
+    async def open_sse(
+        self, path: str, body: dict[str, Any], timeouts: UpstreamTimeouts
+    ) -> httpx2.Response:
+        """POST `body` as JSON and return the open event stream once the upstream answered
+        2xx (see `open_stream`), as a GenAI client span when the call is traced."""
+        model = str(body.get("model", ""))
+        return await open_stream(
+            self.http,
+            "POST",
+            self.base_url + path,
+            content=_json(body),
+            headers=self.stream_headers,
+            params=self.params,
+            timeouts=timeout_of(timeouts),
+            upstream=self.provider,
+            metadata=self.metadata,
+            on_status=self.on_status,
+            span_name=f"chat {model}",
+            span_attributes={
+                "gen_ai.system": self.provider,
+                "gen_ai.operation.name": "chat",
+                "gen_ai.request.model": model,
+            },
+        )
+
+    async def request_json(
+        self,
+        method: str,
+        path: str,
+        *,
+        timeouts: httpx2.Timeout,
+        body: dict[str, Any] | None = None,
+        files: Mapping[str, Any] | None = None,
+        data: Mapping[str, Any] | None = None,
+    ) -> Any:
+        """Send one request (a JSON `body`, or a multipart form of `files` and `data`) and
+        return the answer's JSON.
+
+        Raises:
+            SidecarError: A non-2xx status, an unreachable or slow upstream, or an answer
+                that is not JSON (UNAVAILABLE: the upstream is broken, not the caller).
+        """
+        multipart = files is not None
+        response = await open_stream(
+            self.http,
+            method,
+            self.base_url + path,
+            content=_json(body) if body is not None else None,
+            files=files,
+            data=data,
+            headers=self._headers if multipart or body is None else self._json_headers,
+            params=self.params,
+            timeouts=timeouts,
+            upstream=self.provider,
+            metadata=self.metadata,
+            on_status=self.on_status,
+            own_span=False,  # the attempt's GenAI span (`sidecar.ai.unary`) is the client span
+        )
+        with mapped_http_errors(self.provider, metadata=self.metadata, opening=False):
+            try:
+                raw = await response.aread()
+            finally:
+                await response.aclose()
+        try:
+            return json.loads(raw)
+        except ValueError as exc:
+            raise stream_interrupted(self.provider, f"{path} answered no JSON") from exc
+
+
+def _json(body: dict[str, Any]) -> bytes:
+    return json.dumps(body, separators=(",", ":")).encode()

@@ -1,9 +1,9 @@
-"""The `anthropic` provider: the official SDK for the client, the cheap parser for the stream.
+"""The `anthropic` provider: the Anthropic Messages API, spoken with `httpx2`.
 
-As with the `openai` provider, the SDK runs on the http connection's client and supplies
-auth headers, `anthropic-version`, base URL, timeouts and typed errors; streamed messages go
-out on that client directly (`_http.open_sse`) and `anthropic_wire.EventParser` reads the
-events.
+As with the `openai` provider, requests go out on the service's http connection's client
+with this service's credentials (`x-api-key`), `anthropic-version` and headers
+(`_http.ProviderHTTP`); `anthropic_wire.EventParser` reads the streamed events.
+
 The Messages API has no embeddings: `embed` answers UNIMPLEMENTED.
 
 Usage:
@@ -15,33 +15,33 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Mapping, Sequence
+from typing import Final
 
-import anthropic
 import httpx2
 
-from sidecar.backends.ai._http import open_sse, sdk_headers
+from sidecar.backends.ai._http import ProviderHTTP, own_client
 from sidecar.backends.ai.anthropic_wire import EventParser, messages_body
 from sidecar.backends.ai.base import ChatRequest, ChatStream, EmbedResult, UpstreamTimeouts
-from sidecar.backends.ai.errors import mapped_sdk_errors, metadata_of, status_mapper
+from sidecar.connections.http.errors import mapped_http_errors
 from sidecar.connections.http.sse_stream import SSEStream
-from sidecar.errors import Unimplemented
+from sidecar.connections.http.stream import request_timeout
+from sidecar.errors import SidecarError, Unimplemented
 
-__all__ = ["AnthropicProvider", "mapped_anthropic_errors"]
+__all__ = ["API_VERSION", "DEFAULT_ENDPOINT", "AnthropicProvider"]
 
 _PROVIDER = "anthropic"
-
-
-def mapped_anthropic_errors(provider: str = _PROVIDER) -> contextlib.AbstractContextManager[None]:
-    """Re-raise the anthropic SDK's and httpx2's exceptions as `sidecar.errors` types."""
-    return mapped_sdk_errors(anthropic, provider)
+DEFAULT_ENDPOINT: Final = "https://api.anthropic.com"
+API_VERSION: Final = "2023-06-01"
+"""The `anthropic-version` sent unless the service's headers set another."""
+_PING_TIMEOUT: Final = request_timeout(5.0, 5.0)
 
 
 class AnthropicProvider:
     """Chat over the Anthropic Messages API.
 
     Args:
-        endpoint: Base URL without the version path (`https://api.anthropic.com`); None uses
-            the SDK's default.
+        endpoint: Base URL without the version path (`https://api.anthropic.com`); None is
+            Anthropic's.
         api_key: Sent as `x-api-key`.
         headers: Extra headers on every request (for example `anthropic-beta`).
         query: Extra query parameters on every request.
@@ -60,43 +60,27 @@ class AnthropicProvider:
     ) -> None:
         self.provider = _PROVIDER
         self._owns_http = http is None
-        self._http = http if http is not None else anthropic.DefaultAsyncHttpxClient()
-        self._client = anthropic.AsyncAnthropic(
-            api_key=api_key or "no-key",
-            base_url=endpoint,
-            max_retries=0,
-            default_headers=dict(headers or {}),
-            default_query=dict(query or {}),
-            http_client=self._http,
+        sent = {"anthropic-version": API_VERSION, **(headers or {})}
+        if api_key:
+            sent["x-api-key"] = api_key
+        self._api = ProviderHTTP(
+            http if http is not None else own_client(),
+            endpoint or DEFAULT_ENDPOINT,
+            sent,
+            query or {},
+            self.provider,
         )
-        self._messages_url = str(self._client.base_url).rstrip("/") + "/v1/messages"
-        self._query = dict(query or {})
-        self._headers: dict[str, str] | None = None
-        self._on_status = status_mapper(self.provider)
-        self._metadata = metadata_of(self.provider)
 
     def _errors(self) -> contextlib.AbstractContextManager[None]:
-        return mapped_anthropic_errors(self.provider)
+        return mapped_http_errors(self.provider, metadata=self._api.metadata, opening=False)
 
     async def open_stream(
         self, request: ChatRequest, model: str, timeouts: UpstreamTimeouts
     ) -> ChatStream:
         """Start a streamed message (see `ChatProvider.open_stream`)."""
-        if self._headers is None:
-            self._headers = sdk_headers(self._client)
-        response = await open_sse(
-            self._http,
-            self._messages_url,
-            body=messages_body(request, model),
-            headers=self._headers,
-            params=self._query,
-            timeouts=timeouts,
-            provider=self.provider,
-            metadata=self._metadata,
-            on_status=self._on_status,
-        )
+        response = await self._api.open_sse("/v1/messages", messages_body(request, model), timeouts)
         return SSEStream(
-            response, EventParser(), self._errors, self.provider, metadata=self._metadata
+            response, EventParser(), self._errors, self.provider, metadata=self._api.metadata
         )
 
     async def embed(
@@ -119,16 +103,13 @@ class AnthropicProvider:
     async def ping(self) -> None:
         """GET /v1/models; a 404 still proves the server is there."""
         try:
-            with self._errors():
-                await self._client.get(
-                    "/v1/models", cast_to=httpx2.Response, options={"timeout": 5.0}
-                )
-        except Exception as exc:
-            if getattr(exc, "reason", "") != "MODEL_NOT_FOUND":
+            await self._api.request_json("GET", "/v1/models", timeouts=_PING_TIMEOUT)
+        except SidecarError as exc:
+            if exc.reason != "MODEL_NOT_FOUND":
                 raise
 
     async def close(self) -> None:
         """Close the client if it is the provider's own (a connection's is closed by its
         owner, after every service on it)."""
         if self._owns_http:
-            await self._client.close()
+            await self._api.http.aclose()

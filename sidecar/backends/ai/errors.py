@@ -4,16 +4,12 @@ The HTTP mapping itself is the http connection's (`sidecar.connections.http.erro
 status means one gRPC code whoever answered it); this module gives it the AI wording:
 
 - every error carries `metadata={"provider": ..., "upstream_status": ...}` for `ErrorInfo`;
-- 404 means the model or route does not exist: NotFound with reason MODEL_NOT_FOUND;
-- `mapped_sdk_errors` recognises the `openai` and `anthropic` SDKs' typed exceptions.
+- 404 means the model or route does not exist: NotFound with reason MODEL_NOT_FOUND.
 """
 
 from __future__ import annotations
 
-import contextlib
-import ssl
-from collections.abc import Iterator, Mapping
-from types import ModuleType
+from collections.abc import Mapping
 from typing import Final
 
 from sidecar.connections.http import errors as http_errors
@@ -23,14 +19,12 @@ from sidecar.connections.http.errors import (
     error_message,
     parse_retry_after,
 )
-from sidecar.connections.http.sse import SSEError
 from sidecar.errors import DeadlineExceeded, SidecarError, Unavailable
 
 __all__ = [
     "UPSTREAM_RATE_LIMITED",
     "connection_error",
     "error_message",
-    "mapped_sdk_errors",
     "metadata_of",
     "parse_retry_after",
     "status_error",
@@ -86,38 +80,3 @@ def upstream_timeout(provider: str, detail: str) -> DeadlineExceeded:
 def stream_interrupted(provider: str, detail: str, status: str = "200") -> Unavailable:
     """The upstream stream broke after it started (cut connection, no end, error event)."""
     return http_errors.stream_interrupted(provider, detail, status, metadata=metadata_of(provider))
-
-
-@contextlib.contextmanager
-def mapped_sdk_errors(sdk: ModuleType, provider: str) -> Iterator[None]:
-    """Re-raise an SDK's and httpx2's exceptions as `sidecar.errors` types.
-
-    The `openai` and `anthropic` SDKs are generated from one template and share their
-    exception classes' names, so one mapping serves both (`sdk` is the imported module).
-    """
-    import httpx2  # here, not at the top: the echo provider must not import an HTTP stack
-
-    try:
-        yield
-    except sdk.APIStatusError as exc:
-        raise status_error(
-            provider,
-            exc.status_code,
-            _body_message(exc.body),
-            parse_retry_after(exc.response.headers),
-        ) from exc
-    except (sdk.APITimeoutError, httpx2.TimeoutException) as exc:
-        raise upstream_timeout(provider, type(exc).__name__) from exc
-    except sdk.APIConnectionError as exc:
-        raise connection_error(provider, str(exc.__cause__ or exc)[:200]) from exc
-    except (httpx2.TransportError, httpx2.StreamError, SSEError, ssl.SSLError) as exc:
-        raise stream_interrupted(provider, str(exc)[:200] or type(exc).__name__) from exc
-
-
-def _body_message(body: object) -> str:
-    """The message of an error body, `{"error": {"message": ...}}` nested or not."""
-    while isinstance(body, Mapping) and isinstance(body.get("error"), Mapping):
-        body = body["error"]
-    if isinstance(body, Mapping):
-        return str(body.get("message") or "")
-    return str(body or "")

@@ -1,18 +1,13 @@
-"""The `openai` provider: the official SDK for the client, the cheap parser for the stream.
+"""The `openai` provider: the OpenAI API, or any compatible one, spoken with `httpx2`.
 
-One `AsyncOpenAI` per configured service, reused by every call; with `base_url` it serves
-every OpenAI-compatible API (Azure OpenAI, vLLM, Ollama, Hugging Face TGI and its router,
-Together, Groq, ...).
-
-The SDK runs on the service's http connection's client (`http_client=`: the pool, TLS and
-connection headers are the connection's, shared with every service naming it) and does
-what it is good at: auth and default headers, base URL and query, timeouts, and typed
-errors for non-2xx answers. Streamed completions skip the SDK's request path (the typed
-`create()`'s TypedDict transform alone costs ~0.5 ms per call): they go out on the same
-client with the SDK's headers (`_http.open_sse`) and return the unread response;
-`openai_wire.ChunkParser` reads the events from it (~10 µs per chunk instead of
-the SDK's pydantic chunk objects). The SDK's own retries are off: the router retries and
-falls back.
+One provider per configured service, reused by every call; with `endpoint` it serves every
+OpenAI-compatible API (Azure OpenAI, vLLM, Ollama, Hugging Face TGI and its router,
+Together, Groq, ...). Requests go out on the service's http connection's client (its pool,
+TLS and connection headers, shared with every service naming it) with this service's
+credentials, headers and query (`_http.ProviderHTTP`; why not the `openai` SDK is said
+there). Streamed completions are read by `openai_wire.ChunkParser` (~10 µs per chunk);
+embeddings, images, transcriptions and the model list are one JSON (or multipart) request
+each. Nothing retries here: the router retries and falls back.
 
 Usage:
 
@@ -26,12 +21,11 @@ import base64
 import binascii
 import contextlib
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Final
 
 import httpx2
-import openai
 
-from sidecar.backends.ai._http import call_headers, open_sse, sdk_headers, timeout_of
+from sidecar.backends.ai._http import ProviderHTTP, own_client, timeout_of
 from sidecar.backends.ai.base import (
     ChatRequest,
     ChatStream,
@@ -44,32 +38,26 @@ from sidecar.backends.ai.base import (
     UpstreamTimeouts,
     Usage,
 )
-from sidecar.backends.ai.errors import (
-    mapped_sdk_errors,
-    metadata_of,
-    status_mapper,
-    stream_interrupted,
-)
+from sidecar.backends.ai.errors import stream_interrupted
 from sidecar.backends.ai.openai_wire import ChunkParser, chat_body
+from sidecar.connections.http.errors import mapped_http_errors
 from sidecar.connections.http.sse_stream import SSEStream
+from sidecar.connections.http.stream import request_timeout
 from sidecar.errors import SidecarError
 
-__all__ = ["OpenAIProvider", "mapped_openai_errors"]
+__all__ = ["DEFAULT_ENDPOINT", "OpenAIProvider"]
 
 _PROVIDER = "openai"
-
-
-def mapped_openai_errors(provider: str = _PROVIDER) -> contextlib.AbstractContextManager[None]:
-    """Re-raise the openai SDK's and httpx2's exceptions as `sidecar.errors` types."""
-    return mapped_sdk_errors(openai, provider)
+DEFAULT_ENDPOINT: Final = "https://api.openai.com/v1"
+_LIST_TIMEOUT: Final = request_timeout(5.0, 5.0)
 
 
 class OpenAIProvider:
-    """Chat and embeddings over the OpenAI API or any compatible one.
+    """Chat, embeddings, images and transcription over the OpenAI API or a compatible one.
 
     Args:
         endpoint: Base URL including the version path (`https://api.openai.com/v1`); None
-            uses the SDK's default.
+            is OpenAI's.
         api_key: Sent as `Authorization: Bearer`; None for servers that need none.
         headers: Extra headers on every request (for example Azure's `api-key`).
         query: Extra query parameters on every request (for example `api-version`).
@@ -93,44 +81,29 @@ class OpenAIProvider:
         self.provider = provider
         self._store = store
         self._owns_http = http is None
-        self._http = http if http is not None else openai.DefaultAsyncHttpxClient()
-        self._client = openai.AsyncOpenAI(
-            # A placeholder keeps the SDK from demanding OPENAI_API_KEY for keyless servers.
-            api_key=api_key or "no-key",
-            base_url=endpoint,
-            max_retries=0,
-            default_headers=dict(headers or {}),
-            default_query=dict(query or {}),
-            http_client=self._http,
+        sent = dict(headers or {})
+        if api_key:
+            sent["Authorization"] = f"Bearer {api_key}"
+        self._api = ProviderHTTP(
+            http if http is not None else own_client(),
+            endpoint or DEFAULT_ENDPOINT,
+            sent,
+            query or {},
+            provider,
         )
-        self._chat_url = str(self._client.base_url).rstrip("/") + "/chat/completions"
-        self._query = dict(query or {})
-        self._headers: dict[str, str] | None = None
-        self._on_status = status_mapper(provider)
-        self._metadata = metadata_of(provider)
 
     def _errors(self) -> contextlib.AbstractContextManager[None]:
-        return mapped_openai_errors(self.provider)
+        return mapped_http_errors(self.provider, metadata=self._api.metadata, opening=False)
 
     async def open_stream(
         self, request: ChatRequest, model: str, timeouts: UpstreamTimeouts
     ) -> ChatStream:
         """Start a streamed chat completion (see `ChatProvider.open_stream`)."""
-        if self._headers is None:
-            self._headers = sdk_headers(self._client)
-        response = await open_sse(
-            self._http,
-            self._chat_url,
-            body=chat_body(request, model, store=self._store),
-            headers=self._headers,
-            params=self._query,
-            timeouts=timeouts,
-            provider=self.provider,
-            metadata=self._metadata,
-            on_status=self._on_status,
+        response = await self._api.open_sse(
+            "/chat/completions", chat_body(request, model, store=self._store), timeouts
         )
         return SSEStream(
-            response, ChunkParser(), self._errors, self.provider, metadata=self._metadata
+            response, ChunkParser(), self._errors, self.provider, metadata=self._api.metadata
         )
 
     async def embed(
@@ -140,74 +113,62 @@ class OpenAIProvider:
         body: dict[str, Any] = {"model": model, "input": list(inputs), "encoding_format": "float"}
         if dimensions:
             body["dimensions"] = dimensions
-        with self._errors():
-            response = await self._client.post(
-                "/embeddings",
-                cast_to=httpx2.Response,
-                body=body,
-                options={"timeout": timeout_of(timeouts), "headers": call_headers()},
-            )
-            data = response.json()
+        data = await self._api.request_json(
+            "POST", "/embeddings", body=body, timeouts=timeout_of(timeouts)
+        )
         try:
             items = sorted(data["data"], key=lambda item: item["index"])
             vectors = [item["embedding"] for item in items]
-        except (KeyError, TypeError) as exc:
+            usage = data.get("usage") or {}
+            tokens = int(usage.get("prompt_tokens") or 0)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise stream_interrupted(self.provider, "malformed embeddings answer") from exc
-        usage = data.get("usage") or {}
-        tokens = int(usage.get("prompt_tokens") or 0)
         return EmbedResult(vectors, data.get("model") or model, Usage(tokens, 0))
 
     async def generate_image(
         self, request: ImageRequest, model: str, timeouts: UpstreamTimeouts
     ) -> ImageResult:
-        """Generate images with `/images/generations` (JSON in, JSON out, as the SDK's
-        `images.generate` sends it; the raw answer is read so that compatible servers'
-        extra or missing fields do not matter)."""
+        """Generate images with `/images/generations` (JSON in, JSON out; extra or missing
+        fields of compatible servers do not matter)."""
         body: dict[str, Any] = {"model": model, "prompt": request.prompt, "n": request.n}
         for name in ("size", "quality", "style", "response_format", "user"):
             value = getattr(request, name)
             if value:
                 body[name] = value
-        with self._errors():
-            response = await self._client.post(
-                "/images/generations",
-                cast_to=httpx2.Response,
-                body=body,
-                options={"timeout": timeout_of(timeouts), "headers": call_headers()},
-            )
-            data = response.json()
+        data = await self._api.request_json(
+            "POST", "/images/generations", body=body, timeouts=timeout_of(timeouts)
+        )
         try:
             images = [_image(item) for item in data["data"]]
-        except (KeyError, TypeError, ValueError, binascii.Error) as exc:
+            usage = _usage(data.get("usage"))
+        except (KeyError, TypeError, ValueError, AttributeError, binascii.Error) as exc:
             raise stream_interrupted(self.provider, "malformed images answer") from exc
-        return ImageResult(images, data.get("model") or model, _usage(data.get("usage")))
+        return ImageResult(images, data.get("model") or model, usage)
 
     async def transcribe(
         self, request: TranscriptionRequest, model: str, timeouts: UpstreamTimeouts
     ) -> TranscriptionResult:
-        """Transcribe with `/audio/transcriptions`: the SDK's own multipart upload."""
-        params: dict[str, Any] = {}
+        """Transcribe with `/audio/transcriptions`: a multipart upload of the audio."""
+        form: dict[str, Any] = {"model": model, "response_format": "json"}
         if request.language:
-            params["language"] = request.language
+            form["language"] = request.language
         if request.prompt:
-            params["prompt"] = request.prompt
+            form["prompt"] = request.prompt
         if request.temperature is not None:
-            params["temperature"] = request.temperature
-        with self._errors():
-            answer = await self._client.audio.transcriptions.create(
-                file=(request.filename, request.audio, request.content_type),
-                model=model,
-                response_format="json",
-                timeout=timeout_of(timeouts),
-                extra_headers=call_headers(),
-                **params,
-            )
-        usage = getattr(answer, "usage", None)
-        return TranscriptionResult(
-            str(getattr(answer, "text", answer)),
-            model,
-            _usage(usage.model_dump() if usage is not None else None),
+            form["temperature"] = str(request.temperature)
+        data = await self._api.request_json(
+            "POST",
+            "/audio/transcriptions",
+            files={"file": (request.filename, request.audio, request.content_type)},
+            data=form,
+            timeouts=timeout_of(timeouts),
         )
+        try:
+            text = str(data["text"])
+            usage = _usage(data.get("usage"))
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise stream_interrupted(self.provider, "malformed transcription answer") from exc
+        return TranscriptionResult(text, model, usage)
 
     def check_model(self, model: str) -> None:
         """Any name will do: it travels only inside the JSON body."""
@@ -218,11 +179,7 @@ class OpenAIProvider:
         Raises:
             SidecarError: The upstream is unreachable or refuses to list.
         """
-        with self._errors():
-            response = await self._client.get(
-                "/models", cast_to=httpx2.Response, options={"timeout": 5.0}
-            )
-            data = response.json()
+        data = await self._api.request_json("GET", "/models", timeouts=_LIST_TIMEOUT)
         try:
             return [str(item["id"]) for item in data["data"]]
         except (KeyError, TypeError) as exc:
@@ -235,8 +192,7 @@ class OpenAIProvider:
             SidecarError: The server is unreachable, failing, or refuses the credentials.
         """
         try:
-            with self._errors():
-                await self._client.get("/models", cast_to=httpx2.Response, options={"timeout": 5.0})
+            await self._api.request_json("GET", "/models", timeouts=_LIST_TIMEOUT)
         except SidecarError as exc:
             if exc.reason != "MODEL_NOT_FOUND":
                 raise
@@ -245,7 +201,7 @@ class OpenAIProvider:
         """Close the client if it is the provider's own (a connection's is closed by its
         owner, after every service on it)."""
         if self._owns_http:
-            await self._client.close()
+            await self._api.http.aclose()
 
 
 def _image(item: Mapping[str, Any]) -> GeneratedImage:

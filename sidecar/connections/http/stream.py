@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ssl
 from collections.abc import Mapping
+from contextlib import nullcontext
 from typing import Any
 
 import httpx2
@@ -31,7 +32,12 @@ from sidecar.connections.http.errors import (
     upstream_timeout,
 )
 from sidecar.observability.call_context import current_call
-from sidecar.observability.tracing import TRACEPARENT_HEADER, client_span, recorded_traceparent
+from sidecar.observability.tracing import (
+    TRACEPARENT_HEADER,
+    client_span,
+    recorded_traceparent,
+    recording_span,
+)
 
 __all__ = ["REQUEST_ID_HEADER", "StatusMapper", "open_stream", "request_timeout"]
 
@@ -50,6 +56,8 @@ async def open_stream(
     url: str,
     *,
     content: bytes | None = None,
+    files: Mapping[str, Any] | None = None,
+    data: Mapping[str, Any] | None = None,
     headers: Mapping[str, str] | None = None,
     params: Mapping[str, str] | None = None,
     timeouts: httpx2.Timeout,
@@ -58,6 +66,7 @@ async def open_stream(
     on_status: StatusMapper | None = None,
     span_name: str | None = None,
     span_attributes: Mapping[str, Any] | None = None,
+    own_span: bool = True,
 ) -> httpx2.Response:
     """Send one request and return the open response once the upstream answered 2xx.
 
@@ -68,20 +77,35 @@ async def open_stream(
     so the upstream's logs name the same request on every attempt.
 
     Args:
+        content: The body; or `files` and `data`, a multipart form (httpx2's arguments).
         upstream, metadata: Who answers and what errors carry (see `errors`).
         on_status: Builds the error of a non-2xx answer; default `errors.status_error`.
+        own_span: False when the caller made the attempt's client span already (an AI
+            embedding's GenAI span): the request's http.* attributes go on that one.
 
     Raises:
         SidecarError: A non-2xx status, a connect failure (UNAVAILABLE) or a timeout
             (DEADLINE_EXCEEDED).
     """
     request = client.build_request(
-        method, url, content=content, headers=headers, params=params, timeout=timeouts
+        method,
+        url,
+        content=content,
+        files=files,
+        data=data,
+        headers=headers,
+        params=params,
+        timeout=timeouts,
     )
     call = current_call()
     if call is not None and REQUEST_ID_HEADER not in request.headers:
         request.headers[REQUEST_ID_HEADER] = call.request_id
-    with client_span(span_name or method, span_attributes or {}) as span:
+    spans = (
+        client_span(span_name or method, span_attributes or {})
+        if own_span
+        else nullcontext(recording_span())
+    )
+    with spans as span:
         if span is not None:  # traced: built only then
             sent = request.url
             span.set_attributes(
