@@ -28,7 +28,13 @@ same query on an asyncpg pool used directly ("vs direct"). It runs when PostgreS
 at BENCH_PG_DSN (default postgresql://postgres@127.0.0.1:5432/postgres).
 
 The AI section (`bench/ai.py`, also `python -m bench.ai` alone) streams completions through
-the sidecar and with the openai SDK directly from the same local SSE server.
+the sidecar and with the openai SDK directly from the same local SSE server;
+`bench/ai_hedge.py` (`python -m bench.ai_hedge`) times first chunks with and without a hedge.
+The other sections, each also runnable alone as `python -m bench.<name>`: `startup` (start to
+SERVING and idle RSS), `sql_stream` (a 100,000-row QueryStream), `http`, `objectstore`,
+`brokers` and `kafka`. The unary table also runs a Batch of 100 Gets.
+
+Every figure printed is also written to bench/results.json (`bench/results.py`).
 
 Usage: make bench  (BENCH_SECONDS, BENCH_REPEATS to change the run length)
 """
@@ -45,6 +51,8 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from bench.results import record, write
 
 SECONDS = float(os.environ.get("BENCH_SECONDS", "3"))
 REPEATS = int(os.environ.get("BENCH_REPEATS", "3"))
@@ -95,6 +103,8 @@ LABELS = {
     "redispy_get": "redis-py GET direct",
     "redispy_set": "redis-py SET direct",
     "sql_query": "sidecar sql.query (postgres)",
+    "cache_batch": "sidecar batch of 100 (memory)",
+    "redis_batch": "sidecar batch of 100 (redis)",
     "asyncpg_query": "asyncpg query direct",
 }
 # Each sidecar case and the client used directly that it is compared with.
@@ -198,6 +208,53 @@ def postgres_answers(dsn: str) -> bool:
     return True
 
 
+def report(
+    cases: list[tuple[Server | None, str, str]],
+    runs: dict[str, list[dict[str, float]]],
+    callers: int,
+) -> None:
+    """Print (and record for results.json) each case's medians at `callers`."""
+    ops = {w: statistics.median(r["ops"] for r in runs[w]) for w in runs}
+    # Each repeat's ratio to the floor measured next to it: the machine drifts between
+    # repeats, so the range shows how far one figure can be trusted.
+    paired = {
+        w: sorted(r["ops"] / f["ops"] for r, f in zip(runs[w], runs["noop"], strict=True))
+        for w in runs
+    }
+    for server, _, workload in cases:
+        p50 = statistics.median(r["p50_us"] for r in runs[workload])
+        p99 = statistics.median(r["p99_us"] for r in runs[workload])
+        cpu = statistics.median(r["server_cpu_us"] for r in runs[workload]) if server else None
+        direct = DIRECT.get(workload)
+        versus = ops[workload] / ops[direct] if direct else None
+        spread = f"{paired[workload][0]:.2f}-{paired[workload][-1]:.2f}"
+        print(
+            f"{LABELS[workload]:<28}{callers:>8}{ops[workload]:>10.0f}{p50:>9.0f}{p99:>9.0f}"
+            f"{f'{cpu:.0f}' if cpu is not None else '-':>12}"
+            f"{ops[workload] / ops['noop']:>10.2f}{spread:>11}"
+            f"{f'{versus:.2f}' if versus is not None else '':>11}"
+        )
+        record(
+            "unary",
+            LABELS[workload].strip(" ."),
+            callers=callers,
+            ops_per_s=ops[workload],
+            p50_us=p50,
+            p99_us=p99,
+            server_cpu_us=cpu,
+            vs_floor=ops[workload] / ops["noop"],
+            vs_direct=versus,
+        )
+
+
+def peak_rss_mb(pid: int) -> float:
+    """The process's peak resident memory (VmHWM), in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
 def launch(tmp: str, host: str, port: int) -> tuple[dict[str, Server], list[Server]]:
     """The floors and the sidecars, each serving on a free port, by name; and all of them,
     for stopping. Every process starts before any is waited for, and a failed start stops
@@ -254,6 +311,8 @@ def main() -> int:
             (None, redis_direct, "redispy_get"),
             (sidecar, sidecar_address, "redis_set"),
             (None, redis_direct, "redispy_set"),
+            (sidecar, sidecar_address, "cache_batch"),
+            (sidecar, sidecar_address, "redis_batch"),
         ]
         if postgres_answers(PG_DSN):
             cases += [(sidecar, sidecar_address, "sql_query"), (None, PG_DSN, "asyncpg_query")]
@@ -268,31 +327,7 @@ def main() -> int:
                 for _ in range(REPEATS):
                     for server, address, workload in cases:
                         runs[workload].append(measure(server, address, workload, callers))
-                ops = {w: statistics.median(r["ops"] for r in runs[w]) for w in runs}
-                # Each repeat's ratio to the floor measured next to it: the machine drifts
-                # between repeats, so the range shows how far one figure can be trusted.
-                paired = {
-                    w: sorted(
-                        r["ops"] / f["ops"] for r, f in zip(runs[w], runs["noop"], strict=True)
-                    )
-                    for w in runs
-                }
-                for server, _, workload in cases:
-                    p50 = statistics.median(r["p50_us"] for r in runs[workload])
-                    p99 = statistics.median(r["p99_us"] for r in runs[workload])
-                    cpu = (
-                        f"{statistics.median(r['server_cpu_us'] for r in runs[workload]):.0f}"
-                        if server
-                        else "-"
-                    )
-                    direct = DIRECT.get(workload)
-                    versus = f"{ops[workload] / ops[direct]:.2f}" if direct else ""
-                    spread = f"{paired[workload][0]:.2f}-{paired[workload][-1]:.2f}"
-                    print(
-                        f"{LABELS[workload]:<28}{callers:>8}{ops[workload]:>10.0f}{p50:>9.0f}"
-                        f"{p99:>9.0f}{cpu:>12}{ops[workload] / ops['noop']:>10.2f}{spread:>11}"
-                        f"{versus:>11}"
-                    )
+                report(cases, runs, callers)
                 cost = statistics.median(
                     t["server_cpu_us"] - p["server_cpu_us"]
                     for t, p in zip(
@@ -300,6 +335,12 @@ def main() -> int:
                     )
                 )
                 print(f"  tracing, sampled out: {cost:+.1f} us of server CPU per call (< 10)")
+            for server in launched:
+                record(
+                    "unary",
+                    f"peak RSS of {server.name}",
+                    peak_rss_mb=peak_rss_mb(server.process.pid),
+                )
         finally:
             for server in launched:
                 server.process.terminate()
@@ -309,21 +350,32 @@ def main() -> int:
                 own_redis.wait(10)
     from bench import (
         ai,  # streamed AI completions: sidecar vs the openai SDK direct
+        ai_hedge,  # time to first chunk with and without a hedge, on a long-tailed upstream
         brokers,  # reliable topics on RabbitMQ and NATS: sidecar vs aio-pika / nats-py direct
         http,  # REST calls: HttpService.Call vs httpx direct
         kafka,  # Kafka-protocol topics (Tansu): sidecar vs aiokafka direct
         objectstore,  # a 50 MB object: ObjectStoreService on S3 vs aiobotocore direct
+        sql_stream,  # a 100,000-row QueryStream: sidecar vs an asyncpg cursor direct
+        startup,  # start to SERVING and idle RSS: embedded defaults and every backend
         tracing,  # the per-call tracing hooks in-process, sampled out vs untraced
     )
 
-    return (
-        tracing.main()
-        or ai.main()
-        or http.main()
-        or objectstore.main()
-        or brokers.main()
-        or kafka.main()
+    sections = (
+        tracing,
+        startup,
+        sql_stream,
+        ai,
+        ai_hedge,
+        http,
+        objectstore,
+        brokers,
+        kafka,
     )
+    for section in sections:
+        if section.main():
+            return 1
+    write()
+    return 0
 
 
 if __name__ == "__main__":

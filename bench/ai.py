@@ -25,6 +25,7 @@ import tempfile
 from pathlib import Path
 
 from bench.__main__ import CLK_TCK, Server, cpu_seconds, free_port, start
+from bench.results import record
 
 SECONDS = float(os.environ.get("BENCH_SECONDS", "3"))
 REPEATS = int(os.environ.get("BENCH_REPEATS", "3"))
@@ -136,6 +137,16 @@ def _report(upstream: str, sidecar_address: str, sidecar: Server) -> None:
             print(
                 f"{LABELS[mode]:<26}{streams:>8}{figures['ttft_p50_ms']:>13.2f}"
                 f"{figures['chunks_per_s']:>10.0f}{figures['messages_per_s']:>9.0f}{cpu:>22}"
+            )
+            record(
+                "ai_streaming",
+                LABELS[mode],
+                streams=streams,
+                ttft_p50_ms=figures["ttft_p50_ms"],
+                chunks_per_s=figures["chunks_per_s"],
+                messages_per_s=figures["messages_per_s"],
+                server_cpu_us_per_chunk=figures["sidecar_cpu_us"] if mode != "direct" else None,
+                vs_direct=figures["chunks_per_s"] / medians["direct"]["chunks_per_s"],
             )
         for mode in ("sidecar", "exact"):
             added = medians[mode]["ttft_p50_ms"] - medians["direct"]["ttft_p50_ms"]

@@ -36,6 +36,7 @@ import grpc
 import nats
 
 from bench.__main__ import free_port, start
+from bench.results import record
 from generated.integration.v1 import pubsub_pb2
 from generated.integration.v1.pubsub_pb2_grpc import PubSubServiceStub
 from sidecar.backends.pubsub._nats_reliable import stream_name
@@ -190,6 +191,8 @@ async def _run(address: str) -> None:
             theirs = statistics.median(results[(broker, f"direct {what}")])
             print(f"  {broker + ' sidecar ' + what:32} {ours:10.0f} {ours / theirs:10.2f}")
             print(f"  {broker + ' direct ' + what:32} {theirs:10.0f}")
+            record("brokers", f"{broker} sidecar {what}", msgs_per_s=ours, vs_direct=ours / theirs)
+            record("brokers", f"{broker} direct {what}", msgs_per_s=theirs)
 
 
 def main() -> int:

@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 from bench.__main__ import CLK_TCK, Server, cpu_seconds, free_port, start
+from bench.results import record
 
 SECONDS = float(os.environ.get("BENCH_SECONDS", "3"))
 REPEATS = int(os.environ.get("BENCH_REPEATS", "3"))
@@ -173,6 +174,16 @@ def _report(upstream: str, sidecar_address: str, sidecar: Server) -> None:
             print(
                 f"{LABELS[mode]:<28}{callers:>8}{figures['ops']:>10.0f}{figures['p50_us']:>9.0f}"
                 f"{figures['p99_us']:>9.0f}{cpu:>16}{ratio:>10.2f}"
+            )
+            record(
+                "http",
+                LABELS[mode],
+                callers=callers,
+                ops_per_s=figures["ops"],
+                p50_us=figures["p50_us"],
+                p99_us=figures["p99_us"],
+                server_cpu_us=figures["cpu_us"] if mode == "sidecar" else None,
+                vs_direct=ratio,
             )
 
 

@@ -33,6 +33,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from bench.__main__ import free_port, start
 from bench.brokers import concurrently
+from bench.results import record
 from generated.integration.v1 import pubsub_pb2
 from generated.integration.v1.pubsub_pb2_grpc import PubSubServiceStub
 
@@ -142,6 +143,8 @@ async def _run(address: str, bootstrap: str) -> None:
         theirs = statistics.median(results[f"direct {what}"])
         print(f"  {'kafka sidecar ' + what:32} {ours:10.0f} {ours / theirs:10.2f}")
         print(f"  {'kafka direct ' + what:32} {theirs:10.0f}")
+        record("kafka", f"sidecar {what}", msgs_per_s=ours, vs_direct=ours / theirs)
+        record("kafka", f"direct {what}", msgs_per_s=theirs)
 
 
 def main() -> int:

@@ -66,6 +66,23 @@ def _redis_set(channel: grpc.aio.Channel) -> Callable[[], Awaitable[Any]]:
     return lambda: stub.Set(request)
 
 
+def _batch(target: str) -> Callable[[grpc.aio.Channel], Callable[[], Awaitable[Any]]]:
+    """A Batch of 100 Gets on `target` ("" is the memory cache) in one call."""
+    request = cache_pb2.BatchRequest(
+        target=target,
+        operations=[
+            cache_pb2.BatchOperation(get=cache_pb2.GetRequest(key=f"bench:key:{i}"))
+            for i in range(100)
+        ],
+    )
+
+    def workload(channel: grpc.aio.Channel) -> Callable[[], Awaitable[Any]]:
+        stub = cache_pb2_grpc.CacheServiceStub(channel)
+        return lambda: stub.Batch(request)
+
+    return workload
+
+
 def _sql_query(channel: grpc.aio.Channel) -> Callable[[], Awaitable[Any]]:
     stub = sql_pb2_grpc.SqlServiceStub(channel)
     request = sql_pb2.QueryRequest(
@@ -85,6 +102,8 @@ WORKLOADS = {
     "redis_near_get": _redis_near_get,
     "redis_set": _redis_set,
     "sql_query": _sql_query,
+    "cache_batch": _batch(""),
+    "redis_batch": _batch("redis"),
 }
 
 

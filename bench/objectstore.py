@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.__main__ import Server, cpu_seconds, free_port, start
+from bench.results import record
 from tests.faultproxy import FaultProxy
 
 REPEATS = int(os.environ.get("BENCH_REPEATS", "3"))
@@ -255,6 +256,7 @@ async def _run(moto_url: str, link_url: str, sidecar: Server, floor: Server) -> 
                     cpu[name].append(cpu_seconds(pid) - before_cpu)
             _report(link.name, rates, cpu)
         final_rss = peak_rss_mb(pid)
+        record("objectstore", "sidecar peak RSS", peak_rss_mb=final_rss)
         print(
             f"  -> sidecar peak RSS (VmHWM): {started_rss:.0f} MB after start-up, "
             f"{warm_rss:.0f} MB after the warm-up transfers, {final_rss:.0f} MB at the end "
@@ -274,6 +276,13 @@ def _report(link: str, rates: dict[str, list[float]], cpu: dict[str, list[float]
         used = f"{statistics.median(cpu[name]):.2f}" if name in DIRECT else "-"
         versus = f"{medians[name] / medians[DIRECT[name]]:.2f}" if name in DIRECT else ""
         print(f"{LABELS[name]:<32}{medians[name]:>8.0f}{spread:>15}{used:>15}{versus:>11}")
+        record(
+            "objectstore",
+            f"{LABELS[name]} over {link}",
+            mb_per_s=medians[name],
+            server_cpu_s=statistics.median(cpu[name]) if name in DIRECT else None,
+            vs_direct=medians[name] / medians[DIRECT[name]] if name in DIRECT else None,
+        )
     for name, direct in DIRECT.items():
         ratio = medians[name] / medians[direct]
         verdict = "met" if ratio >= 0.8 else "MISSED"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import socket
@@ -479,6 +480,11 @@ def _refuse_live_socket(address: str) -> None:
 async def serve(config: Config, *, listen: str | None = None) -> int:
     """Serve until SIGTERM or SIGINT, then shut down gracefully; returns the exit code."""
     running = await start_server(config, listen=listen)
+    # Start-up's objects (modules, config models, descriptors) live as long as the process:
+    # frozen, a full collection no longer walks them (~67,000 objects, 25-35 ms in which
+    # every call in flight stalls).
+    gc.collect()
+    gc.freeze()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
