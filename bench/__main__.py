@@ -29,7 +29,8 @@ at BENCH_PG_DSN (default postgresql://postgres@127.0.0.1:5432/postgres).
 
 The AI section (`bench/ai.py`, also `python -m bench.ai` alone) streams completions through
 the sidecar and with the openai SDK directly from the same local SSE server;
-`bench/ai_hedge.py` (`python -m bench.ai_hedge`) times first chunks with and without a hedge.
+`bench/ai_hedge.py` (`python -m bench.ai_hedge`) times first chunks with and without a hedge;
+`bench/ai_budget.py` (`python -m bench.ai_budget`) what a token budget on Redis costs a call.
 The other sections, each also runnable alone as `python -m bench.<name>`: `startup` (start to
 SERVING and idle RSS), `sql_stream` (a 100,000-row QueryStream), `http`, `objectstore`,
 `brokers` and `kafka`. The unary table also runs a Batch of 100 Gets.
@@ -350,6 +351,7 @@ def main() -> int:
                 own_redis.wait(10)
     from bench import (
         ai,  # streamed AI completions: sidecar vs the openai SDK direct
+        ai_budget,  # an AI token budget's reserve + reconcile per call: local vs Redis
         ai_hedge,  # time to first chunk with and without a hedge, on a long-tailed upstream
         brokers,  # reliable topics on RabbitMQ and NATS: sidecar vs aio-pika / nats-py direct
         http,  # REST calls: HttpService.Call vs httpx direct
@@ -366,6 +368,7 @@ def main() -> int:
         sql_stream,
         ai,
         ai_hedge,
+        ai_budget,
         http,
         objectstore,
         brokers,

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from sidecar.ai.budgets import AliasLimits, CallerLimits
 from sidecar.ai.hedge import HedgePolicy
+from sidecar.ai.pipelines import SharedLimiters, budget_key
 from sidecar.ai.services import (
     AliasService,
     DeploymentRef,
@@ -21,8 +23,8 @@ from sidecar.ai.services import (
 )
 from sidecar.backends.ai.base import ChatProvider, UpstreamTimeouts
 from sidecar.config import AIAliasServiceConfig, AIModelServiceConfig, ServicePolicies
-from sidecar.config.services.ai import AIHedgeConfig
-from sidecar.resilience import PipelineOptions
+from sidecar.config.services.ai import AIAliasRateLimitConfig, AIHedgeConfig, AIRateLimitConfig
+from sidecar.resilience import Clock, PipelineOptions, RateLimit, RateLimiter
 
 if TYPE_CHECKING:
     from sidecar.connections import Connection
@@ -84,9 +86,11 @@ def model_service(
     policies: ServicePolicies,
     options: PipelineOptions,
     connection: Connection | None = None,
+    budgets: Connection | None = None,
 ) -> ModelService:
     """The backend of an `ai_model` service, on its http connection (None for echo, or a
-    client of the provider's own)."""
+    client of the provider's own), with its budgets on the redis connection `budgets` when
+    `rate_limit.store` is redis."""
     http: HttpConnection | None = None
     if connection is not None:  # never for echo: it must not import an HTTP stack
         from sidecar.connections.http.connection import HttpConnection
@@ -108,11 +112,35 @@ def model_service(
         retry=options.retry,
         coalesce=settings.coalesce_chunks,
         bulkhead=options.bulkhead,
+        shared_limits=_redis_budgets(limits, budgets),
     )
 
 
-def alias_service(settings: AIAliasServiceConfig, options: PipelineOptions) -> AliasService:
-    """The backend of an `ai_alias` service."""
+def _redis_budgets(
+    limits: AIRateLimitConfig, connection: Connection | None
+) -> SharedLimiters | None:
+    """With `store: redis`, the buckets of each scope on Redis, keyed by `budget_key` (a
+    deployment's scope is `service/model`, an alias's its name)."""
+    if limits.store != "redis":
+        return None
+    from sidecar.backends.ratelimit.redis import RedisTokenBucket
+    from sidecar.connections.redis import RedisConnection
+
+    assert isinstance(connection, RedisConnection), connection  # checked by the runtime
+    redis = connection
+
+    def shared(scope: str, limit: RateLimit, clock: Clock) -> RateLimiter:
+        key = budget_key(limits.key_prefix, scope, limit.name)
+        return RedisTokenBucket(redis, key, limit.options, clock=clock, name=scope)
+
+    return shared
+
+
+def alias_service(
+    settings: AIAliasServiceConfig, options: PipelineOptions, budgets: Connection | None = None
+) -> AliasService:
+    """The backend of an `ai_alias` service, with its budgets on the redis connection
+    `budgets` when `rate_limit.store` is redis."""
     retry = options.retry
     cache = settings.cache
     return AliasService(
@@ -121,6 +149,29 @@ def alias_service(settings: AIAliasServiceConfig, options: PipelineOptions) -> A
         cache_target=cache.target if cache is not None else None,
         cache_ttl=cache.ttl if cache is not None else 3600.0,
         hedge=_hedge(settings.hedge),
+        limits=_alias_limits(settings.limits, budgets),
+    )
+
+
+def _alias_limits(
+    settings: AIAliasRateLimitConfig | None, connection: Connection | None
+) -> AliasLimits | None:
+    if settings is None:
+        return None
+    caller = settings.per_caller
+    return AliasLimits(
+        requests_per_minute=settings.requests_per_minute,
+        tokens_per_minute=settings.tokens_per_minute,
+        max_queue=settings.max_queue,
+        per_caller=CallerLimits(
+            caller.metadata_key,
+            caller.requests_per_minute,
+            caller.tokens_per_minute,
+            caller.max_callers,
+        )
+        if caller is not None
+        else None,
+        shared=_redis_budgets(settings, connection),
     )
 
 

@@ -25,9 +25,11 @@ import dataclasses
 from types import TracebackType
 from typing import Any, Final
 
+from sidecar.ai.budgets import AliasCharge
 from sidecar.ai.hedge import FirstChunkTimes
 from sidecar.ai.pipelines import REQUESTS, TOKENS
 from sidecar.ai.services import ModelService
+from sidecar.ai.tokens import reservation
 from sidecar.backends.ai.base import ChatRequest, Usage
 from sidecar.errors import SidecarError
 from sidecar.observability.genai_metrics import GenAIAttempt
@@ -68,6 +70,10 @@ class Deployment:
         self.pipeline = service.pipeline(self.name, clock)
         self.first_chunks = FirstChunkTimes()
         """Recent times to first chunk, for hedging at a percentile of them."""
+        self.prompts = service.prompt_counter(model)
+        """Counts prompts exactly for the token budget (OpenAI models); None estimates."""
+        if self.prompts is not None:
+            self.prompts.warm()  # loaded in a thread by the first call, not on it
 
     @property
     def breaker(self) -> CircuitBreaker | None:
@@ -106,6 +112,13 @@ class Deployment:
             changes["max_tokens"] = defaults.max_tokens
         return dataclasses.replace(request, **changes) if changes else request
 
+    async def reservation(self, request: ChatRequest) -> int:
+        """What a chat attempt reserves from this deployment's token budget: its prompt,
+        counted with the model's tokenizer where there is one, plus `max_tokens`."""
+        if self.prompts is None:
+            return reservation(request)
+        return reservation(request, await self.prompts.count(request))
+
     def cool_down(self, seconds: float | None) -> None:
         """Send no calls here for `seconds` (an upstream 429's Retry-After)."""
         self.pipeline.cool_down(seconds if seconds is not None else DEFAULT_COOLDOWN)
@@ -118,9 +131,11 @@ class Deployment:
         wait: bool,
         operation: str = "chat",
         panic: bool = False,
+        charge: AliasCharge | None = None,
     ) -> Admission:
         """Reserve what one attempt needs: a breaker permit, a bulkhead slot, 1 request and
-        `weight` tokens; in `panic` mode an open breaker lets the attempt through.
+        `weight` tokens; in `panic` mode an open breaker lets the attempt through. What the
+        attempt costs is also spent from `charge` (its alias's budgets) when it settles.
 
         Raises:
             SidecarError: The deployment refuses the attempt (see the module docstring).
@@ -132,7 +147,7 @@ class Deployment:
             detail=GenAIAttempt(operation),
             panic=panic,
         )
-        return Admission(self, lease, operation)
+        return Admission(self, lease, operation, charge)
 
 
 class Admission:
@@ -144,12 +159,19 @@ class Admission:
     bulkhead slot back.
     """
 
-    __slots__ = ("_deployment", "_lease", "_operation")
+    __slots__ = ("_charge", "_deployment", "_lease", "_operation")
 
-    def __init__(self, deployment: Deployment, lease: StreamLease, operation: str) -> None:
+    def __init__(
+        self,
+        deployment: Deployment,
+        lease: StreamLease,
+        operation: str,
+        charge: AliasCharge | None = None,
+    ) -> None:
         self._deployment = deployment
         self._lease = lease
         self._operation = operation
+        self._charge = charge
 
     @property
     def committed(self) -> bool:
@@ -175,10 +197,10 @@ class Admission:
         reservation (refunding the difference)."""
         if self._lease.settled:
             return
-        self._lease.settle(
+        self._settle(
             StreamOutcome.SUCCESS,
-            actual_weight=usage.total_tokens if usage is not None else None,
-            detail=GenAIAttempt(self._operation, "OK", _recorded(usage), response_model),
+            usage,
+            GenAIAttempt(self._operation, "OK", _recorded(usage), response_model),
         )
 
     def failed(self, error: BaseException, usage: Usage | None = None) -> None:
@@ -202,22 +224,26 @@ class Admission:
             label = "CANCELLED"
         else:
             label = "INTERNAL"
-        self._lease.settle(
-            outcome,
-            actual_weight=usage.total_tokens if usage is not None else None,
-            detail=GenAIAttempt(self._operation, label, _recorded(usage)),
-        )
+        self._settle(outcome, usage, GenAIAttempt(self._operation, label, _recorded(usage)))
 
     def release(self, usage: Usage | None = None, outcome: str = "CANCELLED") -> None:
         """Settle the attempt as ignored if nothing settled it (frees its bulkhead slot),
         charging `usage` as `failed` does; `outcome` labels it in the metrics (CANCELLED,
         or HEDGE_LOST for the slower of a hedged pair)."""
         if not self._lease.settled:
-            self._lease.settle(
+            self._settle(
                 StreamOutcome.IGNORED,
-                actual_weight=usage.total_tokens if usage is not None else None,
-                detail=GenAIAttempt(self._operation, outcome, _recorded(usage)),
+                usage,
+                GenAIAttempt(self._operation, outcome, _recorded(usage)),
             )
+
+    def _settle(self, outcome: StreamOutcome, usage: Usage | None, detail: GenAIAttempt) -> None:
+        """Settle the lease with `usage` (None keeps the reservation), and spend the same
+        from the alias's budgets."""
+        actual = usage.total_tokens if usage is not None else None
+        self._lease.settle(outcome, actual_weight=actual, detail=detail)
+        if self._charge is not None:
+            self._charge.spend(actual if actual is not None else self._lease.weight)
 
     def __enter__(self) -> Admission:
         return self

@@ -37,14 +37,16 @@ import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 
+from sidecar.ai.budgets import AliasBudgets, AliasCharge
 from sidecar.ai.deployment import Admission, Deployment
 from sidecar.ai.response_cache import CachedAnswer, Recorder, is_deterministic
 from sidecar.ai.rounds import Rounds, calm, falls_back, final_error, panics
 from sidecar.ai.route import Route
-from sidecar.ai.tokens import StreamTally, reservation
+from sidecar.ai.tokens import StreamTally
 from sidecar.backends.ai.base import ChatEnd, ChatEvent, ChatRequest, ChatStream
 from sidecar.backends.ai.errors import stream_interrupted, upstream_timeout
 from sidecar.errors import SidecarError
+from sidecar.observability.call_context import current_call
 from sidecar.observability.genai_metrics import GenAIMetrics
 from sidecar.resilience import Clock, Deadline
 
@@ -160,10 +162,17 @@ class _Try:
 class _ChatCall:
     """The bookkeeping of one streamed call: admission, hedging, settling, cache, errors."""
 
-    def __init__(self, route: Route, keyed: ChatRequest, deadline: Deadline | None) -> None:
+    def __init__(
+        self,
+        route: Route,
+        keyed: ChatRequest,
+        deadline: Deadline | None,
+        charge: AliasCharge | None = None,
+    ) -> None:
         self.route = route
         self.keyed = keyed
         self.deadline = deadline
+        self.charge = charge  # the alias's budgets: every attempt's cost is spent from it
         cacheable = route.cache is not None and is_deterministic(keyed)
         self.recorder = Recorder() if cacheable else None
         self.errors: list[SidecarError] = []
@@ -175,7 +184,11 @@ class _ChatCall:
         """An admitted attempt on `deployment`, or None after noting its refusal."""
         try:
             admission = await deployment.admit(
-                reservation(request), self.deadline, wait=wait, panic=panic
+                await deployment.reservation(request),
+                self.deadline,
+                wait=wait,
+                panic=panic,
+                charge=self.charge,
             )
         except SidecarError as exc:
             self.errors.append(exc)
@@ -218,7 +231,8 @@ class _ChatCall:
         if budget is not None and not budget.try_spend_retry():
             return None
         try:
-            admission = await spare.admit(reservation(request), self.deadline, wait=False)
+            weight = await spare.reservation(request)
+            admission = await spare.admit(weight, self.deadline, wait=False, charge=self.charge)
         except SidecarError:
             return None
         return _Try(spare, request, admission)
@@ -288,7 +302,7 @@ class _ChatCall:
                 await loser.abandon(outcome)
 
 
-async def stream_chat(
+def stream_chat(
     route: Route,
     request: ChatRequest,
     deadline: Deadline | None,
@@ -297,16 +311,56 @@ async def stream_chat(
 ) -> AsyncGenerator[list[ChatEvent], None]:
     """Stream the answer to `request` in batches; the last batch ends with a `ChatEnd`.
 
+    An alias with budgets of its own (`route.limits`, see `budgets`) takes the call's share
+    of them first and settles it with what the call's attempts cost once it ends.
+
     Raises:
-        SidecarError: No deployment could answer, or the committed stream broke.
+        SidecarError: No deployment could answer, or the committed stream broke; an
+            alias's budget cannot admit the call in time (RESOURCE_EXHAUSTED).
+        InvalidArgument: The caller's identity metadata is not a valid one.
     """
+    if route.limits is None:
+        return _stream_chat(route, request, deadline, call, metrics)
+    return _within_budgets(route, route.limits, request, deadline, call, metrics)
+
+
+async def _within_budgets(
+    route: Route,
+    limits: AliasBudgets,
+    request: ChatRequest,
+    deadline: Deadline | None,
+    call: RoutedCall,
+    metrics: GenAIMetrics | None,
+) -> AsyncGenerator[list[ChatEvent], None]:
+    info = current_call()
+    caller = limits.caller_of(info.metadata if info is not None else ())
+    first = route.deployments[0]
+    weight = await first.reservation(first.prepare(request))
+    charge = await limits.admit(weight, caller, deadline)
+    try:
+        stream = _stream_chat(route, request, deadline, call, metrics, charge)
+        async with contextlib.aclosing(stream) as batches:
+            async for batch in batches:
+                yield batch
+    finally:
+        charge.settle()
+
+
+async def _stream_chat(
+    route: Route,
+    request: ChatRequest,
+    deadline: Deadline | None,
+    call: RoutedCall,
+    metrics: GenAIMetrics | None,
+    charge: AliasCharge | None = None,
+) -> AsyncGenerator[list[ChatEvent], None]:
     keyed = route.deployments[0].prepare(request)
     hit = await _cached(route, keyed, call, metrics)
     if hit is not None:
         for event in hit.events:
             yield [event]
         return
-    state = _ChatCall(route, keyed, deadline)
+    state = _ChatCall(route, keyed, deadline, charge)
     rounds = Rounds(route, deadline, route.clock)
     targets, panic = route.deployments, False
     while True:

@@ -9,6 +9,10 @@ replayed as the same stream, not as one lump.
 The cache is an optimisation: a cache that is down, slow or full never fails the call; the
 answer is then served (and counted) as a miss.
 
+Re-attachable calls (`sidecar.ai.reattach`) keep their finished answers on the same cache,
+under keys of their own (`load`/`store`), each entry naming the digest of the request it
+answers.
+
 Usage:
 
     cache = ResponseCache("chat", integration, ttl=3600)
@@ -76,10 +80,16 @@ def _normalised(alias: str, request: ChatRequest) -> bytes:
 
 @dataclass
 class CachedAnswer:
-    """A complete answer as it streamed: text pieces, tool-call deltas and the end."""
+    """A complete answer as it streamed: text pieces, tool-call deltas and the end.
+
+    Attributes:
+        request: The digest of the request answered (`ResponseCache.digest`); "" when the
+            key already is one.
+    """
 
     events: list[ChatEvent]
     deployment: str
+    request: str = ""
 
     def to_bytes(self) -> bytes:
         """The stored form (compact JSON)."""
@@ -96,7 +106,10 @@ class CachedAnswer:
                 items.append(
                     ["e", event.finish_reason.value, usage, event.model, event.response_id]
                 )
-        return json.dumps({"v": _VERSION, "d": self.deployment, "events": items}).encode()
+        document = {"v": _VERSION, "d": self.deployment, "events": items}
+        if self.request:
+            document["r"] = self.request
+        return json.dumps(document).encode()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> CachedAnswer:
@@ -119,7 +132,7 @@ class CachedAnswer:
                 events.append(ChatEnd(FinishReason(item[1]), usage, item[3], item[4]))
         if not events or not isinstance(events[-1], ChatEnd):
             raise ValueError("cache entry has no end")
-        return cls(events, document.get("d", ""))
+        return cls(events, document.get("d", ""), document.get("r", ""))
 
 
 @dataclass
@@ -154,14 +167,24 @@ class ResponseCache:
         name: str = self._integration.name
         return name
 
+    def digest(self, request: ChatRequest) -> str:
+        """SHA-256 (hex) of a (defaults-applied) request's normalised form."""
+        return hashlib.sha256(_normalised(self._alias, request)).hexdigest()
+
     def key(self, request: ChatRequest) -> str:
         """The cache key of a (defaults-applied) request."""
-        digest = hashlib.sha256(_normalised(self._alias, request)).hexdigest()
-        return f"ai:response:{self._alias}:{digest}"
+        return f"ai:response:{self._alias}:{self.digest(request)}"
 
     async def get(self, request: ChatRequest) -> CachedAnswer | None:
         """The stored answer, or None (also when the cache fails)."""
-        key = self.key(request)
+        return await self.load(self.key(request))
+
+    async def put(self, request: ChatRequest, answer: CachedAnswer) -> None:
+        """Store a complete answer; too large or failing writes are skipped."""
+        await self.store(self.key(request), answer, self._ttl)
+
+    async def load(self, key: str) -> CachedAnswer | None:
+        """The answer stored under `key`, or None (also when the cache fails)."""
         backend = self._integration.backend
         try:
             data = await self._integration.pipeline.execute(lambda: backend.get(key))
@@ -172,15 +195,15 @@ class ResponseCache:
             )
             return None
 
-    async def put(self, request: ChatRequest, answer: CachedAnswer) -> None:
-        """Store a complete answer; too large or failing writes are skipped."""
+    async def store(self, key: str, answer: CachedAnswer, ttl: float) -> None:
+        """Store `answer` under `key` for `ttl` seconds; too large or failing writes are
+        skipped."""
         data = answer.to_bytes()
         if self._limit is not None and len(data) > self._limit:
             return
-        key = self.key(request)
         backend = self._integration.backend
         try:
-            await self._integration.pipeline.execute(lambda: backend.set(key, data, ttl=self._ttl))
+            await self._integration.pipeline.execute(lambda: backend.set(key, data, ttl=ttl))
         except Exception as exc:
             _log.warning(
                 "response cache write failed", extra={"alias": self._alias, "error": repr(exc)}

@@ -118,7 +118,7 @@ def final_error(errors: list[SidecarError]) -> SidecarError:
     """The error that answers the call: the last one, with the soonest retry hint."""
     error = errors[-1]
     hints = [e.retry_after for e in errors if e.retry_after is not None]
-    if hints and error.retry_after is None and falls_back(error):
+    if hints and falls_back(error):
         error.retry_after = min(hints)
     if len(errors) > 1:
         tried = [e.metadata.get("deployment", "") for e in errors]

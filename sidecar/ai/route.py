@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
+from sidecar.ai.budgets import AliasBudgets
 from sidecar.ai.deployment import Deployment
 from sidecar.ai.hedge import HedgePolicy
 from sidecar.ai.response_cache import ResponseCache
@@ -40,6 +41,7 @@ class Route:
         random: Jitter source.
         panic: When the alias last tried deployments through their open breakers.
         hedge: When a slow first chunk starts the next deployment too; None never.
+        limits: The alias's own and per-caller budgets; None: only the deployments'.
     """
 
     name: str
@@ -52,3 +54,4 @@ class Route:
     random: Callable[[], float] = field(default=_random.random)
     panic: PanicMode = field(default_factory=PanicMode, compare=False)
     hedge: HedgePolicy | None = None
+    limits: AliasBudgets | None = None

@@ -13,6 +13,8 @@ so an alias and a direct target on the same model share one breaker and one budg
 pipeline is kept by the `ModelService`). Each service's default deployment and every alias's
 deployments are built with the router, so their breakers are reported from start-up.
 Alias references are checked when the router is built: a typo fails start-up, not a call.
+An alias with `reattach:` also gets its registry of re-attachable calls (`calls`, see
+`sidecar.ai.reattach`), on its cache service.
 
 Usage:
 
@@ -28,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from sidecar.ai.deployment import Deployment
+from sidecar.ai.reattach import CallRegistry, ReattachPolicy
 from sidecar.ai.response_cache import ResponseCache
 from sidecar.ai.route import Route
 from sidecar.ai.services import AliasService, ModelService
@@ -96,11 +99,13 @@ class AIRouter:
             self._deployment(name, service.backend.model)
         self._routes: dict[str, Route] = {}
         self._aliases: list[str] = []
+        self._calls: dict[str, CallRegistry] = {}
         self._default = ""
         for item in items:
             if item.type == "ai_alias":
-                self._routes[item.name] = self._alias_route(item.name, item.backend, caches)
+                route = self._routes[item.name] = self._alias_route(item.name, item.backend, caches)
                 self._aliases.append(item.name)
+                self._add_calls(route, getattr(item.settings, "reattach", None))
                 if item.is_default:
                     self._default = item.name
         if not self._default:
@@ -135,6 +140,21 @@ class AIRouter:
             route = self._single(target, "deployment", service_name, model, settings.retry)
         self._routes[target] = route
         return route
+
+    def calls(self, route: Route) -> CallRegistry | None:
+        """The re-attachable calls of `route` (an alias with `reattach:`), else None."""
+        return self._calls.get(route.name) if route.kind == "alias" else None
+
+    def _add_calls(self, route: Route, settings: Any) -> None:
+        if settings is None or route.cache is None:  # the config requires a cache with it
+            return
+        policy = ReattachPolicy(
+            ttl=settings.ttl,
+            detached_grace=settings.detached_grace,
+            max_calls=settings.max_calls,
+            max_buffered_bytes=settings.max_buffered_bytes,
+        )
+        self._calls[route.name] = CallRegistry(route.name, route.cache, policy, self._clock)
 
     def targets(self) -> list[TargetInfo]:
         """Every alias and service, for ListModels (aliases first, each sorted by name)."""
@@ -250,6 +270,7 @@ class AIRouter:
             clock=self._clock,
             random=self._random,
             hedge=alias.hedge,
+            limits=alias.budgets(name, self._clock),
         )
 
     def _check_model(self, service_name: str, settings: ModelService, model: str) -> None:

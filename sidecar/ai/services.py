@@ -16,11 +16,14 @@ backend (health monitoring, shutdown); no config or protobuf type appears here.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from dataclasses import dataclass, field
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
+from sidecar.ai.budgets import AliasBudgets, AliasLimits
 from sidecar.ai.hedge import HedgePolicy
-from sidecar.ai.pipelines import REQUESTS, TOKENS, DeploymentPipelines, per_minute
+from sidecar.ai.pipelines import TOKENS, DeploymentPipelines, SharedLimiters, per_minute_limits
 from sidecar.backends.ai.base import ChatProvider, UpstreamTimeouts
 from sidecar.resilience import (
     BulkheadOptions,
@@ -29,12 +32,14 @@ from sidecar.resilience import (
     Clock,
     EventListener,
     PipelineSnapshot,
-    RateLimit,
     RetryOptions,
     StreamingOptions,
     StreamingPipeline,
     StreamingSnapshot,
 )
+
+if TYPE_CHECKING:
+    from sidecar.ai.tokenizer import PromptCounter
 
 __all__ = ["AliasService", "DeploymentRef", "ModelDefaults", "ModelService", "TokenLimits"]
 
@@ -82,6 +87,8 @@ class ModelService:
         coalesce: Merge chunks that pile up while a write to the caller is in flight.
         bulkhead: Calls in flight (and queued) on the service, all deployments together;
             None: no bound.
+        shared_limits: Makes each deployment's buckets in a store every sidecar shares
+            (`store: redis`); None keeps them in this process.
     """
 
     provider: ChatProvider
@@ -95,30 +102,35 @@ class ModelService:
     retry: RetryOptions | None = None
     coalesce: bool = True
     bulkhead: BulkheadOptions | None = None
+    shared_limits: SharedLimiters | None = None
     _pipelines: DeploymentPipelines = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         # Frozen settings, but the deployments' pipelines are live state made on first use.
-        object.__setattr__(
-            self, "_pipelines", DeploymentPipelines(self.provider.provider, self.streaming())
+        pipelines = DeploymentPipelines(
+            self.provider.provider, self.streaming(), self.shared_limits
         )
+        object.__setattr__(self, "_pipelines", pipelines)
+
+    def prompt_counter(self, model: str) -> PromptCounter | None:
+        """The exact prompt counter of `model` when its tokens are budgeted and tiktoken
+        knows it (an OpenAI model); None keeps the estimate (`tokens`)."""
+        if self.provider.provider != "openai" or not self.limits.tokens_per_minute:
+            return None
+        from sidecar.ai.tokenizer import PromptCounter, encoding_for  # imports tiktoken
+
+        encoding = encoding_for(model)
+        return PromptCounter(encoding) if encoding is not None else None
 
     def streaming(self) -> StreamingOptions:
         """The policies of each deployment: breaker, service bulkhead, rpm then tpm."""
         limits = self.limits
-        rate_limits: list[RateLimit] = []
-        if limits.requests_per_minute:
-            rate_limits.append(
-                per_minute(REQUESTS, limits.requests_per_minute, limits.max_queue, weighted=False)
-            )
-        if limits.tokens_per_minute:
-            rate_limits.append(
-                per_minute(TOKENS, limits.tokens_per_minute, limits.max_queue, weighted=True)
-            )
         return StreamingOptions(
             circuit_breaker=self.circuit_breaker,
             bulkhead=self.bulkhead,
-            rate_limits=tuple(rate_limits),
+            rate_limits=per_minute_limits(
+                limits.requests_per_minute, limits.tokens_per_minute, limits.max_queue
+            ),
         )
 
     def pipeline(self, deployment: str, clock: Clock) -> StreamingPipeline:
@@ -165,8 +177,17 @@ class ModelService:
         await self.provider.ping()
 
     async def close(self) -> None:
-        """Close the provider's client."""
+        """Send the settlements still on their way to a shared budget (for a second at
+        most: an unreachable store must not hold shutdown), then close the provider's
+        client."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(_SETTLE_AT_CLOSE):
+                await self._pipelines.settled()
         await self.provider.close()
+
+
+_SETTLE_AT_CLOSE: Final = 1.0
+"""Seconds `close` waits for settlements to reach a shared budget."""
 
 
 _SEVERITY: Final = {
@@ -203,6 +224,8 @@ class AliasService:
         cache_target: The `cache` service storing deterministic answers; None: no cache.
         cache_ttl: Seconds a cached answer lives.
         hedge: When a slow first chunk starts the next deployment too; None never.
+        limits: Budgets of the alias as a whole and per caller; None: only the
+            deployments' own.
     """
 
     deployments: tuple[DeploymentRef, ...]
@@ -210,9 +233,27 @@ class AliasService:
     cache_target: str | None = None
     cache_ttl: float = 3600.0
     hedge: HedgePolicy | None = None
+    limits: AliasLimits | None = None
+    _budgets: list[AliasBudgets] = field(
+        init=False, repr=False, compare=False, default_factory=list
+    )
+
+    def budgets(self, name: str, clock: Clock) -> AliasBudgets | None:
+        """The budgets of the alias `name` (made on first use, on `clock`), or None without
+        `limits`."""
+        if self.limits is None:
+            return None
+        if not self._budgets:
+            self._budgets.append(AliasBudgets(name, self.limits, clock))
+        return self._budgets[0]
 
     async def ping(self) -> None:
         """An alias has no upstream of its own; its deployments' services are probed."""
 
     async def close(self) -> None:
-        """Nothing to release."""
+        """Send the settlements still on their way to a shared budget (for a second at
+        most)."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(_SETTLE_AT_CLOSE):
+                for budgets in self._budgets:
+                    await budgets.settled()

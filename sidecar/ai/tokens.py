@@ -13,19 +13,27 @@ unasked). When it sends none (the caller cancelled, the deadline passed, the ups
 stream, or a server ignores the option) the attempt is settled with a count of what it
 streamed (`StreamTally`): the prompt estimate below, plus each streamed piece of text or tool
 call at one token per four characters and at least one token (servers stream about one token
-per chunk). `tiktoken` is not used: its encodings are downloaded on first use, which a
-sidecar without internet access cannot do.
+per chunk).
+
+For OpenAI models the prompt's text is counted exactly instead (`tokenizer.PromptCounter`
+passes its encoder as `text_tokens`); the framing, image and tool costs stay as here.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Final
 
 from sidecar.backends.ai.base import ChatEvent, ChatRequest, ImagePart, ToolCallDelta, Usage
 
-__all__ = ["StreamTally", "estimate_embedding_tokens", "estimate_prompt_tokens", "reservation"]
+__all__ = [
+    "StreamTally",
+    "estimate_embedding_tokens",
+    "estimate_prompt_tokens",
+    "prompt_text_chars",
+    "reservation",
+]
 
 _CHARS_PER_TOKEN: Final = 4
 _PER_MESSAGE: Final = 4
@@ -37,25 +45,43 @@ def _text_tokens(text: str) -> int:
     return -(-len(text) // _CHARS_PER_TOKEN)  # ceiling division
 
 
-def estimate_prompt_tokens(request: ChatRequest) -> int:
-    """Tokens the prompt will likely cost: messages, tool calls and tool schemas."""
-    total = 3
+def _prompt_texts(request: ChatRequest) -> list[str]:
+    """Every piece of text the prompt sends: message parts, tool calls, tool schemas."""
+    texts: list[str] = []
     for message in request.messages:
-        total += _PER_MESSAGE
-        for part in message.content:
-            total += _PER_IMAGE if isinstance(part, ImagePart) else _text_tokens(part)
+        texts.extend(part for part in message.content if isinstance(part, str))
         for call in message.tool_calls:
-            total += _text_tokens(call.name) + _text_tokens(call.arguments)
+            texts += (call.name, call.arguments)
     for tool in request.tools:
         schema = json.dumps(tool.parameters) if tool.parameters else ""
-        total += _text_tokens(tool.name) + _text_tokens(tool.description) + _text_tokens(schema)
-    return total
+        texts += (tool.name, tool.description, schema)
+    return texts
 
 
-def reservation(request: ChatRequest) -> int:
-    """What a chat call reserves from a tokens-per-minute budget before it starts."""
+def prompt_text_chars(request: ChatRequest) -> int:
+    """Characters of text in the prompt (what encoding it costs)."""
+    return sum(len(text) for text in _prompt_texts(request))
+
+
+def estimate_prompt_tokens(
+    request: ChatRequest, text_tokens: Callable[[str], int] = _text_tokens
+) -> int:
+    """Tokens the prompt will likely cost: its text (four characters a token unless
+    `text_tokens` counts better), plus framing per message and a flat cost per image."""
+    images = sum(
+        isinstance(part, ImagePart) for message in request.messages for part in message.content
+    )
+    framing = 3 + _PER_MESSAGE * len(request.messages) + _PER_IMAGE * images
+    return framing + sum(text_tokens(text) for text in _prompt_texts(request) if text)
+
+
+def reservation(request: ChatRequest, prompt_tokens: int | None = None) -> int:
+    """What a chat call reserves from a tokens-per-minute budget before it starts: the
+    prompt (`prompt_tokens` when counted exactly, else estimated) plus `max_tokens`."""
     answer = request.max_tokens if request.max_tokens is not None else _UNBOUNDED_ANSWER
-    return estimate_prompt_tokens(request) + answer
+    if prompt_tokens is None:
+        prompt_tokens = estimate_prompt_tokens(request)
+    return prompt_tokens + answer
 
 
 def estimate_embedding_tokens(inputs: Sequence[str]) -> int:

@@ -527,6 +527,16 @@ def _connection_reference_errors(
                 else ("integration", "rate_limiting", "default", "connection")
             )
             refused(where, limit.connection, "{name} is not a configured redis connection")
+    for name, service in services.items():
+        # AI budgets (`ai_model` and `ai_alias` rate_limit) may live on a redis connection.
+        budget = getattr(service, "limits", None) if service.type.startswith("ai_") else None
+        named = getattr(budget, "connection", None)
+        if named is not None and named not in redis:
+            refused(
+                ("services", name, "rate_limit", "connection"),
+                named,
+                "{name} is not a configured redis connection",
+            )
     return errors
 
 

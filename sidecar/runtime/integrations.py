@@ -216,13 +216,42 @@ def _build(
     if service.type == "ai_model":
         from sidecar.ai.build import model_service
 
-        built = model_service(service, policies, pipeline_options(policies), connection)
+        built = model_service(
+            service,
+            policies,
+            pipeline_options(policies),
+            connection,
+            budgets=_budget_store(name, service.limits.connection, connections),
+        )
         return BuiltBackend(built, frozenset())
     if service.type == "ai_alias":
         from sidecar.ai.build import alias_service
 
-        return BuiltBackend(alias_service(service, pipeline_options(policies)), frozenset())
+        limits = service.limits
+        budgets = _budget_store(name, limits.connection if limits else None, connections)
+        built_alias = alias_service(service, pipeline_options(policies), budgets)
+        return BuiltBackend(built_alias, frozenset())
     return build_backend(BuildContext(name, service, policies, connection, clock))
+
+
+def _budget_store(service: str, name: str | None, connections: Connections) -> Any:
+    """The redis connection an AI service's `rate_limit.connection` names, if any.
+
+    Raises:
+        ValueError: It names no configured redis connection.
+    """
+    if name is None:
+        return None
+    try:
+        connection = connections.get(name)
+    except KeyError:
+        connection = None
+    if connection is None or connection.type != "redis":
+        raise ValueError(
+            f"services.{service}.rate_limit.connection: {name!r} is not a configured redis "
+            "connection (under connections:)"
+        )
+    return connection
 
 
 def _shared_rate_limiter(

@@ -17,13 +17,17 @@ Transcribe checks the first message's config and target, then reads the whole cl
 (bounded: `sidecar.ai.limits.MAX_AUDIO_BYTES`) because the upstream takes one multipart
 file; only then does the call start on the route and the deadline.
 ListModels answers from `sidecar.ai.catalog` (configured targets plus the upstreams' lists).
+
+Complete and StreamComplete on an alias with `reattach:` hand a call carrying an
+`idempotency-key` header to the alias's `sidecar.ai.reattach.CallRegistry`, scoped by the
+caller's identity; the answer streams the same way from there.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterable, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterable, Awaitable, Callable
 from dataclasses import replace
 from typing import Final, TypeVar
 
@@ -36,7 +40,7 @@ from sidecar.ai.relay import relay
 from sidecar.ai.route import Route
 from sidecar.ai.router import AIRouter
 from sidecar.ai.unary import embed, generate_image, transcribe
-from sidecar.backends.ai.base import ChatEvent
+from sidecar.backends.ai.base import ChatEvent, ChatRequest
 from sidecar.errors import DeadlineExceeded
 from sidecar.observability.genai_metrics import GenAIMetrics
 from sidecar.resilience import SYSTEM_CLOCK, Clock, Deadline
@@ -44,9 +48,11 @@ from sidecar.runtime import Integrations
 from sidecar.servicers._common import Context, call_deadline, serve_target
 from sidecar.servicers.ai_mapping import (
     Assembler,
+    caller_identity,
     chat_request,
     check_target,
     embed_inputs,
+    idempotency_key,
     image_request,
     stream_messages,
     transcription_audio,
@@ -114,6 +120,24 @@ class AIServicer(ai_pb2_grpc.AIServiceServicer):
         serve_target(route.name)
         return route
 
+    def _chat(
+        self,
+        route: Route,
+        chat: ChatRequest,
+        deadline: Deadline | None,
+        call: RoutedCall,
+        context: Context,
+    ) -> AsyncGenerator[list[ChatEvent], None]:
+        """The answer's batches: a re-attachable call when the alias keeps them and the
+        caller named one, else a call of its own."""
+        calls = self._router.calls(route)
+        key = idempotency_key(context) if calls is not None else None
+        if calls is None or key is None:
+            return stream_chat(route, chat, deadline, call, self._metrics)
+        return calls.stream(
+            key, caller_identity(context), route, chat, deadline, call, self._metrics
+        )
+
     def _deadline(self, context: Context) -> tuple[Deadline | None, float | None]:
         """The sidecar's deadline on its clock, and the real seconds it has left."""
         deadline = call_deadline(context, self._clock, margin=_MARGIN)
@@ -129,7 +153,7 @@ class AIServicer(ai_pb2_grpc.AIServiceServicer):
         answer = Assembler()
         try:
             async with asyncio.timeout(seconds):
-                stream = stream_chat(route, chat, deadline, call, self._metrics)
+                stream = self._chat(route, chat, deadline, call, context)
                 async with contextlib.aclosing(stream):
                     async for batch in stream:
                         answer.add(batch)
@@ -152,7 +176,7 @@ class AIServicer(ai_pb2_grpc.AIServiceServicer):
 
         try:
             async with asyncio.timeout(seconds):
-                stream = stream_chat(route, chat, deadline, call, self._metrics)
+                stream = self._chat(route, chat, deadline, call, context)
                 await relay(stream, send, coalesce=lambda: call.coalesce)
         except TimeoutError as exc:
             raise _too_late(call) from exc

@@ -9,9 +9,10 @@ tool-call pieces follow them, and the end rides on the last message.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import Any, Final
 
 from google.protobuf import json_format, struct_pb2
@@ -38,13 +39,16 @@ from sidecar.backends.ai.base import (
     Usage,
 )
 from sidecar.errors import ResourceExhausted
-from sidecar.servicers._common import invalid
+from sidecar.observability.call_context import current_call
+from sidecar.servicers._common import IDEMPOTENCY_KEY_HEADER, Context, invalid
 
 __all__ = [
     "Assembler",
+    "caller_identity",
     "chat_request",
     "check_target",
     "embed_inputs",
+    "idempotency_key",
     "image_request",
     "stream_messages",
     "transcription_audio",
@@ -497,3 +501,32 @@ def _too_large(message: str) -> ResourceExhausted:
     return ResourceExhausted(
         f"audio: {message}", reason="VALUE_TOO_LARGE", metadata={"field": "audio"}
     )
+
+
+def _metadata_of(context: Context) -> Iterable[tuple[str, str | bytes]]:
+    call = current_call()  # the inbound layer already read the metadata
+    return call.metadata if call is not None else context.invocation_metadata() or ()
+
+
+def idempotency_key(context: Context) -> str | None:
+    """The call's `idempotency-key` header, or None (a binary value counts as none)."""
+    for key, value in _metadata_of(context):
+        if key == IDEMPOTENCY_KEY_HEADER and isinstance(value, str):
+            return value
+    return None
+
+
+def caller_identity(context: Context) -> str:
+    """Who is calling, as far as the server can tell, in a form fit for a key: a digest of
+    the bearer token (`t.` + 32 hex; verified when the server checks tokens), else of the
+    client certificate's identities (`c.`), else "" (anonymous). Digests, so that no
+    credential is ever stored."""
+    for key, value in _metadata_of(context):
+        if key == "authorization" and isinstance(value, str):
+            token = value.partition(" ")[2].strip()
+            if token:
+                return "t." + hashlib.sha256(token.encode()).hexdigest()[:32]
+    identities = sorted(context.auth_context().get("x509_subject_alternative_name", ()))
+    if identities:
+        return "c." + hashlib.sha256(b"\0".join(identities)).hexdigest()[:32]
+    return ""

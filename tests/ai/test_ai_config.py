@@ -239,3 +239,19 @@ def test_the_connection_sections_http_settings_are_checked() -> None:
         assert path in problems, (text, problems)
         if message is not None:
             assert problems[path] == message
+
+
+def test_a_budget_on_an_unknown_redis_connection_is_a_config_error() -> None:
+    text = (
+        "connections:\n  shared: {type: redis, host: 127.0.0.1}\n"
+        "services:\n"
+        "  x:\n    type: ai_model\n    provider: echo\n"
+        "    rate_limit: {tokens_per_minute: 1000, store: redis, connection: nosuch}\n"
+        "  chat:\n    type: ai_alias\n    deployments: [x]\n"
+        "    rate_limit: {requests_per_minute: 10, store: redis, connection: shared}\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, environ={})
+    assert caught.value.problems == [
+        ("services.x.rate_limit.connection", "'nosuch' is not a configured redis connection")
+    ]

@@ -107,15 +107,18 @@ async def test_waiters_are_served_in_reservation_order_across_processes(
     assert done == ["a", "b", "c"]
 
 
-async def test_a_caller_whose_own_deadline_cuts_the_redis_call_short_is_served_locally(
+async def test_a_caller_with_no_time_to_wait_still_gets_the_shared_buckets_answer(
     clients: list[RedisConnection], key_prefix: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    limiter = bucket(clients[0], key_prefix + "b", rate=1, burst=5)
+    first = bucket(clients[0], key_prefix + "b", rate=0.01, burst=2)
+    second = bucket(clients[1], key_prefix + "b", rate=0.01, burst=2)
     with caplog.at_level(logging.WARNING, logger="sidecar.backends.redis"):
-        await limiter.acquire(deadline=soon(0.000_001))  # no time even to connect
-        await limiter.acquire(deadline=soon(1.0))
+        await first.acquire(deadline=soon(0.000_001))  # no time even to connect
+        await second.acquire(deadline=soon(0))
+        with pytest.raises(RateLimitedError):  # the shared bucket is empty, not a local one
+            await first.acquire(deadline=soon(0))
     assert caplog.records == []  # Redis is fine: nothing degraded
-    assert limiter.snapshot().available == pytest.approx(4, abs=0.1)
+    assert first.snapshot().available == pytest.approx(0, abs=0.01)
 
 
 async def test_a_refused_caller_takes_nothing_from_the_bucket(
@@ -177,3 +180,75 @@ async def test_unreachable_redis_falls_back_to_a_local_bucket_and_says_so(
         "global rate limit unreachable on Redis; limiting locally until it is back"
     ) == 1
     assert limiter.snapshot().available == pytest.approx(0, abs=0.01)
+
+
+async def _tokens(client: RedisConnection, key: str) -> float:
+    """The balance stored in the bucket's hash (before any refill since its last change)."""
+    return float(await client.client.hget(key, "tokens"))
+
+
+async def test_a_refund_is_seen_by_every_process_at_once(
+    clients: list[RedisConnection], key_prefix: str
+) -> None:
+    first = bucket(clients[0], key_prefix + "b", rate=0.001, burst=100, queue=0)
+    second = bucket(clients[1], key_prefix + "b", rate=0.001, burst=100, queue=0)
+    await first.acquire(80)  # the estimate
+    first.adjust(-50)  # the call cost 30
+    await first.settled()
+    assert await _tokens(clients[0], key_prefix + "b") == pytest.approx(70, abs=0.01)
+    assert first.snapshot().available == pytest.approx(70, abs=0.01)
+    await second.acquire(70)  # the refund is spendable from the other process
+    with pytest.raises(RateLimitedError):
+        await second.acquire(1)
+
+
+async def test_an_overrun_is_charged_as_a_debt_that_later_callers_wait_out(
+    clients: list[RedisConnection], key_prefix: str
+) -> None:
+    limiter = bucket(clients[0], key_prefix + "b", rate=10, burst=10)
+    await limiter.acquire(10)
+    limiter.adjust(5)  # the call cost 15
+    await limiter.settled()
+    assert await _tokens(clients[0], key_prefix + "b") == pytest.approx(-5, abs=0.1)
+    with pytest.raises(RateLimitedError) as raised:
+        await limiter.acquire(1, deadline=soon(0.2))
+    assert raised.value.retry_after == pytest.approx(0.6, abs=0.05)  # 6 tokens at 10/s
+
+
+async def test_a_refund_never_fills_the_bucket_past_its_capacity(
+    clients: list[RedisConnection], key_prefix: str
+) -> None:
+    limiter = bucket(clients[0], key_prefix + "b", rate=0.001, burst=10)
+    await limiter.acquire(2)
+    limiter.adjust(-100)
+    await limiter.settled()
+    assert await _tokens(clients[0], key_prefix + "b") == pytest.approx(10)
+
+
+async def test_concurrent_reservations_and_settlements_from_two_processes_add_up_exactly(
+    clients: list[RedisConnection], key_prefix: str
+) -> None:
+    limiters = [bucket(client, key_prefix + "b", rate=0.001, burst=1000) for client in clients]
+
+    async def call(limiter: RedisTokenBucket, cost: int) -> None:
+        await limiter.acquire(10)
+        await asyncio.sleep(0)
+        limiter.adjust(cost - 10)
+
+    await asyncio.gather(
+        *(call(limiters[i % 2], cost=i % 7) for i in range(60))  # each costs 0 to 6
+    )
+    await asyncio.gather(*(limiter.settled() for limiter in limiters))
+    spent = sum(i % 7 for i in range(60))
+    assert await _tokens(clients[0], key_prefix + "b") == pytest.approx(1000 - spent, abs=0.5)
+
+
+async def test_a_settlement_while_redis_is_unreachable_goes_to_the_local_fallback(
+    redis_connect: RedisConnect,
+) -> None:
+    settings = CacheServiceConfig(backend="redis", host="127.0.0.1", port=free_port())
+    limiter = bucket(redis_connect(settings), "b", rate=0.001, burst=10)
+    await limiter.acquire(8, deadline=soon(1.0))  # granted by the fallback
+    limiter.adjust(-6)
+    await limiter.settled()
+    assert limiter.snapshot().available == pytest.approx(8, abs=0.01)

@@ -147,6 +147,10 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """
     ERROR_REASON_TRANSFORM_LIMIT_EXCEEDED: _ErrorReason.ValueType  # 44
     """A transform ran past its time limit, or no worker was free within it."""
+    ERROR_REASON_IDEMPOTENCY_KEY_REUSED: _ErrorReason.ValueType  # 45
+    """An AI call's `idempotency-key` is already used by a call with a different request
+    (running, or finished and kept for re-attach): send a new key for a new request.
+    """
     ERROR_REASON_PERMISSION_DENIED: _ErrorReason.ValueType  # 49
     """A permission policy refused the call: the caller (its bearer token or client certificate
     identity) may not call this service, method or target. ErrorInfo.metadata["policy"]
@@ -280,6 +284,10 @@ as FAILED_PRECONDITION, an upstream's answer.
 """
 ERROR_REASON_TRANSFORM_LIMIT_EXCEEDED: ErrorReason.ValueType  # 44
 """A transform ran past its time limit, or no worker was free within it."""
+ERROR_REASON_IDEMPOTENCY_KEY_REUSED: ErrorReason.ValueType  # 45
+"""An AI call's `idempotency-key` is already used by a call with a different request
+(running, or finished and kept for re-attach): send a new key for a new request.
+"""
 ERROR_REASON_PERMISSION_DENIED: ErrorReason.ValueType  # 49
 """A permission policy refused the call: the caller (its bearer token or client certificate
 identity) may not call this service, method or target. ErrorInfo.metadata["policy"]

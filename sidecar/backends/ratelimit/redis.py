@@ -10,8 +10,11 @@ them anyway (the balance goes negative, a debt) if the refill will cover them wi
 caller's allowed wait, and answers how long to wait; the caller sleeps that long and goes.
 One round trip per call, FIFO across all sidecars, no retry storm against Redis. When the
 wait would pass the caller's deadline (or the allowed queue), the script takes nothing and
-the caller gets `RateLimitedError(retry_after=wait)` at once. A caller cancelled while it
-waits does not give its tokens back (the upstream sees fewer calls, never more).
+the caller gets `RateLimitedError(retry_after=wait)` at once. A caller that may not wait at
+all (its deadline is now: an AI alias deciding whether to move to its next deployment) is
+answered by Redis all the same: it gets the tokens that are there, or the refusal. A caller
+cancelled while it waits does not give its tokens back (the upstream sees fewer calls, never
+more).
 
 `max_queue` keeps its meaning from the local bucket: at most that many callers of this
 sidecar wait at once, and the shared debt never exceeds `max_queue` tokens.
@@ -22,6 +25,13 @@ then tries Redis again. The limit then holds per pod rather than per deployment,
 keep flowing: a rate limit protects an upstream from overload and must not become a second
 point of failure (Envoy's global rate limit fails open by default for the same reason).
 The switch is logged once per outage, and so is the way back.
+
+Weighted limits (LLM tokens) are settled after the call with `adjust(delta)`, as with a local
+`TokenBucket`: the estimate taken at admission is corrected by the real usage, a refund when
+`delta` < 0, a further charge (possibly a debt the next callers wait out) when > 0. The
+correction is one script run (refill, then add or take, atomically), sent in the background
+because the pipeline settles synchronously; `settled()` waits for those in flight. While
+degraded, corrections go to the local fallback.
 """
 
 from __future__ import annotations
@@ -30,7 +40,7 @@ import asyncio
 import hashlib
 import logging
 import math
-from typing import Any
+from typing import Any, Final
 
 from redis.exceptions import RedisError, ResponseError
 
@@ -50,12 +60,15 @@ __all__ = ["RedisTokenBucket"]
 
 _log = logging.getLogger("sidecar.backends.redis")
 
-# KEYS[1]: the bucket (a hash: tokens, ts). ARGV: rate, capacity, weight, max_wait.
-# Returns {granted 0/1, wait seconds, tokens left}; numbers as strings, since Redis would
-# truncate Lua numbers to integers.
-_TAKE_LUA = """
+ROUND_TRIP: Final = 0.5
+"""Seconds a caller with less time left still waits for Redis's answer; a slower answer
+counts as Redis failing (the local fallback takes over)."""
+
+# Both scripts: KEYS[1] is the bucket (a hash: tokens, ts), ARGV[1] and ARGV[2] its rate and
+# capacity. They share the refill (on the Redis server's clock) and the store; numbers go back
+# as strings, since Redis would truncate Lua numbers to integers.
+_REFILL = """
 local rate, capacity = tonumber(ARGV[1]), tonumber(ARGV[2])
-local weight, max_wait = tonumber(ARGV[3]), tonumber(ARGV[4])
 local time = redis.call('TIME')
 local now = tonumber(time[1]) + tonumber(time[2]) / 1000000
 local state = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
@@ -65,21 +78,55 @@ if now > ts then
   tokens = math.min(capacity, tokens + (now - ts) * rate)
   ts = now
 end
+"""
+_STORE = """
+redis.call('HSET', KEYS[1], 'tokens', string.format('%.17g', tokens),
+  'ts', string.format('%.17g', ts))
+-- Once the refill would have filled it again, the bucket may as well not exist.
+redis.call('PEXPIRE', KEYS[1], math.ceil((capacity - tokens) / rate * 1000) + 1000)
+"""
+
+
+class _Script:
+    """A Lua script and its digest (run by digest, loaded once when Redis lacks it)."""
+
+    __slots__ = ("lua", "sha")
+
+    def __init__(self, lua: str) -> None:
+        self.lua = lua
+        self.sha = hashlib.sha1(lua.encode()).hexdigest()
+
+
+# ARGV[3], ARGV[4]: weight, max_wait. Returns {granted 0/1, wait seconds, tokens left}.
+_TAKE = _Script(
+    _REFILL
+    + """
+local weight, max_wait = tonumber(ARGV[3]), tonumber(ARGV[4])
 local wait = 0
 if tokens < weight then wait = (weight - tokens) / rate end
 if wait > max_wait then
   return {0, string.format('%.17g', wait), string.format('%.17g', tokens)}
 end
 tokens = tokens - weight
-redis.call('HSET', KEYS[1], 'tokens', string.format('%.17g', tokens),
-  'ts', string.format('%.17g', ts))
--- Once the refill would have filled it again, the bucket may as well not exist.
-redis.call('PEXPIRE', KEYS[1], math.ceil((capacity - tokens) / rate * 1000) + 1000)
+"""
+    + _STORE
+    + """
 return {1, string.format('%.17g', wait), string.format('%.17g', tokens)}
 """
+)
 
-
-_TAKE_SHA = hashlib.sha1(_TAKE_LUA.encode()).hexdigest()
+# ARGV[3]: delta, taken (> 0) or given back (< 0); a refund never fills past the capacity,
+# a charge may leave a debt. Returns the tokens left.
+_ADJUST = _Script(
+    _REFILL
+    + """
+tokens = math.min(capacity, tokens - tonumber(ARGV[3]))
+"""
+    + _STORE
+    + """
+return string.format('%.17g', tokens)
+"""
+)
 
 
 class RedisTokenBucket(RateLimiter):
@@ -125,6 +172,7 @@ class RedisTokenBucket(RateLimiter):
         self._available = self._capacity
         self._waiting = 0
         self._name = name
+        self._pending: set[asyncio.Task[None]] = set()
 
     @property
     def key(self) -> str:
@@ -148,12 +196,16 @@ class RedisTokenBucket(RateLimiter):
         remaining = deadline.remaining() if deadline is not None else None
         if remaining is not None:
             max_wait = max(0.0, min(max_wait, remaining))
-        scope = asyncio.timeout(remaining)  # a slow Redis must not hold the caller either
+        # A slow Redis must not hold the caller either; but a caller that may not wait
+        # (no time left: an alias asking whether to move on) still gets Redis's answer.
+        round_trip = None if remaining is None else max(remaining, ROUND_TRIP)
+        scope = asyncio.timeout(round_trip)
         try:
             async with scope:
                 granted, wait, tokens = await self._take(weight, max_wait)
         except (RedisError, OSError) as exc:  # OSError includes TimeoutError
-            if not scope.expired():  # Redis failed, not merely this caller's deadline
+            # Redis failed or was slower than ROUND_TRIP, not merely this caller's deadline.
+            if not scope.expired() or round_trip == ROUND_TRIP:
                 self._degrade(exc)
             await self._fallback.acquire(weight, deadline)
             return
@@ -184,15 +236,47 @@ class RedisTokenBucket(RateLimiter):
             queued=self._waiting,
         )
 
-    async def _take(self, weight: float, max_wait: float) -> Any:
-        """Run the script by its digest; load it once when Redis does not know it yet."""
-        args = (self._key, self._rate, self._capacity, weight, max_wait)
+    def adjust(self, delta: float) -> None:
+        """Settle a grant with the real usage: take `delta` more, or give back if < 0.
+
+        Sent in the background (the pipeline settles synchronously); `settled()` waits for
+        it. A refund never fills the bucket past its capacity; a charge may leave a debt.
+        """
+        if not delta:
+            return
+        if self._clock.monotonic() < self._degraded_until:
+            self._fallback.adjust(delta)
+            return
+        task = asyncio.get_running_loop().create_task(self._adjust(delta))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def settled(self) -> None:
+        """Wait until every `adjust` sent so far has reached Redis (or the fallback)."""
+        while self._pending:
+            await asyncio.gather(*self._pending)
+
+    async def _adjust(self, delta: float) -> None:
         try:
-            return await self._call("EVALSHA", _TAKE_SHA, 1, *args)
+            tokens = await self._run(_ADJUST, delta)
+        except (RedisError, OSError) as exc:
+            self._degrade(exc)
+            self._fallback.adjust(delta)
+            return
+        self._available = float(tokens)
+
+    async def _take(self, weight: float, max_wait: float) -> Any:
+        return await self._run(_TAKE, weight, max_wait)
+
+    async def _run(self, script: _Script, *args: float) -> Any:
+        """Run `script` on the bucket by its digest; load it once when Redis lacks it."""
+        keyed = (self._key, self._rate, self._capacity, *args)
+        try:
+            return await self._call("EVALSHA", script.sha, 1, *keyed)
         except ResponseError as exc:
             if not str(exc).startswith("NOSCRIPT"):
                 raise
-            return await self._call("EVAL", _TAKE_LUA, 1, *args)
+            return await self._call("EVAL", script.lua, 1, *keyed)
 
     def _degrade(self, exc: BaseException) -> None:
         if not self._degraded:

@@ -20,6 +20,7 @@
         deployments: [openai/gpt-4o, claude/claude-sonnet-4-5]
         cache: {target: cache, ttl: 1h}
         hedge: {after: 800ms}            # or {after: p95, floor: 200ms}
+        reattach: {ttl: 10m, detached_grace: 30s}   # idempotency-key calls (sidecar.ai.reattach)
 
 On an `ai_model` service `rate_limit` holds the specification's per-minute limits, applied
 to each deployment (`service/model`) separately, instead of the generic requests-per-second
@@ -45,18 +46,22 @@ from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_va
 from pydantic_core import PydanticCustomError
 
 from .._common import AtLeastOne, AtLeastZero, ConfigModel, PositiveRate, ServiceName
-from .._units import DurationSeconds, parse_duration
+from .._units import Bytes, DurationSeconds, parse_duration
+from ..policies import RateLimitStore
 from .base import ServiceBase
 
 __all__ = [
     "MAX_MODEL_NAME",
+    "AIAliasRateLimitConfig",
     "AIAliasServiceConfig",
     "AIAuthConfig",
     "AIDeploymentConfig",
     "AIHedgeConfig",
     "AIModelDefaultsConfig",
     "AIModelServiceConfig",
+    "AIPerCallerLimitConfig",
     "AIRateLimitConfig",
+    "AIReattachConfig",
     "AIResponseCacheConfig",
     "huggingface_model_problem",
 ]
@@ -142,6 +147,68 @@ class AIRateLimitConfig(ConfigModel):
         default=1000,
         description="Calls that may wait for each limit (within their deadline); more are "
         "refused with RESOURCE_EXHAUSTED. Default 1000.",
+    )
+    store: RateLimitStore = Field(
+        default="local",
+        description="Where the budgets live: local is per sidecar process; redis is one budget "
+        "per deployment shared by every sidecar on the same Redis (every pod in front of one "
+        "API key), at `<key_prefix>sidecar:ratelimit:ai:<service>/<model>:requests` and "
+        "`...:tokens`. If Redis is unreachable each sidecar limits locally until it is back. "
+        "Default local.",
+    )
+    connection: ServiceName | None = Field(
+        default=None,
+        description="With store: redis, the redis connection (under connections:) holding "
+        "the budgets; required then. Default null.",
+    )
+    key_prefix: str = Field(
+        default="",
+        max_length=128,
+        description="Prepended to the budgets' Redis keys (sidecars of separate environments "
+        "on one Redis keep separate budgets). Default empty.",
+    )
+
+    @model_validator(mode="after")
+    def _redis_store_needs_connection(self) -> AIRateLimitConfig:
+        if self.store == "redis" and self.connection is None:
+            raise PydanticCustomError(
+                "redis_connection_missing",
+                "store: redis needs connection (a redis connection under connections:)",
+            )
+        return self
+
+
+class AIPerCallerLimitConfig(ConfigModel):
+    """Budgets of each caller of an alias: one per distinct value of a request metadata key."""
+
+    metadata_key: str = Field(
+        default="x-tenant-id",
+        max_length=64,
+        pattern=r"^[a-z0-9][a-z0-9_.-]*$",
+        description="The gRPC metadata key naming the caller (lowercase). Its value (at most "
+        "128 characters: letters, digits and . _ : @ + = / -, else INVALID_ARGUMENT) picks "
+        "the budget; calls without it share one. Default x-tenant-id.",
+    )
+    requests_per_minute: PositiveRate | None = Field(
+        default=None, description="Requests each caller starts per minute. Default null."
+    )
+    tokens_per_minute: PositiveRate | None = Field(
+        default=None, description="Tokens each caller spends per minute. Default null."
+    )
+    max_callers: AtLeastOne = Field(
+        default=10_000,
+        description="Callers this sidecar keeps budgets for; beyond it the least recently "
+        "seen is forgotten (with store: local its budget starts afresh; on Redis it stays). "
+        "Default 10000.",
+    )
+
+
+class AIAliasRateLimitConfig(AIRateLimitConfig):
+    """Budgets of an alias as a whole (every deployment together) and per caller, checked
+    before its deployments' own; `store`, `connection` and `key_prefix` apply to both."""
+
+    per_caller: AIPerCallerLimitConfig | None = Field(
+        default=None, description="Budgets per caller identity. Default null (none)."
     )
 
 
@@ -349,10 +416,50 @@ class AIHedgeConfig(ConfigModel):
         return float(self.after[1:]) if isinstance(self.after, str) else None
 
 
+class AIReattachConfig(ConfigModel):
+    """Re-attachable calls (see `sidecar.ai.reattach`): a chat call sent with an
+    `idempotency-key` header runs detached from its caller, so a retry with the same key
+    gets the whole answer from this sidecar while it runs, or from the alias's cache
+    service (`cache.target`) for `ttl` once it has finished."""
+
+    ttl: DurationSeconds = Field(
+        default=600.0, description="How long a finished answer stays replayable. Default 10m."
+    )
+    detached_grace: DurationSeconds = Field(
+        default=30.0,
+        description="How long a running call with no caller attached keeps going before its "
+        "upstream request is cancelled. Default 30s.",
+    )
+    max_calls: AtLeastOne = Field(
+        default=1000,
+        description="Keyed calls running at once on this alias (this sidecar); more are "
+        "refused with RESOURCE_EXHAUSTED. Default 1000.",
+    )
+    max_buffered_bytes: Bytes = Field(
+        default=1024 * 1024,
+        description="Answer bytes kept per running call for callers that re-attach; a "
+        "longer answer ends with RESOURCE_EXHAUSTED. Default 1MiB.",
+    )
+
+
 class AIAliasServiceConfig(ServiceBase):
     """A model alias (`type: ai_alias`): the name callers use for a list of deployments."""
 
     type: Literal["ai_alias"] = Field(default="ai_alias", description="Service type.")
+    # As on ai_model: the alias's per-minute budgets sit under `rate_limit`, and the inherited
+    # requests-per-second override moves out of the way.
+    rate_limit: None = Field(
+        default=None,
+        alias="inherited_rate_limit",
+        exclude=True,
+        description="Not used by ai_alias services: see `rate_limit` (the `limits` field).",
+    )
+    limits: AIAliasRateLimitConfig | None = Field(
+        default=None,
+        alias="rate_limit",
+        description="requests_per_minute and tokens_per_minute of the alias as a whole, and "
+        "per_caller budgets. Default null (only the deployments' own).",
+    )
     deployments: tuple[AIDeploymentConfig, ...] = Field(
         min_length=1,
         description="Tried in order; the next on UNAVAILABLE, RESOURCE_EXHAUSTED, an open "
@@ -368,6 +475,11 @@ class AIAliasServiceConfig(ServiceBase):
         "is late (at most one extra request per call, paid from the retry budget); null "
         "never hedges. Default null.",
     )
+    reattach: AIReattachConfig | None = Field(
+        default=None,
+        description="Re-attachable calls for requests with an idempotency-key header; needs "
+        "`cache` (where finished answers are kept). Null ignores the header. Default null.",
+    )
 
     @field_validator("deployments", mode="before")
     @classmethod
@@ -381,6 +493,15 @@ class AIAliasServiceConfig(ServiceBase):
             else item
             for item in value
         ]
+
+    @model_validator(mode="after")
+    def _reattach_needs_cache(self) -> AIAliasServiceConfig:
+        """Finished answers are kept on the cache service, so other sidecars replay them."""
+        if self.reattach is not None and self.cache is None:
+            raise PydanticCustomError(
+                "reattach_cache", "reattach needs cache: {target: <a cache service>}", {}
+            )
+        return self
 
     @property
     def backend(self) -> str:
