@@ -123,6 +123,12 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def serve_command(config: Path | None, address: str) -> list[str]:
+    """The command serving the sidecar on `config` (None: the embedded defaults) at `address`."""
+    command = [sys.executable, "-m", "sidecar", "serve", "--listen", address]
+    return command if config is None else [*command, "--config", str(config)]
+
+
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK

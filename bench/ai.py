@@ -24,7 +24,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench.__main__ import CLK_TCK, Server, cpu_seconds, free_port, start
+from bench.__main__ import CLK_TCK, Server, cpu_seconds, free_port, serve_command, start
 from bench.results import record
 
 SECONDS = float(os.environ.get("BENCH_SECONDS", "3"))
@@ -92,16 +92,7 @@ def main() -> int:
         config.write_text(CONFIG.format(upstream=upstream_address))
         sidecar = start(
             "sidecar",
-            [
-                sys.executable,
-                "-m",
-                "sidecar",
-                "serve",
-                "--config",
-                str(config),
-                "--listen",
-                sidecar_address,
-            ],
+            serve_command(config, sidecar_address),
             sidecar_address,
         )
         try:

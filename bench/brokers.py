@@ -35,7 +35,7 @@ import aio_pika
 import grpc
 import nats
 
-from bench.__main__ import free_port, start
+from bench.__main__ import free_port, serve_command, start
 from bench.results import record
 from generated.integration.v1 import pubsub_pb2
 from generated.integration.v1.pubsub_pb2_grpc import PubSubServiceStub
@@ -202,16 +202,7 @@ def main() -> int:
         config.write_text(CONFIG)
         sidecar = start(
             "sidecar",
-            [
-                sys.executable,
-                "-m",
-                "sidecar",
-                "serve",
-                "--config",
-                str(config),
-                "--listen",
-                address,
-            ],
+            serve_command(config, address),
             address,
         )
         try:

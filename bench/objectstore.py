@@ -40,7 +40,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from bench.__main__ import Server, cpu_seconds, free_port, start
+from bench.__main__ import Server, cpu_seconds, free_port, serve_command, start
 from bench.results import record
 from tests.faultproxy import FaultProxy
 
@@ -340,16 +340,7 @@ def main() -> int:
             )
             sidecar = start(
                 "sidecar",
-                [
-                    sys.executable,
-                    "-m",
-                    "sidecar",
-                    "serve",
-                    "--config",
-                    str(config),
-                    "--listen",
-                    sidecar_address,
-                ],
+                serve_command(config, sidecar_address),
                 sidecar_address,
             )
             try:

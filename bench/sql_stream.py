@@ -13,14 +13,21 @@ from __future__ import annotations
 import asyncio
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import grpc
 
-from bench.__main__ import PG_DSN, REPEATS, cpu_seconds, free_port, postgres_answers, start
+from bench.__main__ import (
+    PG_DSN,
+    REPEATS,
+    cpu_seconds,
+    free_port,
+    postgres_answers,
+    serve_command,
+    start,
+)
 from bench.results import record
 from generated.integration.v1 import sql_pb2, sql_pb2_grpc
 
@@ -74,16 +81,7 @@ def main() -> int:
         config.write_text(CONFIG.format(dsn=PG_DSN, batch=BATCH))
         address = f"127.0.0.1:{free_port()}"
         process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "sidecar",
-                "serve",
-                "--config",
-                str(config),
-                "--listen",
-                address,
-            ],
+            serve_command(config, address),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

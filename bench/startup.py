@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -24,7 +23,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from bench.__main__ import free_port
+from bench.__main__ import free_port, serve_command
 from bench.results import record
 
 REPEATS = int(os.environ.get("BENCH_REPEATS", "3")) + 2
@@ -86,9 +85,7 @@ def _serving(address: str) -> bool:
 def start_once(config: Path | None) -> tuple[float, float]:
     """Seconds from the process's start to SERVING, and MB resident after idling."""
     address = f"127.0.0.1:{free_port()}"
-    command = [sys.executable, "-m", "sidecar", "serve", "--listen", address]
-    if config is not None:
-        command += ["--config", str(config)]
+    command = serve_command(config, address)
     started = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
