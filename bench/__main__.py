@@ -33,7 +33,8 @@ the sidecar and with the openai SDK directly from the same local SSE server;
 `bench/ai_budget.py` (`python -m bench.ai_budget`) what a token budget on Redis costs a call.
 The other sections, each also runnable alone as `python -m bench.<name>`: `startup` (start to
 SERVING and idle RSS), `sql_stream` (a 100,000-row QueryStream), `http`, `objectstore`,
-`brokers` and `kafka`. The unary table also runs a Batch of 100 Gets.
+`pubsub` (delivery to one subscriber, batched against the one-message stream floor, and
+latency at 1,000 msg/s), `brokers` and `kafka`. The unary table also runs a Batch of 100 Gets.
 
 Every figure printed is also written to bench/results.json (`bench/results.py`).
 
@@ -363,6 +364,7 @@ def main() -> int:
         http,  # REST calls: HttpService.Call vs httpx direct
         kafka,  # Kafka-protocol topics (Tansu): sidecar vs aiokafka direct
         objectstore,  # a 50 MB object: ObjectStoreService on S3 vs aiobotocore direct
+        pubsub,  # delivery to one subscriber, batched vs the one-message stream; latency
         sql_stream,  # a 100,000-row QueryStream: sidecar vs an asyncpg cursor direct
         startup,  # start to SERVING and idle RSS: embedded defaults and every backend
         tracing,  # the per-call tracing hooks in-process, sampled out vs untraced
@@ -377,6 +379,7 @@ def main() -> int:
         ai_budget,
         http,
         objectstore,
+        pubsub,
         brokers,
         kafka,
     )

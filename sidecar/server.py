@@ -79,7 +79,7 @@ def _add_pubsub(integrations: Integrations, server: grpc.aio.Server, config: Con
     from generated.integration.v1 import pubsub_pb2_grpc
     from sidecar.servicers.pubsub import PubSubServicer
 
-    servicer = PubSubServicer(integrations)
+    servicer = PubSubServicer(integrations, max_message_bytes=config.server.max_send_message_size)
     pubsub_pb2_grpc.add_PubSubServiceServicer_to_server(servicer, server)
     return servicer
 

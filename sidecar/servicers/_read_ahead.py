@@ -11,18 +11,24 @@ task is cancelled and `items` (a generator) closed before the generator finishes
 
     async for chunk in read_ahead(download.chunks(), depth=2):
         await context.write(...)
+
+`read_ahead_batches` yields instead every item already read, as one list: a writer that sends
+many items per message (a batching subscriber) takes all that waited while it was sending,
+and an item that arrives alone is passed on at once, never held back for a timer.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Final, TypeVar
 
-__all__ = ["read_ahead"]
+__all__ = ["read_ahead", "read_ahead_batches"]
 
 T = TypeVar("T")
 _END: Final = object()
+_NEXT: Final = object()  # no item in hand: wait for the next one
 
 
 async def read_ahead(items: AsyncIterator[T], depth: int = 2) -> AsyncIterator[T]:
@@ -31,6 +37,24 @@ async def read_ahead(items: AsyncIterator[T], depth: int = 2) -> AsyncIterator[T
     Raises:
         Exception: whatever `items` raised, after the items before it were yielded.
     """
+    async with contextlib.aclosing(_read(items, depth, 1)) as batches:
+        async for (item,) in batches:
+            yield item
+
+
+def read_ahead_batches(items: AsyncIterator[T], depth: int) -> AsyncGenerator[list[T], None]:
+    """Yield the items of `items` as lists of those already read, at most `depth` each,
+    reading up to `depth` more while each list is being used. Waits only when none is read.
+
+    Raises:
+        Exception: whatever `items` raised, after the items before it were yielded.
+    """
+    return _read(items, depth, depth)
+
+
+async def _read(items: AsyncIterator[T], depth: int, most: int) -> AsyncGenerator[list[T], None]:
+    """The items of `items`, read ahead by a task into a queue of `depth`, yielded as lists
+    of at most `most` of those already read."""
     queue: asyncio.Queue[object] = asyncio.Queue(depth)
 
     async def pump() -> None:
@@ -48,10 +72,21 @@ async def read_ahead(items: AsyncIterator[T], depth: int = 2) -> AsyncIterator[T
 
     reader = asyncio.create_task(pump())
     try:
-        while (item := await queue.get()) is not _END:
+        item = await queue.get()
+        while item is not _END:
             if isinstance(item, Exception):
                 raise item
-            yield item  # type: ignore[misc]  # the queue holds T, exceptions and _END
+            batch, item = [item], _NEXT
+            # The end or an error stops the list; it is seen once the list is used.
+            while len(batch) < most and not queue.empty():
+                taken = queue.get_nowait()
+                if taken is _END or isinstance(taken, Exception):
+                    item = taken
+                    break
+                batch.append(taken)
+            yield batch  # type: ignore[misc]  # the queue holds T, exceptions and _END
+            if item is _NEXT:
+                item = await queue.get()
     finally:
         if not reader.done():
             reader.cancel()

@@ -31,4 +31,5 @@ async def test_node_client_round_trips_cache_errors_and_pubsub(sidecar: RunningS
         "get": {"found": True, "value": "from node"},
         "empty_key": {"code": 3, "has_error_info": True},
         "message": {"channel": "node.events", "payload": "hi"},
+        "batch": ["a", "b", "c"],
     }

@@ -176,6 +176,12 @@ LARGEST: dict[str, Callable[[], Message]] = {
         payload=b"p" * MIB,
         metadata={f"{i:0>8}": "m" * 40_000 for i in range(64)},
     ),
+    # 1000 messages (the most) of 1024-byte channels and 3 KiB payloads: just under 4 MiB.
+    "PubSubService/PublishBatch": lambda: pubsub_pb2.PublishBatchRequest(
+        messages=[
+            pubsub_pb2.PublishBatchEntry(channel=NAME, payload=b"p" * 3072) for _ in range(1000)
+        ]
+    ),
     "PubSubService/Subscribe": lambda: pubsub_pb2.SubscribeRequest(
         channels=[f"{i:0>1024}" for i in range(100)],
         patterns=[f"{i:0>1023}*" for i in range(100)],

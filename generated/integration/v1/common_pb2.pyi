@@ -151,6 +151,8 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """An AI call's `idempotency-key` is already used by a call with a different request
     (running, or finished and kept for re-attach): send a new key for a new request.
     """
+    ERROR_REASON_BATCH_TOO_LARGE: _ErrorReason.ValueType  # 46
+    """A PublishBatch over its total size limit (16 MiB): send smaller batches."""
     ERROR_REASON_PERMISSION_DENIED: _ErrorReason.ValueType  # 49
     """A permission policy refused the call: the caller (its bearer token or client certificate
     identity) may not call this service, method or target. ErrorInfo.metadata["policy"]
@@ -288,6 +290,8 @@ ERROR_REASON_IDEMPOTENCY_KEY_REUSED: ErrorReason.ValueType  # 45
 """An AI call's `idempotency-key` is already used by a call with a different request
 (running, or finished and kept for re-attach): send a new key for a new request.
 """
+ERROR_REASON_BATCH_TOO_LARGE: ErrorReason.ValueType  # 46
+"""A PublishBatch over its total size limit (16 MiB): send smaller batches."""
 ERROR_REASON_PERMISSION_DENIED: ErrorReason.ValueType  # 49
 """A permission policy refused the call: the caller (its bearer token or client certificate
 identity) may not call this service, method or target. ErrorInfo.metadata["policy"]

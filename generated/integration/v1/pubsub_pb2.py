@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from generated.integration.v1 import common_pb2 as integration_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bintegration/v1/pubsub.proto\x12\x0eintegration.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bintegration/v1/common.proto\"\xd9\x01\n\x0ePublishRequest\x12\x0e\n\x06target\x18\x01 \x01(\t\x12\x0f\n\x07\x63hannel\x18\x02 \x01(\t\x12\x0f\n\x07payload\x18\x03 \x01(\x0c\x12>\n\x08metadata\x18\x04 \x03(\x0b\x32,.integration.v1.PublishRequest.MetadataEntry\x12\x0e\n\x06schema\x18\x05 \x01(\t\x12\x14\n\x0cordering_key\x18\x06 \x01(\t\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"8\n\x0fPublishResponse\x12\x11\n\treceivers\x18\x01 \x01(\x03\x12\x12\n\nmessage_id\x18\x02 \x01(\t\"~\n\x10SubscribeRequest\x12\x0e\n\x06target\x18\x01 \x01(\t\x12\x10\n\x08\x63hannels\x18\x02 \x03(\t\x12\x10\n\x08patterns\x18\x03 \x03(\t\x12\r\n\x05group\x18\x04 \x01(\t\x12\x10\n\x08\x63onsumer\x18\x05 \x01(\t\x12\x15\n\rmax_in_flight\x18\x06 \x01(\x05\"\x90\x02\n\rPubSubMessage\x12\x0f\n\x07\x63hannel\x18\x01 \x01(\t\x12\x0f\n\x07payload\x18\x02 \x01(\x0c\x12=\n\x08metadata\x18\x03 \x03(\x0b\x32+.integration.v1.PubSubMessage.MetadataEntry\x12\x0f\n\x07pattern\x18\x04 \x01(\t\x12\x30\n\x0cpublish_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nmessage_id\x18\x06 \x01(\t\x12\x16\n\x0e\x64\x65livery_count\x18\x07 \x01(\x05\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"Z\n\x13SubscriptionStarted\x12\x10\n\x08\x63hannels\x18\x01 \x03(\t\x12\x10\n\x08patterns\x18\x02 \x03(\t\x12\r\n\x05group\x18\x03 \x01(\t\x12\x10\n\x08\x63onsumer\x18\x04 \x01(\t\" \n\x0fMessagesDropped\x12\r\n\x05\x63ount\x18\x01 \x01(\x03\"o\n\x0fSubscriptionGap\x12.\n\nstarted_at\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nded_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xea\x01\n\x11SubscribeResponse\x12\x36\n\x07started\x18\x01 \x01(\x0b\x32#.integration.v1.SubscriptionStartedH\x00\x12\x30\n\x07message\x18\x02 \x01(\x0b\x32\x1d.integration.v1.PubSubMessageH\x00\x12\x32\n\x07\x64ropped\x18\x03 \x01(\x0b\x32\x1f.integration.v1.MessagesDroppedH\x00\x12.\n\x03gap\x18\x04 \x01(\x0b\x32\x1f.integration.v1.SubscriptionGapH\x00\x42\x07\n\x05\x65vent\"W\n\x12\x41\x63knowledgeRequest\x12\x0e\n\x06target\x18\x01 \x01(\t\x12\r\n\x05topic\x18\x02 \x01(\t\x12\r\n\x05group\x18\x03 \x01(\t\x12\x13\n\x0bmessage_ids\x18\x04 \x03(\t\"+\n\x13\x41\x63knowledgeResponse\x12\x14\n\x0c\x61\x63knowledged\x18\x01 \x01(\x03\"\xe6\x02\n\nDeadLetter\x12\x16\n\x0e\x64\x65\x61\x64_letter_id\x18\x01 \x01(\t\x12\r\n\x05topic\x18\x02 \x01(\t\x12\x12\n\nmessage_id\x18\x03 \x01(\t\x12\x0f\n\x07payload\x18\x04 \x01(\x0c\x12:\n\x08metadata\x18\x05 \x03(\x0b\x32(.integration.v1.DeadLetter.MetadataEntry\x12\x30\n\x0cpublish_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0e\x64\x65livery_count\x18\x07 \x01(\x05\x12\r\n\x05group\x18\x08 \x01(\t\x12\x10\n\x08\x63onsumer\x18\t \x01(\t\x12\x34\n\x10\x64\x65\x61\x64_letter_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"b\n\x16ReadDeadLettersRequest\x12\x0e\n\x06target\x18\x01 \x01(\t\x12\r\n\x05topic\x18\x02 \x01(\t\x12)\n\x04page\x18\x03 \x01(\x0b\x32\x1b.integration.v1.PageRequest\"w\n\x17ReadDeadLettersResponse\x12\x30\n\x0c\x64\x65\x61\x64_letters\x18\x01 \x03(\x0b\x32\x1a.integration.v1.DeadLetter\x12*\n\x04page\x18\x02 \x01(\x0b\x32\x1c.integration.v1.PageResponse\"f\n\x18ReplayDeadLettersRequest\x12\x0e\n\x06target\x18\x01 \x01(\t\x12\r\n\x05topic\x18\x02 \x01(\t\x12\x17\n\x0f\x64\x65\x61\x64_letter_ids\x18\x03 \x03(\t\x12\x12\n\nreplay_all\x18\x04 \x01(\x08\"=\n\x0fReplayedMessage\x12\x16\n\x0e\x64\x65\x61\x64_letter_id\x18\x01 \x01(\t\x12\x12\n\nmessage_id\x18\x02 \x01(\t\"t\n\x19ReplayDeadLettersResponse\x12\x31\n\x08replayed\x18\x01 \x03(\x0b\x32\x1f.integration.v1.ReplayedMessage\x12\x11\n\tnot_found\x18\x02 \x03(\t\x12\x11\n\tremaining\x18\x03 \x01(\x03\x32\xd5\x03\n\rPubSubService\x12J\n\x07Publish\x12\x1e.integration.v1.PublishRequest\x1a\x1f.integration.v1.PublishResponse\x12R\n\tSubscribe\x12 .integration.v1.SubscribeRequest\x1a!.integration.v1.SubscribeResponse0\x01\x12V\n\x0b\x41\x63knowledge\x12\".integration.v1.AcknowledgeRequest\x1a#.integration.v1.AcknowledgeResponse\x12\x62\n\x0fReadDeadLetters\x12&.integration.v1.ReadDeadLettersRequest\x1a\'.integration.v1.ReadDeadLettersResponse\x12h\n\x11ReplayDeadLetters\x12(.integration.v1.ReplayDeadLettersRequest\x1a).integration.v1.ReplayDeadLettersResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bintegration/v1/pubsub.proto\x12\x0eintegration.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bintegration/v1/common.proto\"\xd9\x01\n\x0ePublishRequest\x12\x0e\n\x06target\x18\x01 \x01(\t\x12\x0f\n\x07\x63hannel\x18\x02 \x01(\t\x12\x0f\n\x07payload\x18\x03 \x01(\x0c\x12>\n\x08metadata\x18\x04 \x03(\x0b\x32,.integration.v1.PublishRequest.MetadataEntry\x12\x0e\n\x06schema\x18\x05 \x01(\t\x12\x14\n\x0cordering_key\x18\x06 \x01(\t\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"8\n\x0fPublishResponse\x12\x11\n\treceivers\x18\x01 \x01(\x03\x12\x12\n\nmessage_id\x18\x02 \x01(\t\"\xcf\x01\n\x11PublishBatchEntry\x12\x0f\n\x07\x63hannel\x18\x01 \x01(\t\x12\x0f\n\x07payload\x18\x02 \x01(\x0c\x12\x41\n\x08metadata\x18\x03 \x03(\x0b\x32/.integration.v1.PublishBatchEntry.MetadataEntry\x12\x0e\n\x06schema\x18\x04 \x01(\t\x12\x14\n\x0cordering_key\x18\x05 \x01(\t\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"Z\n\x13PublishBatchRequest\x12\x0e\n\x06target\x18\x01 \x01(\t\x12\x33\n\x08messages\x18\x02 \x03(\x0b\x32!.integration.v1.PublishBatchEntry\"H\n\x14PublishBatchResponse\x12\x30\n\x07results\x18\x01 \x03(\x0b\x32\x1f.integration.v1.PublishResponse\"\xaa\x01\n\x10SubscribeRequest\x12\x0e\n\x06target\x18\x01 \x01(\t\x12\x10\n\x08\x63hannels\x18\x02 \x03(\t\x12\x10\n\x08patterns\x18\x03 \x03(\t\x12\r\n\x05group\x18\x04 \x01(\t\x12\x10\n\x08\x63onsumer\x18\x05 \x01(\t\x12\x15\n\rmax_in_flight\x18\x06 \x01(\x05\x12\x11\n\tmax_batch\x18\x07 \x01(\x05\x12\x17\n\x0fmax_batch_bytes\x18\x08 \x01(\x05\"\x90\x02\n\rPubSubMessage\x12\x0f\n\x07\x63hannel\x18\x01 \x01(\t\x12\x0f\n\x07payload\x18\x02 \x01(\x0c\x12=\n\x08metadata\x18\x03 \x03(\x0b\x32+.integration.v1.PubSubMessage.MetadataEntry\x12\x0f\n\x07pattern\x18\x04 \x01(\t\x12\x30\n\x0cpublish_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nmessage_id\x18\x06 \x01(\t\x12\x16\n\x0e\x64\x65livery_count\x18\x07 \x01(\x05\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"?\n\x0cMessageBatch\x12/\n\x08messages\x18\x01 \x03(\x0b\x32\x1d.integration.v1.PubSubMessage\"Z\n\x13SubscriptionStarted\x12\x10\n\x08\x63hannels\x18\x01 \x03(\t\x12\x10\n\x08patterns\x18\x02 \x03(\t\x12\r\n\x05group\x18\x03 \x01(\t\x12\x10\n\x08\x63onsumer\x18\x04 \x01(\t\" \n\x0fMessagesDropped\x12\r\n\x05\x63ount\x18\x01 \x01(\x03\"o\n\x0fSubscriptionGap\x12.\n\nstarted_at\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nded_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x99\x02\n\x11SubscribeResponse\x12\x36\n\x07started\x18\x01 \x01(\x0b\x32#.integration.v1.SubscriptionStartedH\x00\x12\x30\n\x07message\x18\x02 \x01(\x0b\x32\x1d.integration.v1.PubSubMessageH\x00\x12\x32\n\x07\x64ropped\x18\x03 \x01(\x0b\x32\x1f.integration.v1.MessagesDroppedH\x00\x12.\n\x03gap\x18\x04 \x01(\x0b\x32\x1f.integration.v1.SubscriptionGapH\x00\x12-\n\x05\x62\x61tch\x18\x05 \x01(\x0b\x32\x1c.integration.v1.MessageBatchH\x00\x42\x07\n\x05\x65vent\"W\n\x12\x41\x63knowledgeRequest\x12\x0e\n\x06target\x18\x01 \x01(\t\x12\r\n\x05topic\x18\x02 \x01(\t\x12\r\n\x05group\x18\x03 \x01(\t\x12\x13\n\x0bmessage_ids\x18\x04 \x03(\t\"+\n\x13\x41\x63knowledgeResponse\x12\x14\n\x0c\x61\x63knowledged\x18\x01 \x01(\x03\"\xe6\x02\n\nDeadLetter\x12\x16\n\x0e\x64\x65\x61\x64_letter_id\x18\x01 \x01(\t\x12\r\n\x05topic\x18\x02 \x01(\t\x12\x12\n\nmessage_id\x18\x03 \x01(\t\x12\x0f\n\x07payload\x18\x04 \x01(\x0c\x12:\n\x08metadata\x18\x05 \x03(\x0b\x32(.integration.v1.DeadLetter.MetadataEntry\x12\x30\n\x0cpublish_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0e\x64\x65livery_count\x18\x07 \x01(\x05\x12\r\n\x05group\x18\x08 \x01(\t\x12\x10\n\x08\x63onsumer\x18\t \x01(\t\x12\x34\n\x10\x64\x65\x61\x64_letter_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"b\n\x16ReadDeadLettersRequest\x12\x0e\n\x06target\x18\x01 \x01(\t\x12\r\n\x05topic\x18\x02 \x01(\t\x12)\n\x04page\x18\x03 \x01(\x0b\x32\x1b.integration.v1.PageRequest\"w\n\x17ReadDeadLettersResponse\x12\x30\n\x0c\x64\x65\x61\x64_letters\x18\x01 \x03(\x0b\x32\x1a.integration.v1.DeadLetter\x12*\n\x04page\x18\x02 \x01(\x0b\x32\x1c.integration.v1.PageResponse\"f\n\x18ReplayDeadLettersRequest\x12\x0e\n\x06target\x18\x01 \x01(\t\x12\r\n\x05topic\x18\x02 \x01(\t\x12\x17\n\x0f\x64\x65\x61\x64_letter_ids\x18\x03 \x03(\t\x12\x12\n\nreplay_all\x18\x04 \x01(\x08\"=\n\x0fReplayedMessage\x12\x16\n\x0e\x64\x65\x61\x64_letter_id\x18\x01 \x01(\t\x12\x12\n\nmessage_id\x18\x02 \x01(\t\"t\n\x19ReplayDeadLettersResponse\x12\x31\n\x08replayed\x18\x01 \x03(\x0b\x32\x1f.integration.v1.ReplayedMessage\x12\x11\n\tnot_found\x18\x02 \x03(\t\x12\x11\n\tremaining\x18\x03 \x01(\x03\x32\xb0\x04\n\rPubSubService\x12J\n\x07Publish\x12\x1e.integration.v1.PublishRequest\x1a\x1f.integration.v1.PublishResponse\x12Y\n\x0cPublishBatch\x12#.integration.v1.PublishBatchRequest\x1a$.integration.v1.PublishBatchResponse\x12R\n\tSubscribe\x12 .integration.v1.SubscribeRequest\x1a!.integration.v1.SubscribeResponse0\x01\x12V\n\x0b\x41\x63knowledge\x12\".integration.v1.AcknowledgeRequest\x1a#.integration.v1.AcknowledgeResponse\x12\x62\n\x0fReadDeadLetters\x12&.integration.v1.ReadDeadLettersRequest\x1a\'.integration.v1.ReadDeadLettersResponse\x12h\n\x11ReplayDeadLetters\x12(.integration.v1.ReplayDeadLettersRequest\x1a).integration.v1.ReplayDeadLettersResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,6 +35,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_PUBLISHREQUEST_METADATAENTRY']._loaded_options = None
   _globals['_PUBLISHREQUEST_METADATAENTRY']._serialized_options = b'8\001'
+  _globals['_PUBLISHBATCHENTRY_METADATAENTRY']._loaded_options = None
+  _globals['_PUBLISHBATCHENTRY_METADATAENTRY']._serialized_options = b'8\001'
   _globals['_PUBSUBMESSAGE_METADATAENTRY']._loaded_options = None
   _globals['_PUBSUBMESSAGE_METADATAENTRY']._serialized_options = b'8\001'
   _globals['_DEADLETTER_METADATAENTRY']._loaded_options = None
@@ -45,38 +47,48 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PUBLISHREQUEST_METADATAENTRY']._serialized_end=327
   _globals['_PUBLISHRESPONSE']._serialized_start=329
   _globals['_PUBLISHRESPONSE']._serialized_end=385
-  _globals['_SUBSCRIBEREQUEST']._serialized_start=387
-  _globals['_SUBSCRIBEREQUEST']._serialized_end=513
-  _globals['_PUBSUBMESSAGE']._serialized_start=516
-  _globals['_PUBSUBMESSAGE']._serialized_end=788
+  _globals['_PUBLISHBATCHENTRY']._serialized_start=388
+  _globals['_PUBLISHBATCHENTRY']._serialized_end=595
+  _globals['_PUBLISHBATCHENTRY_METADATAENTRY']._serialized_start=280
+  _globals['_PUBLISHBATCHENTRY_METADATAENTRY']._serialized_end=327
+  _globals['_PUBLISHBATCHREQUEST']._serialized_start=597
+  _globals['_PUBLISHBATCHREQUEST']._serialized_end=687
+  _globals['_PUBLISHBATCHRESPONSE']._serialized_start=689
+  _globals['_PUBLISHBATCHRESPONSE']._serialized_end=761
+  _globals['_SUBSCRIBEREQUEST']._serialized_start=764
+  _globals['_SUBSCRIBEREQUEST']._serialized_end=934
+  _globals['_PUBSUBMESSAGE']._serialized_start=937
+  _globals['_PUBSUBMESSAGE']._serialized_end=1209
   _globals['_PUBSUBMESSAGE_METADATAENTRY']._serialized_start=280
   _globals['_PUBSUBMESSAGE_METADATAENTRY']._serialized_end=327
-  _globals['_SUBSCRIPTIONSTARTED']._serialized_start=790
-  _globals['_SUBSCRIPTIONSTARTED']._serialized_end=880
-  _globals['_MESSAGESDROPPED']._serialized_start=882
-  _globals['_MESSAGESDROPPED']._serialized_end=914
-  _globals['_SUBSCRIPTIONGAP']._serialized_start=916
-  _globals['_SUBSCRIPTIONGAP']._serialized_end=1027
-  _globals['_SUBSCRIBERESPONSE']._serialized_start=1030
-  _globals['_SUBSCRIBERESPONSE']._serialized_end=1264
-  _globals['_ACKNOWLEDGEREQUEST']._serialized_start=1266
-  _globals['_ACKNOWLEDGEREQUEST']._serialized_end=1353
-  _globals['_ACKNOWLEDGERESPONSE']._serialized_start=1355
-  _globals['_ACKNOWLEDGERESPONSE']._serialized_end=1398
-  _globals['_DEADLETTER']._serialized_start=1401
-  _globals['_DEADLETTER']._serialized_end=1759
+  _globals['_MESSAGEBATCH']._serialized_start=1211
+  _globals['_MESSAGEBATCH']._serialized_end=1274
+  _globals['_SUBSCRIPTIONSTARTED']._serialized_start=1276
+  _globals['_SUBSCRIPTIONSTARTED']._serialized_end=1366
+  _globals['_MESSAGESDROPPED']._serialized_start=1368
+  _globals['_MESSAGESDROPPED']._serialized_end=1400
+  _globals['_SUBSCRIPTIONGAP']._serialized_start=1402
+  _globals['_SUBSCRIPTIONGAP']._serialized_end=1513
+  _globals['_SUBSCRIBERESPONSE']._serialized_start=1516
+  _globals['_SUBSCRIBERESPONSE']._serialized_end=1797
+  _globals['_ACKNOWLEDGEREQUEST']._serialized_start=1799
+  _globals['_ACKNOWLEDGEREQUEST']._serialized_end=1886
+  _globals['_ACKNOWLEDGERESPONSE']._serialized_start=1888
+  _globals['_ACKNOWLEDGERESPONSE']._serialized_end=1931
+  _globals['_DEADLETTER']._serialized_start=1934
+  _globals['_DEADLETTER']._serialized_end=2292
   _globals['_DEADLETTER_METADATAENTRY']._serialized_start=280
   _globals['_DEADLETTER_METADATAENTRY']._serialized_end=327
-  _globals['_READDEADLETTERSREQUEST']._serialized_start=1761
-  _globals['_READDEADLETTERSREQUEST']._serialized_end=1859
-  _globals['_READDEADLETTERSRESPONSE']._serialized_start=1861
-  _globals['_READDEADLETTERSRESPONSE']._serialized_end=1980
-  _globals['_REPLAYDEADLETTERSREQUEST']._serialized_start=1982
-  _globals['_REPLAYDEADLETTERSREQUEST']._serialized_end=2084
-  _globals['_REPLAYEDMESSAGE']._serialized_start=2086
-  _globals['_REPLAYEDMESSAGE']._serialized_end=2147
-  _globals['_REPLAYDEADLETTERSRESPONSE']._serialized_start=2149
-  _globals['_REPLAYDEADLETTERSRESPONSE']._serialized_end=2265
-  _globals['_PUBSUBSERVICE']._serialized_start=2268
-  _globals['_PUBSUBSERVICE']._serialized_end=2737
+  _globals['_READDEADLETTERSREQUEST']._serialized_start=2294
+  _globals['_READDEADLETTERSREQUEST']._serialized_end=2392
+  _globals['_READDEADLETTERSRESPONSE']._serialized_start=2394
+  _globals['_READDEADLETTERSRESPONSE']._serialized_end=2513
+  _globals['_REPLAYDEADLETTERSREQUEST']._serialized_start=2515
+  _globals['_REPLAYDEADLETTERSREQUEST']._serialized_end=2617
+  _globals['_REPLAYEDMESSAGE']._serialized_start=2619
+  _globals['_REPLAYEDMESSAGE']._serialized_end=2680
+  _globals['_REPLAYDEADLETTERSRESPONSE']._serialized_start=2682
+  _globals['_REPLAYDEADLETTERSRESPONSE']._serialized_end=2798
+  _globals['_PUBSUBSERVICE']._serialized_start=2801
+  _globals['_PUBSUBSERVICE']._serialized_end=3361
 # @@protoc_insertion_point(module_scope)

@@ -113,6 +113,110 @@ class PublishResponse(_message.Message):
 Global___PublishResponse: _TypeAlias = PublishResponse  # noqa: Y015
 
 @_typing.final
+class PublishBatchEntry(_message.Message):
+    """PublishBatchEntry is one message of a PublishBatch: the fields of PublishRequest but target."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class MetadataEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    CHANNEL_FIELD_NUMBER: _builtins.int
+    PAYLOAD_FIELD_NUMBER: _builtins.int
+    METADATA_FIELD_NUMBER: _builtins.int
+    SCHEMA_FIELD_NUMBER: _builtins.int
+    ORDERING_KEY_FIELD_NUMBER: _builtins.int
+    channel: _builtins.str
+    payload: _builtins.bytes
+    schema: _builtins.str
+    ordering_key: _builtins.str
+    @_builtins.property
+    def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        channel: _builtins.str = ...,
+        payload: _builtins.bytes = ...,
+        metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        schema: _builtins.str = ...,
+        ordering_key: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "metadata", b"metadata", "ordering_key", b"ordering_key", "payload", b"payload", "schema", b"schema"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PublishBatchEntry: _TypeAlias = PublishBatchEntry  # noqa: Y015
+
+@_typing.final
+class PublishBatchRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TARGET_FIELD_NUMBER: _builtins.int
+    MESSAGES_FIELD_NUMBER: _builtins.int
+    target: _builtins.str
+    @_builtins.property
+    def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___PublishBatchEntry]:
+        """1 to 1000 messages (more: INVALID_ARGUMENT), each payload at most the target's
+        max_payload_size (INVALID_ARGUMENT), all payloads together at most 16 MiB
+        (RESOURCE_EXHAUSTED, reason BATCH_TOO_LARGE).
+        """
+
+    def __init__(
+        self,
+        *,
+        target: _builtins.str = ...,
+        messages: _abc.Iterable[Global___PublishBatchEntry] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["messages", b"messages", "target", b"target"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PublishBatchRequest: _TypeAlias = PublishBatchRequest  # noqa: Y015
+
+@_typing.final
+class PublishBatchResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___PublishResponse]:
+        """One per message, in request order: receivers (plain channels) or message_id (reliable)."""
+
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___PublishResponse] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PublishBatchResponse: _TypeAlias = PublishBatchResponse  # noqa: Y015
+
+@_typing.final
 class SubscribeRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -122,6 +226,8 @@ class SubscribeRequest(_message.Message):
     GROUP_FIELD_NUMBER: _builtins.int
     CONSUMER_FIELD_NUMBER: _builtins.int
     MAX_IN_FLIGHT_FIELD_NUMBER: _builtins.int
+    MAX_BATCH_FIELD_NUMBER: _builtins.int
+    MAX_BATCH_BYTES_FIELD_NUMBER: _builtins.int
     target: _builtins.str
     group: _builtins.str
     """Consumer group: required for reliable topics, empty for plain channels. The group's
@@ -135,8 +241,26 @@ class SubscribeRequest(_message.Message):
     the visibility timeout.
     """
     max_in_flight: _builtins.int
-    """Most delivered and unacknowledged messages this subscription holds; delivery pauses
-    until acknowledgements make room. 0 means 100; at most 10000.
+    """With `group`: most delivered and unacknowledged messages this subscription holds;
+    delivery pauses until acknowledgements make room. 0 means 100; at most 10000.
+    On plain channels: the credit this subscriber grants, the most messages waiting for it
+    in the sidecar (a message stops waiting once written to the stream, which gRPC flow
+    control holds back while the client does not read; with max_batch, up to two frames
+    more are on their way). With the credit spent, a backend
+    that can hold messages paces instead of dropping (memory: Publish waits for room, within
+    its deadline), and one that cannot (Redis pub/sub and the other plain brokers) drops
+    the oldest and sends MessagesDropped. 0: server.pubsub subscriber_buffer messages,
+    dropping the oldest on every backend, so a slow reader never stalls publishers.
+    """
+    max_batch: _builtins.int
+    """Messages per frame. Set (1 to 1000), every SubscribeResponse with messages carries them
+    in `batch`: all the messages already waiting for this subscriber, up to max_batch and
+    max_batch_bytes. A message that arrives alone is sent at once, never held back for a
+    timer. 0: one message per frame, in `message`.
+    """
+    max_batch_bytes: _builtins.int
+    """With max_batch: the most payload bytes per frame (a larger message still goes, alone).
+    0 means 1 MiB; at most the server's max_send_message_size less 64 KiB.
     """
     @_builtins.property
     def channels(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -155,10 +279,12 @@ class SubscribeRequest(_message.Message):
         group: _builtins.str = ...,
         consumer: _builtins.str = ...,
         max_in_flight: _builtins.int = ...,
+        max_batch: _builtins.int = ...,
+        max_batch_bytes: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["channels", b"channels", "consumer", b"consumer", "group", b"group", "max_in_flight", b"max_in_flight", "patterns", b"patterns", "target", b"target"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channels", b"channels", "consumer", b"consumer", "group", b"group", "max_batch", b"max_batch", "max_batch_bytes", b"max_batch_bytes", "max_in_flight", b"max_in_flight", "patterns", b"patterns", "target", b"target"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -227,6 +353,28 @@ class PubSubMessage(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PubSubMessage: _TypeAlias = PubSubMessage  # noqa: Y015
+
+@_typing.final
+class MessageBatch(_message.Message):
+    """MessageBatch is the messages of one frame of a batching subscriber, in delivery order."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___PubSubMessage]: ...
+    def __init__(
+        self,
+        *,
+        messages: _abc.Iterable[Global___PubSubMessage] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["messages", b"messages"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MessageBatch: _TypeAlias = MessageBatch  # noqa: Y015
 
 @_typing.final
 class SubscriptionStarted(_message.Message):
@@ -329,6 +477,7 @@ class SubscribeResponse(_message.Message):
     MESSAGE_FIELD_NUMBER: _builtins.int
     DROPPED_FIELD_NUMBER: _builtins.int
     GAP_FIELD_NUMBER: _builtins.int
+    BATCH_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def started(self) -> Global___SubscriptionStarted: ...
     @_builtins.property
@@ -337,6 +486,10 @@ class SubscribeResponse(_message.Message):
     def dropped(self) -> Global___MessagesDropped: ...
     @_builtins.property
     def gap(self) -> Global___SubscriptionGap: ...
+    @_builtins.property
+    def batch(self) -> Global___MessageBatch:
+        """Instead of `message`, for a subscriber that set max_batch: one or more messages."""
+
     def __init__(
         self,
         *,
@@ -344,12 +497,13 @@ class SubscribeResponse(_message.Message):
         message: Global___PubSubMessage | None = ...,
         dropped: Global___MessagesDropped | None = ...,
         gap: Global___SubscriptionGap | None = ...,
+        batch: Global___MessageBatch | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["dropped", b"dropped", "event", b"event", "gap", b"gap", "message", b"message", "started", b"started"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "dropped", b"dropped", "event", b"event", "gap", b"gap", "message", b"message", "started", b"started"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dropped", b"dropped", "event", b"event", "gap", b"gap", "message", b"message", "started", b"started"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "dropped", b"dropped", "event", b"event", "gap", b"gap", "message", b"message", "started", b"started"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["started", "message", "dropped", "gap"]  # noqa: Y015
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["started", "message", "dropped", "gap", "batch"]  # noqa: Y015
     _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
 

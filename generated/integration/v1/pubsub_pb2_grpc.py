@@ -48,6 +48,11 @@ class PubSubServiceStub:
                 request_serializer=integration_dot_v1_dot_pubsub__pb2.PublishRequest.SerializeToString,
                 response_deserializer=integration_dot_v1_dot_pubsub__pb2.PublishResponse.FromString,
                 _registered_method=True)
+        self.PublishBatch = channel.unary_unary(
+                '/integration.v1.PubSubService/PublishBatch',
+                request_serializer=integration_dot_v1_dot_pubsub__pb2.PublishBatchRequest.SerializeToString,
+                response_deserializer=integration_dot_v1_dot_pubsub__pb2.PublishBatchResponse.FromString,
+                _registered_method=True)
         self.Subscribe = channel.unary_stream(
                 '/integration.v1.PubSubService/Subscribe',
                 request_serializer=integration_dot_v1_dot_pubsub__pb2.SubscribeRequest.SerializeToString,
@@ -85,6 +90,17 @@ class PubSubServiceServicer:
     def Publish(self, request, context):
         """Publish sends a message to a channel and says how many subscribers received it; on a
         reliable topic it appends the message and returns its message_id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PublishBatch(self, request, context):
+        """PublishBatch publishes many messages in one call and answers one PublishResponse per
+        message, in request order. Every message is checked (as Publish checks it) before any is
+        published. On reliable topics of backend redis the whole batch is one pipeline to Redis;
+        other backends publish the messages one after the other, in order. Not atomic: if the
+        call fails, some of the messages may have been published.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -129,6 +145,11 @@ def add_PubSubServiceServicer_to_server(servicer, server):
                     servicer.Publish,
                     request_deserializer=integration_dot_v1_dot_pubsub__pb2.PublishRequest.FromString,
                     response_serializer=integration_dot_v1_dot_pubsub__pb2.PublishResponse.SerializeToString,
+            ),
+            'PublishBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.PublishBatch,
+                    request_deserializer=integration_dot_v1_dot_pubsub__pb2.PublishBatchRequest.FromString,
+                    response_serializer=integration_dot_v1_dot_pubsub__pb2.PublishBatchResponse.SerializeToString,
             ),
             'Subscribe': grpc.unary_stream_rpc_method_handler(
                     servicer.Subscribe,
@@ -187,6 +208,33 @@ class PubSubService:
             '/integration.v1.PubSubService/Publish',
             integration_dot_v1_dot_pubsub__pb2.PublishRequest.SerializeToString,
             integration_dot_v1_dot_pubsub__pb2.PublishResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PublishBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/integration.v1.PubSubService/PublishBatch',
+            integration_dot_v1_dot_pubsub__pb2.PublishBatchRequest.SerializeToString,
+            integration_dot_v1_dot_pubsub__pb2.PublishBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,

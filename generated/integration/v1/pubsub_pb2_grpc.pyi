@@ -46,6 +46,13 @@ class PubSubServiceStub:
     """Publish sends a message to a channel and says how many subscribers received it; on a
     reliable topic it appends the message and returns its message_id.
     """
+    PublishBatch: _grpc.UnaryUnaryMultiCallable[_pubsub_pb2.PublishBatchRequest, _pubsub_pb2.PublishBatchResponse]
+    """PublishBatch publishes many messages in one call and answers one PublishResponse per
+    message, in request order. Every message is checked (as Publish checks it) before any is
+    published. On reliable topics of backend redis the whole batch is one pipeline to Redis;
+    other backends publish the messages one after the other, in order. Not atomic: if the
+    call fails, some of the messages may have been published.
+    """
     Subscribe: _grpc.UnaryStreamMultiCallable[_pubsub_pb2.SubscribeRequest, _pubsub_pb2.SubscribeResponse]
     """Subscribe streams messages from channels and glob patterns until the call is cancelled.
     The first event is SubscriptionStarted: anything published after it is delivered. With
@@ -79,6 +86,13 @@ class PubSubServiceAsyncStub(PubSubServiceStub):
     Publish: _aio.UnaryUnaryMultiCallable[_pubsub_pb2.PublishRequest, _pubsub_pb2.PublishResponse]  # type: ignore[assignment]
     """Publish sends a message to a channel and says how many subscribers received it; on a
     reliable topic it appends the message and returns its message_id.
+    """
+    PublishBatch: _aio.UnaryUnaryMultiCallable[_pubsub_pb2.PublishBatchRequest, _pubsub_pb2.PublishBatchResponse]  # type: ignore[assignment]
+    """PublishBatch publishes many messages in one call and answers one PublishResponse per
+    message, in request order. Every message is checked (as Publish checks it) before any is
+    published. On reliable topics of backend redis the whole batch is one pipeline to Redis;
+    other backends publish the messages one after the other, in order. Not atomic: if the
+    call fails, some of the messages may have been published.
     """
     Subscribe: _aio.UnaryStreamMultiCallable[_pubsub_pb2.SubscribeRequest, _pubsub_pb2.SubscribeResponse]  # type: ignore[assignment]
     """Subscribe streams messages from channels and glob patterns until the call is cancelled.
@@ -116,6 +130,19 @@ class PubSubServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_pubsub_pb2.PublishResponse, _abc.Awaitable[_pubsub_pb2.PublishResponse]]:
         """Publish sends a message to a channel and says how many subscribers received it; on a
         reliable topic it appends the message and returns its message_id.
+        """
+
+    @_abc_1.abstractmethod
+    def PublishBatch(
+        self,
+        request: _pubsub_pb2.PublishBatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_pubsub_pb2.PublishBatchResponse, _abc.Awaitable[_pubsub_pb2.PublishBatchResponse]]:
+        """PublishBatch publishes many messages in one call and answers one PublishResponse per
+        message, in request order. Every message is checked (as Publish checks it) before any is
+        published. On reliable topics of backend redis the whole batch is one pipeline to Redis;
+        other backends publish the messages one after the other, in order. Not atomic: if the
+        call fails, some of the messages may have been published.
         """
 
     @_abc_1.abstractmethod

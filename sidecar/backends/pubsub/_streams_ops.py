@@ -21,6 +21,7 @@ from sidecar.backends.pubsub import _streams_codec as codec
 from sidecar.backends.pubsub._streams_lua import CLAIM, LEAVE, REPLAY
 from sidecar.backends.pubsub.reliable import (
     DeadLetter,
+    Outgoing,
     ReliableMessage,
     Replayed,
     ReplayOutcome,
@@ -131,6 +132,21 @@ class StreamOps:
                 self.key(topic), fields, maxlen=self._max_len, approximate=True
             )
         return codec.text(entry_id)
+
+    async def append_many(self, messages: Sequence[Outgoing]) -> list[str]:
+        """XADD every message in one pipeline (one round trip), in order; their ids."""
+        published_ms = int(self._wall_clock() * 1000)
+        with self._errors:
+            async with self._client.pipeline(transaction=False) as pipe:
+                for topic, payload, metadata in messages:
+                    pipe.xadd(
+                        self.key(topic),
+                        codec.encode(payload, metadata, published_ms),
+                        maxlen=self._max_len,
+                        approximate=True,
+                    )
+                entry_ids = await pipe.execute()
+        return [codec.text(entry_id) for entry_id in entry_ids]
 
     async def ensure_groups(self, topics: Sequence[str], group: str) -> None:
         """Create `group` on each topic (and the stream if missing), reading from the start."""

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, TypeAlias
 
@@ -38,6 +38,7 @@ __all__ = [
     "Gap",
     "GlobPattern",
     "Message",
+    "PacedPubSub",
     "PubSubBackend",
     "Subscription",
     "SubscriptionEvent",
@@ -111,6 +112,13 @@ class Subscription(Protocol):
         """Events as they arrive; waits while there are none; ends once closed."""
         ...
 
+    def batches(self, most: int) -> AsyncGenerator[list[SubscriptionEvent], None]:
+        """The same events, as lists of all that wait when each is taken (at most `most`
+        messages, with any `Dropped` and `Gap` among them, in order); waits only while
+        none does, so an event that arrives alone comes at once, in a list of one.
+        Iterate either this or the subscription itself, not both."""
+        ...
+
     async def close(self) -> None:
         """Unsubscribe, end the iteration and free the buffer; idempotent."""
         ...
@@ -158,6 +166,25 @@ class PubSubBackend(Protocol):
 
     def subscriber_count(self) -> int:
         """Subscriptions currently open through this backend."""
+        ...
+
+
+class PacedPubSub(PubSubBackend, Protocol):
+    """A backend whose spec lists the feature `paced`: it can hold messages for a subscriber
+    whose buffer is full, so a slow reader paces the publishers instead of losing messages.
+    Backends without it (Redis pub/sub, which pushes whatever is published) drop the oldest
+    and report `Dropped`."""
+
+    async def subscribe(
+        self,
+        channels: Sequence[str],
+        patterns: Sequence[str],
+        *,
+        buffer_size: int,
+        paced: bool = False,
+    ) -> Subscription:
+        """`PubSubBackend.subscribe`; with `paced`, a full buffer makes `publish` wait for
+        the reader to make room (within the publisher's deadline) instead of dropping."""
         ...
 
 

@@ -7,6 +7,10 @@ the reader gets `Dropped(count)` before the newer messages. So a slow reader cos
 `buffer_size` messages of memory, whatever the backend. A `Gap` (the broker link was lost,
 or is back) takes its place in order among the messages and is never dropped.
 
+A *paced* subscription (made for a subscriber that granted a credit, on a broker that can hold
+messages) is never dropped from: its broker asks `has_room` before delivering and waits on
+`room` while it is full, so the reader paces the publishers instead (`MemoryBroker`).
+
 A broker registers the subscription in its own tables and passes `on_close`, which must
 unregister it synchronously: `on_close` runs from the iterator's `finally`, where awaiting
 is not safe during cancellation.
@@ -15,8 +19,9 @@ is not safe during cancellation.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 
 from sidecar.backends.pubsub.base import (
     Dropped,
@@ -38,6 +43,7 @@ class BufferedSubscription(Subscription):
         patterns: the compiled glob patterns subscribed, without repeats.
         buffer_size: messages held before the oldest is dropped (>= 1).
         on_close: called once, synchronously, when the subscription closes.
+        paced: its broker waits for `room` instead of overfilling it (nothing is dropped).
     """
 
     def __init__(
@@ -46,6 +52,8 @@ class BufferedSubscription(Subscription):
         patterns: tuple[GlobPattern, ...],
         buffer_size: int,
         on_close: Callable[[BufferedSubscription], None],
+        *,
+        paced: bool = False,
     ) -> None:
         self.channels = channels
         self.patterns = patterns
@@ -57,6 +65,26 @@ class BufferedSubscription(Subscription):
         self._dropped_total = 0
         self._wakeup = asyncio.Event()
         self._closed = False
+        # Set whenever the reader takes a message from a full buffer (paced only).
+        self._space: asyncio.Event | None = asyncio.Event() if paced else None
+
+    @property
+    def paced(self) -> bool:
+        """Whether its broker paces publishers to it rather than dropping (see `room`)."""
+        return self._space is not None
+
+    def has_room(self, count: int = 1) -> bool:
+        """Whether `count` deliveries would drop nothing now (a closed subscription takes
+        nothing; more than `buffer_size` at once fit once the buffer is empty)."""
+        wanted = min(count, self._buffer_size)
+        return self._closed or self._messages + wanted <= self._buffer_size
+
+    async def room(self, count: int = 1) -> None:
+        """Wait until `has_room(count)` (a paced subscription; others never need to wait)."""
+        space = self._space
+        while space is not None and not self.has_room(count):
+            space.clear()
+            await space.wait()
 
     @property
     def dropped_total(self) -> int:
@@ -74,17 +102,20 @@ class BufferedSubscription(Subscription):
     def __aiter__(self) -> AsyncIterator[SubscriptionEvent]:
         return self._events()
 
+    def batches(self, most: int) -> AsyncGenerator[list[SubscriptionEvent], None]:
+        return self._batches(most)
+
     async def _events(self) -> AsyncIterator[SubscriptionEvent]:
+        async with contextlib.aclosing(self._batches(1)) as batches:
+            async for batch in batches:
+                for event in batch:
+                    yield event
+
+    async def _batches(self, most: int) -> AsyncGenerator[list[SubscriptionEvent], None]:
         try:
             while True:
-                if self._unreported_drops:
-                    count, self._unreported_drops = self._unreported_drops, 0
-                    yield Dropped(count)
-                elif self._buffer:
-                    event = self._buffer.popleft()
-                    if isinstance(event, Message):
-                        self._messages -= 1
-                    yield event
+                if self._unreported_drops or self._buffer:
+                    yield self._take(most)
                 elif self._closed:
                     return
                 else:
@@ -96,11 +127,30 @@ class BufferedSubscription(Subscription):
             # outlives its reader.
             self.close_now()
 
+    def _take(self, most: int) -> list[SubscriptionEvent]:
+        """What waits now, oldest first: `Dropped` for the drops not yet reported, then up
+        to `most` messages with the gaps among them."""
+        taken: list[SubscriptionEvent] = []
+        if self._unreported_drops:
+            taken.append(Dropped(self._unreported_drops))
+            self._unreported_drops = 0
+        buffer, messages = self._buffer, 0
+        while buffer and messages < most:
+            event = buffer.popleft()
+            messages += isinstance(event, Message)
+            taken.append(event)
+        self._messages -= messages
+        if messages and self._space is not None:
+            self._space.set()
+        return taken
+
     async def close(self) -> None:
         self.close_now()
 
     def deliver(self, message: Message) -> None:
         """Buffer `message` for the reader, dropping the oldest one if the buffer is full."""
+        if self._closed:
+            return
         if self._messages >= self._buffer_size:
             self._drop_oldest_message()
             self._unreported_drops += 1
@@ -136,3 +186,5 @@ class BufferedSubscription(Subscription):
         self._unreported_drops = 0
         self._on_close(self)
         self._wakeup.set()
+        if self._space is not None:
+            self._space.set()  # a publisher waiting for room goes on

@@ -4,7 +4,8 @@
 subscription (`BufferedSubscription`, shared with the other brokers), so per-subscriber order
 is publishing order and a slow reader costs at most `buffer_size` messages of memory. A full
 buffer drops its oldest message and counts it; the reader then gets `Dropped(count)` before
-the newer messages.
+the newer messages. A *paced* subscription (feature `paced`) is never dropped from: `publish`
+waits until every paced subscription it reaches has room, so its reader paces the publishers.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from types import MappingProxyType
 from sidecar.backends.pubsub.base import (
     GlobPattern,
     Message,
-    PubSubBackend,
+    PacedPubSub,
     Subscription,
     compile_glob,
     subscription_targets,
@@ -29,7 +30,7 @@ from sidecar.errors import Unavailable
 __all__ = ["SPEC", "MemoryBroker"]
 
 
-class MemoryBroker(PubSubBackend):
+class MemoryBroker(PacedPubSub):
     """A `PubSubBackend` within one process.
 
     Args:
@@ -59,13 +60,15 @@ class MemoryBroker(PubSubBackend):
         shared_metadata = MappingProxyType(dict(metadata or {}))
         payload = bytes(payload)
         published_at = self._clock_wall()
-        matched: dict[BufferedSubscription, list[str | None]] = {
-            subscription: [None] for subscription in self._by_channel.get(channel, {})
-        }
-        for pattern, (glob, subscriptions) in self._by_pattern.items():
-            if glob.matches(channel):
-                for subscription in subscriptions:
-                    matched.setdefault(subscription, []).append(pattern)
+        matched = self._matching(channel)
+        # Matched afresh after each wait: subscriptions may have come or gone meanwhile. The
+        # check and the deliveries below run without a pause, so none overfills.
+        while full := next(
+            (s for s, why in matched.items() if s.paced and not s.has_room(len(why))), None
+        ):
+            await full.room(len(matched[full]))
+            self._check_open()
+            matched = self._matching(channel)
         deliveries = 0
         for subscription, reasons in matched.items():
             for matched_pattern in reasons:
@@ -75,8 +78,25 @@ class MemoryBroker(PubSubBackend):
                 deliveries += 1
         return deliveries
 
+    def _matching(self, channel: str) -> dict[BufferedSubscription, list[str | None]]:
+        """The subscriptions a message on `channel` reaches, each with why (None: the
+        channel itself, else the pattern), once per reason."""
+        matched: dict[BufferedSubscription, list[str | None]] = {
+            subscription: [None] for subscription in self._by_channel.get(channel, {})
+        }
+        for pattern, (glob, subscriptions) in self._by_pattern.items():
+            if glob.matches(channel):
+                for subscription in subscriptions:
+                    matched.setdefault(subscription, []).append(pattern)
+        return matched
+
     async def subscribe(
-        self, channels: Sequence[str], patterns: Sequence[str], *, buffer_size: int
+        self,
+        channels: Sequence[str],
+        patterns: Sequence[str],
+        *,
+        buffer_size: int,
+        paced: bool = False,
     ) -> Subscription:
         self._check_open()
         unique_channels, unique_patterns = subscription_targets(channels, patterns, buffer_size)
@@ -85,6 +105,7 @@ class MemoryBroker(PubSubBackend):
             tuple(compile_glob(pattern) for pattern in unique_patterns),
             buffer_size,
             self._unregister,
+            paced=paced,
         )
         self._subscriptions[subscription] = None
         for channel in unique_channels:
@@ -133,5 +154,5 @@ SPEC = BackendSpec(
     backend="memory",
     settings=PubSubServiceConfig,
     build=_build,
-    features=frozenset({"patterns"}),
+    features=frozenset({"patterns", "paced"}),
 )

@@ -31,17 +31,20 @@ from sidecar.backends.pubsub._streams_ops import StreamOps
 from sidecar.backends.pubsub.base import PubSubBackend, Subscription
 from sidecar.backends.pubsub.reliable import (
     DeadLetter,
+    Outgoing,
+    ReliableBatches,
     ReliablePubSub,
     ReliableSubscription,
     ReliableTopics,
     ReplayOutcome,
+    publish_reliable_all,
 )
 from sidecar.errors import Unavailable
 
 __all__ = ["RedisStreams", "ReliableBroker", "with_reliable_topics"]
 
 
-class RedisStreams(ReliablePubSub):
+class RedisStreams(ReliablePubSub, ReliableBatches):
     """Reliable topics on Redis Streams.
 
     Args:
@@ -90,6 +93,10 @@ class RedisStreams(ReliablePubSub):
     ) -> str:
         self._check_open()
         return await self._ops.append(topic, payload, metadata)
+
+    async def publish_reliable_batch(self, messages: Sequence[Outgoing]) -> list[str]:
+        self._check_open()
+        return await self._ops.append_many(messages)
 
     async def consume(
         self, topics: Sequence[str], group: str, consumer: str | None, *, max_in_flight: int
@@ -165,7 +172,7 @@ class RedisStreams(ReliablePubSub):
             raise Unavailable("the reliable-topic backend is closed", reason="BACKEND_CLOSED")
 
 
-class ReliableBroker(PubSubBackend, ReliablePubSub):
+class ReliableBroker(PubSubBackend, ReliablePubSub, ReliableBatches):
     """One backend serving plain channels through `plain` and reliable topics through
     `streams`: servicers see a `PubSubBackend` that is also a `ReliablePubSub`.
 
@@ -201,6 +208,9 @@ class ReliableBroker(PubSubBackend, ReliablePubSub):
         self, topic: str, payload: bytes, metadata: Mapping[str, str] | None = None
     ) -> str:
         return await self.streams.publish_reliable(topic, payload, metadata)
+
+    async def publish_reliable_batch(self, messages: Sequence[Outgoing]) -> list[str]:
+        return await publish_reliable_all(self.streams, messages)
 
     async def consume(
         self, topics: Sequence[str], group: str, consumer: str | None, *, max_in_flight: int

@@ -27,12 +27,14 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Protocol, TypeAlias, runtime_checkable
 
 from sidecar.config import PubSubServiceConfig
 
 __all__ = [
     "DeadLetter",
+    "Outgoing",
+    "ReliableBatches",
     "ReliableMessage",
     "ReliableOptions",
     "ReliablePubSub",
@@ -41,7 +43,11 @@ __all__ = [
     "ReliableWithOrderingKeys",
     "ReplayOutcome",
     "Replayed",
+    "publish_reliable_all",
 ]
+
+Outgoing: TypeAlias = tuple[str, bytes, Mapping[str, str]]
+"""One message to publish: (topic, payload, metadata)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,3 +256,21 @@ class ReliableWithOrderingKeys(ReliablePubSub, Protocol):
     ) -> str:
         """`ReliablePubSub.publish_reliable`, keeping the order of `ordering_key`'s messages."""
         ...
+
+
+@runtime_checkable
+class ReliableBatches(Protocol):
+    """A reliable-topic backend that publishes many messages at once (Redis Streams: one
+    pipeline of XADDs)."""
+
+    async def publish_reliable_batch(self, messages: Sequence[Outgoing]) -> list[str]:
+        """Append every message, in order; their message ids, in the same order."""
+        ...
+
+
+async def publish_reliable_all(backend: ReliablePubSub, messages: Sequence[Outgoing]) -> list[str]:
+    """Publish `messages` in order with the backend's batch call where it has one, else one
+    after the other; their message ids, in order."""
+    if isinstance(backend, ReliableBatches):
+        return await backend.publish_reliable_batch(messages)
+    return [await backend.publish_reliable(*message) for message in messages]

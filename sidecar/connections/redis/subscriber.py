@@ -42,6 +42,11 @@ _SUBSCRIBE = {False: "SUBSCRIBE", True: "PSUBSCRIBE"}
 _UNSUBSCRIBE = {False: "UNSUBSCRIBE", True: "PUNSUBSCRIBE"}
 _SUBSCRIBED = {b"subscribe": False, b"psubscribe": True}
 _UNSUBSCRIBED = {b"unsubscribe": False, b"punsubscribe": True}
+# Replies read before the reader lets other tasks run: read_response does not suspend while
+# replies are already buffered, so a burst would hold the event loop until the socket is
+# drained, and the streams delivering to subscribers (fed from their buffers) could not run
+# meanwhile: their buffers would overflow and drop what they could have sent.
+_READS_PER_TURN = 100
 
 
 class SubscriberLink:
@@ -257,8 +262,12 @@ class SubscriberLink:
                 await conn.send_command(command, *arguments, check_health=False)
 
     async def _read(self, conn: Any) -> None:
+        reads = 0
         while True:
             reply = await conn.read_response(timeout=self._keepalive * 3)
+            reads += 1
+            if reads % _READS_PER_TURN == 0:
+                await asyncio.sleep(0)
             if not isinstance(reply, list):
                 if reply == b"PONG":  # a PING while subscribed to nothing
                     self._pong()

@@ -58,6 +58,28 @@ async function main() {
       if (error.code !== grpc.status.CANCELLED) reject(error);
     });
   });
+  findings.batch = await new Promise((resolve, reject) => {
+    const stream = pubsub.Subscribe({ channels: ["node.batch"], max_batch: 10 });
+    const payloads = [];
+    stream.on("data", (event) => {
+      if (event.started) {
+        const messages = ["a", "b", "c"].map((p) => ({
+          channel: "node.batch",
+          payload: Buffer.from(p),
+        }));
+        unary(pubsub, "PublishBatch", { messages }).catch(reject);
+      } else if (event.batch) {
+        payloads.push(...event.batch.messages.map((m) => m.payload.toString()));
+        if (payloads.length >= 3) {
+          stream.cancel();
+          resolve(payloads);
+        }
+      }
+    });
+    stream.on("error", (error) => {
+      if (error.code !== grpc.status.CANCELLED) reject(error);
+    });
+  });
   console.log(JSON.stringify(findings));
   cache.close();
   pubsub.close();
