@@ -16,6 +16,10 @@ Cases (one sidecar process on uvloop, one subscriber, payloads of 64 bytes):
   with is dropped (Redis pub/sub cannot be paced) and reported.
 - memory, batched: the same count through PublishBatch calls of 1,000 on the memory broker,
   the subscriber with a credit of 10,000 and max_batch 1000: paced, nothing is lost.
+- publish: Publish calls/s (one message each) from 16 concurrent callers, memory and redis,
+  one batching subscriber reading.
+- fan-out: 5,000 messages (PublishBatch) to 100 batching subscribers of one memory channel:
+  deliveries/s summed over the subscribers.
 - latency: 1,000 Publish calls a second for BENCH_PUBSUB_SECONDS (default 3) through the
   sidecar to a subscriber (memory and redis; one message per frame and max_batch 100); per
   message the time from just before Publish to its arrival at the subscriber, p50 and p99.
@@ -52,6 +56,9 @@ RATE = 1000  # messages per second in the latency case
 PAYLOAD = b"x" * 64
 CHUNK = 1000  # messages per redis-py pipeline and per PublishBatch
 CREDIT = 10_000
+PUBLISHERS = 16  # concurrent Publish callers in the publish-rate case
+FANOUT = 100  # subscribers of one channel in the fan-out case
+FANOUT_MESSAGES = 5_000  # messages published to them (each delivered FANOUT times)
 PREFIX = "sidecar-bench-pubsub:"
 CONFIG = """
 server: {{access_log: false}}
@@ -174,6 +181,45 @@ async def _memory_delivery(stub: PubSubServiceStub) -> tuple[float, int]:
     return received / (ended - started), dropped
 
 
+async def _publish_rate(stub: PubSubServiceStub, target: str) -> tuple[float, int]:
+    """(Publish calls/s, 0): PUBLISHERS concurrent callers publishing one message per call
+    to a channel one subscriber reads in batches (what publishing costs, delivery aside)."""
+    channel = f"publish-{uuid.uuid4().hex[:8]}"
+    call = await _subscribe(stub, target, channel, 1000)
+    reader = asyncio.ensure_future(_drain(call, MESSAGES))
+    request = pubsub_pb2.PublishRequest(target=target, channel=channel, payload=PAYLOAD)
+
+    async def publisher(count: int) -> None:
+        for _ in range(count):
+            await stub.Publish(request)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(publisher(MESSAGES // PUBLISHERS) for _ in range(PUBLISHERS)))
+    rate = MESSAGES // PUBLISHERS * PUBLISHERS / (time.perf_counter() - started)
+    reader.cancel()
+    call.cancel()
+    return rate, 0
+
+
+async def _fanout(stub: PubSubServiceStub) -> tuple[float, int]:
+    """(deliveries/s, dropped) to FANOUT subscribers of one memory channel, batched: each
+    of FANOUT_MESSAGES published (PublishBatch) reaches every subscriber."""
+    channel = f"fanout-{uuid.uuid4().hex[:8]}"
+    calls = [await _subscribe(stub, "memory", channel, 1000) for _ in range(FANOUT)]
+    readers = [asyncio.ensure_future(_drain(call, FANOUT_MESSAGES)) for call in calls]
+    entry = pubsub_pb2.PublishBatchEntry(channel=channel, payload=PAYLOAD)
+    request = pubsub_pb2.PublishBatchRequest(target="memory", messages=[entry] * CHUNK)
+    started = time.perf_counter()
+    for _ in range(FANOUT_MESSAGES // CHUNK):
+        await stub.PublishBatch(request)
+    results = await asyncio.gather(*readers)
+    for call in calls:
+        call.cancel()
+    received = sum(r for r, _, _ in results)
+    ended = max(e for _, _, e in results)
+    return received / (ended - started), sum(d for _, d, _ in results)
+
+
 async def _latency(stub: PubSubServiceStub, target: str, max_batch: int) -> tuple[float, float]:
     """(p50, p99) in ms of publish-to-arrival at RATE messages/s."""
     channel = f"latency-{uuid.uuid4().hex[:8]}"
@@ -216,6 +262,9 @@ async def _run(sidecar: str, floor: str, host: str, port: int) -> None:
                 "redis single": await _redis_delivery(stub, host, port, 0),
                 "redis batched": await _redis_delivery(stub, host, port, 1000),
                 "memory batched": await _memory_delivery(stub),
+                "memory publish": await _publish_rate(stub, "memory"),
+                "redis publish": await _publish_rate(stub, "redis"),
+                "memory fanout": await _fanout(stub),
             }
             lat = {
                 f"{target} {name}": await _latency(stub, target, batch)
@@ -236,6 +285,9 @@ async def _run(sidecar: str, floor: str, host: str, port: int) -> None:
         "redis single": "redis, one message per frame",
         "redis batched": "redis, max_batch 1000",
         "memory batched": "memory PublishBatch, max_batch 1000",
+        "memory publish": f"memory Publish, {PUBLISHERS} callers",
+        "redis publish": f"redis Publish, {PUBLISHERS} callers",
+        "memory fanout": f"memory, to {FANOUT} subscribers",
     }
     for case, label in labels.items():
         rate = statistics.median(rates[case])
