@@ -89,7 +89,15 @@ async def test_services_on_one_connection_share_one_data_link_one_pool_and_one_s
         assert isinstance(limited.pipeline.rate_limiter, RedisTokenBucket)
         shared = running.integrations.connections.get(connection)
         assert isinstance(shared, RedisConnection)
-        seen = await names_on(redis_client, f"sidecar:{connection}", "sidecar-sub:")
+        # Subscriber links of this connection, or of a service of this test's own (a second
+        # link would be named after it); other processes' links are not this test's.
+        seen = await names_on(
+            redis_client,
+            f"sidecar:{connection}",
+            f"sidecar-sub:{connection}",
+            "sidecar-sub:cache:",
+            "sidecar-sub:events:",
+        )
         # The data link and one pooled connection (the batch) carry the connection's
         # name; one subscriber link serves the pub/sub and the near cache's invalidations.
         assert seen == {
