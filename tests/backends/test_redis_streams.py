@@ -18,7 +18,8 @@ from sidecar.backends.pubsub import (
     ReliablePubSub,
     ReliableSubscription,
 )
-from sidecar.backends.pubsub.redis_streams import RedisStreams, ReliableBroker, with_reliable_topics
+from sidecar.backends.pubsub.joined import ReliableBroker
+from sidecar.backends.pubsub.redis_streams import RedisStreams, with_reliable_topics
 from sidecar.config import PubSubServiceConfig, RedisConnectionSettings
 from sidecar.connections.redis.client import create_client
 from sidecar.errors import FailedPrecondition, Unavailable

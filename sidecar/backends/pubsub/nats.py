@@ -261,7 +261,7 @@ def _build(context: BuildContext[PubSubServiceConfig]) -> PubSubBackend:
     if not settings.reliable_topics:
         return broker
     from sidecar.backends.pubsub._nats_reliable import NatsReliable
-    from sidecar.backends.pubsub.redis_streams import ReliableBroker
+    from sidecar.backends.pubsub.joined import ReliableBroker
     from sidecar.backends.pubsub.reliable import ReliableOptions
 
     reliable = NatsReliable(connection, ReliableOptions.of(context.name, settings))

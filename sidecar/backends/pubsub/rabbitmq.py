@@ -335,7 +335,7 @@ def _build(context: BuildContext[PubSubServiceConfig]) -> PubSubBackend:
     if not settings.reliable_topics:
         return broker
     from sidecar.backends.pubsub._rabbitmq_reliable import RabbitMqReliable
-    from sidecar.backends.pubsub.redis_streams import ReliableBroker
+    from sidecar.backends.pubsub.joined import ReliableBroker
     from sidecar.backends.pubsub.reliable import ReliableOptions
 
     reliable = RabbitMqReliable(connection, ReliableOptions.of(context.name, settings))
