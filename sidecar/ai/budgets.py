@@ -8,7 +8,8 @@ first deployment counts it) from the alias's buckets and its caller's before any
 is tried; it waits in line if its deadline allows, else RESOURCE_EXHAUSTED (`RATE_LIMITED`
 with a RetryInfo, naming the alias and the caller). When the call ends, the reservation is
 settled with what its attempts cost, all of them together (`AliasCharge.spend`, called by
-each `Admission` as it settles).
+each `Admission` as it settles). Embeddings, images and transcriptions take the same share
+(`AliasBudgets.charged`, as chat does), weighed as their first deployment weighs them.
 
 Each budget is a `StreamingPipeline` with only its rate limits (no breaker, no bulkhead),
 so admission, waiting and reconciliation are the deployments' own, and with `store: redis`
@@ -27,13 +28,15 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import re
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Final
 
 from sidecar.ai.pipelines import TOKENS, SharedLimiters, per_minute_limits
 from sidecar.errors import InvalidArgument, ResourceExhausted, SidecarError
+from sidecar.observability.call_context import current_call
 from sidecar.resilience import (
     Clock,
     Deadline,
@@ -189,6 +192,24 @@ class AliasBudgets:
                 leases[0].settle(StreamOutcome.IGNORED, actual_weight=0)
                 raise
         return AliasCharge(leases)
+
+    @contextlib.asynccontextmanager
+    async def charged(self, weight: int, deadline: Deadline | None) -> AsyncIterator[AliasCharge]:
+        """The share of the running call (its caller named by the RPC's metadata), taken
+        with `admit` and settled with what its attempts spent when the block ends, however
+        it ends.
+
+        Raises:
+            InvalidArgument: The metadata names no valid caller.
+            ResourceExhausted: As `admit`.
+        """
+        info = current_call()
+        caller = self.caller_of(info.metadata if info is not None else ())
+        charge = await self.admit(weight, caller, deadline)
+        try:
+            yield charge
+        finally:
+            charge.settle()
 
     def _caller(self, caller: str) -> StreamingPipeline:
         pipeline = self._callers.get(caller)

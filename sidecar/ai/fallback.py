@@ -46,7 +46,6 @@ from sidecar.ai.tokens import StreamTally
 from sidecar.backends.ai.base import ChatEnd, ChatEvent, ChatRequest, ChatStream
 from sidecar.backends.ai.errors import stream_interrupted, upstream_timeout
 from sidecar.errors import SidecarError
-from sidecar.observability.call_context import current_call
 from sidecar.observability.genai_metrics import GenAIMetrics
 from sidecar.resilience import Clock, Deadline
 
@@ -332,18 +331,13 @@ async def _within_budgets(
     call: RoutedCall,
     metrics: GenAIMetrics | None,
 ) -> AsyncGenerator[list[ChatEvent], None]:
-    info = current_call()
-    caller = limits.caller_of(info.metadata if info is not None else ())
     first = route.deployments[0]
     weight = await first.reservation(first.prepare(request))
-    charge = await limits.admit(weight, caller, deadline)
-    try:
+    async with limits.charged(weight, deadline) as charge:
         stream = _stream_chat(route, request, deadline, call, metrics, charge)
         async with contextlib.aclosing(stream) as batches:
             async for batch in batches:
                 yield batch
-    finally:
-        charge.settle()
 
 
 async def _stream_chat(

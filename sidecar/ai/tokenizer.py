@@ -18,25 +18,27 @@ when set, else `$XDG_CACHE_HOME/integration-sidecar/tiktoken` (`~/.cache/...`), 
 under the temporary directory.
 
 Never on the event loop: loading an encoding (a few hundred ms) runs in a thread, started
-when the deployment is made, and prompts longer than `_INLINE_CHARS` are encoded in a thread
-too (tiktoken releases the GIL while it encodes). `tiktoken` itself is imported only when an
-OpenAI deployment with a token budget is made.
+when the deployment is made, and prompts or embedding inputs longer than `_INLINE_CHARS` are
+encoded in a thread too (tiktoken releases the GIL while it encodes). `tiktoken` itself is
+imported only when an OpenAI deployment with a token budget is made.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gzip
 import hashlib
 import importlib.util
 import logging
 import os
 import tempfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
-from sidecar.ai.tokens import estimate_prompt_tokens, prompt_text_chars
+from sidecar.ai.tokens import estimate_embedding_tokens, estimate_prompt_tokens, prompt_text_chars
 from sidecar.backends.ai.base import ChatRequest
 
 if TYPE_CHECKING:
@@ -137,7 +139,8 @@ async def load_encoding(name: str) -> tiktoken.Encoding:
 
 
 class PromptCounter:
-    """Counts the prompt tokens of chat requests to one model with its encoding.
+    """Counts the prompt tokens of requests to one model (chat prompts, embedding inputs)
+    with its encoding.
 
     Args:
         encoding: A name from `BUNDLED` (see `encoding_for`).
@@ -166,16 +169,30 @@ class PromptCounter:
         """The prompt tokens of `request`: its text counted by the encoding, framing, images
         and tool schemas as `tokens.estimate_prompt_tokens` counts them. Falls back to the
         estimate if the encoding cannot be loaded (logged once)."""
+        return await self._count(
+            functools.partial(estimate_prompt_tokens, request), prompt_text_chars(request)
+        )
+
+    async def count_texts(self, texts: Sequence[str]) -> int:
+        """The tokens of embedding inputs (or an image prompt) as the upstream counts them:
+        each text encoded, no framing, at least 1. Falls back to the estimate as `count`."""
+        return await self._count(
+            functools.partial(estimate_embedding_tokens, texts), sum(map(len, texts))
+        )
+
+    async def _count(self, estimate: Callable[..., int], chars: int) -> int:
+        """`estimate` with its text counted by the encoding (`chars` long: in a thread past
+        `_INLINE_CHARS`), or as it estimates without one."""
         encoding = await self._get()
         if encoding is None:
-            return estimate_prompt_tokens(request)
+            return estimate()
 
         def text_tokens(text: str) -> int:
             return len(encoding.encode_ordinary(text))
 
-        if prompt_text_chars(request) <= _INLINE_CHARS:
-            return estimate_prompt_tokens(request, text_tokens)
-        return await asyncio.to_thread(estimate_prompt_tokens, request, text_tokens)
+        if chars <= _INLINE_CHARS:
+            return estimate(text_tokens)
+        return await asyncio.to_thread(estimate, text_tokens)
 
     async def _get(self) -> tiktoken.Encoding | None:
         if self._encoding is None and not self._failed:

@@ -16,7 +16,8 @@ call at one token per four characters and at least one token (servers stream abo
 per chunk).
 
 For OpenAI models the prompt's text is counted exactly instead (`tokenizer.PromptCounter`
-passes its encoder as `text_tokens`); the framing, image and tool costs stay as here.
+passes its encoder as `text_tokens`); the framing, image and tool costs stay as here. So are
+the inputs of OpenAI's embedding models (`PromptCounter.count_texts`).
 """
 
 from __future__ import annotations
@@ -84,9 +85,13 @@ def reservation(request: ChatRequest, prompt_tokens: int | None = None) -> int:
     return prompt_tokens + answer
 
 
-def estimate_embedding_tokens(inputs: Sequence[str]) -> int:
-    """Tokens a batch of embedding inputs will likely cost."""
-    return sum(_text_tokens(text) for text in inputs) or 1
+def estimate_embedding_tokens(
+    inputs: Sequence[str], text_tokens: Callable[[str], int] = _text_tokens
+) -> int:
+    """Tokens a batch of embedding inputs (or an image prompt) will likely cost: their text
+    (four characters a token unless `text_tokens` counts better), with no framing, as
+    OpenAI's embeddings count them; at least 1."""
+    return sum(text_tokens(text) for text in inputs) or 1
 
 
 class StreamTally:

@@ -13,9 +13,10 @@ the writes: chunks that arrive while a write is in flight go out merged in the n
 and its queue is bounded, so a slow client stops the upstream reads instead of piling up
 memory.
 
-Transcribe checks the first message's config and target, then reads the whole client stream
-(bounded: `sidecar.ai.limits.MAX_AUDIO_BYTES`) because the upstream takes one multipart
-file; only then does the call start on the route and the deadline.
+Transcribe checks the first message's config and target, and starts the call on the route:
+only once its alias's budgets and first deployment admitted it does it read the rest of the
+client stream (bounded: `sidecar.ai.limits.MAX_AUDIO_BYTES`; whole, because the upstream
+takes one multipart file). A refused call is answered without its upload being read.
 ListModels answers from `sidecar.ai.catalog` (configured targets plus the upstreams' lists).
 
 Complete and StreamComplete on an alias with `reattach:` hand a call carrying an
@@ -28,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncGenerator, AsyncIterable, Awaitable, Callable
-from dataclasses import replace
 from typing import Final, TypeVar
 
 from opentelemetry.metrics import Meter
@@ -232,9 +232,12 @@ class AIServicer(ai_pb2_grpc.AIServiceServicer):
         messages = aiter(request_iterator)
         target, settings = await transcription_config(messages)
         route = self._route(target)  # an unknown target is refused before the audio is read
-        audio = replace(settings, audio=await transcription_audio(settings.audio, messages))
+
+        def rest() -> Awaitable[bytes]:
+            return transcription_audio(settings.audio, messages)
+
         result, call = await self._unary(
-            context, lambda deadline, call: transcribe(route, audio, deadline, call)
+            context, lambda deadline, call: transcribe(route, settings, rest, deadline, call)
         )
         return ai_pb2.TranscribeResponse(
             text=result.text,

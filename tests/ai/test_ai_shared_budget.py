@@ -305,6 +305,7 @@ async def test_an_alias_budget_spends_what_every_attempt_of_a_call_cost(
     primary.then(Step(status=500))  # the first attempt fails: the backup answers
     config = _config(upstreams, redis_address, key_prefix, alias_limit="{tokens_per_minute: 6000}")
     async with ai_sidecar(config) as ai:
+        started = time.monotonic()
         reply = await ai.stub.Complete(
             ai_pb2.CompleteRequest(messages=user(PROMPT), max_tokens=MAX_TOKENS), timeout=5
         )
@@ -312,10 +313,12 @@ async def test_an_alias_budget_spends_what_every_attempt_of_a_call_cost(
         limits = router.route("chat").limits
         assert limits is not None
         available = limits.tokens_available()
+        elapsed = time.monotonic() - started
     assert reply.deployment == "backup/gpt-4o-mini"
     assert len(primary.completions) == len(backup.completions) == 1
-    # The failed attempt cost nothing (refused before any token), the backup's its usage.
-    assert available == pytest.approx(6000 - USED, abs=2)
+    # The failed attempt cost nothing (refused before any token), the backup's its usage;
+    # the bucket refills 100 tokens a second meanwhile (a loaded machine makes it visible).
+    assert 6000 - USED - 1 <= available <= 6000 - USED + 1 + 100 * elapsed
 
 
 def test_a_redis_budget_needs_a_connection() -> None:
