@@ -107,9 +107,10 @@ def section_fields(model: type[BaseModel]) -> frozenset[str]:
 
 
 class ConfigModel(BaseModel):
-    """Base of every config model: unknown keys fail, instances are immutable."""
+    """Base of every config model: unknown keys fail, instances are immutable, and the
+    validator is built on first use, so the models of unused types cost nothing."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
     @model_validator(mode="before")
     @classmethod

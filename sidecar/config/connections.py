@@ -21,6 +21,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
+from ._by_type import ByType
 from ._common import ConfigModel
 from .aws import AwsEndpoint, region_required
 from .http import HttpEndpoint
@@ -38,6 +39,7 @@ __all__ = [
     "CONNECTION_TYPES",
     "AwsConnectionConfig",
     "ConnectionConfig",
+    "ConnectionModel",
     "ConnectionSettingsBase",
     "HttpConnectionConfig",
     "KafkaConnectionConfig",
@@ -146,7 +148,7 @@ class MqttConnectionConfig(MqttEndpoint, ConnectionSettingsBase):
     type: Literal["mqtt"] = Field(description="Connection type. Required.")
 
 
-ConnectionConfig = Annotated[
+ConnectionModel = (
     RedisConnectionConfig
     | AwsConnectionConfig
     | HttpConnectionConfig
@@ -156,21 +158,14 @@ ConnectionConfig = Annotated[
     | RabbitMqConnectionConfig
     | NatsConnectionConfig
     | KafkaConnectionConfig
-    | MqttConnectionConfig,
-    Field(discriminator="type"),
-]
-"""Any connection; the `type` key picks the model."""
-
-CONNECTION_TYPES: tuple[str, ...] = (
-    "redis",
-    "aws",
-    "http",
-    "postgres",
-    "sqlite",
-    "websocket",
-    "rabbitmq",
-    "nats",
-    "kafka",
-    "mqtt",
+    | MqttConnectionConfig
 )
+"""Every connection model, in the order error messages list their types."""
+
+_BY_TYPE = ByType(ConnectionModel)
+
+ConnectionConfig = Annotated[ConnectionModel, _BY_TYPE]
+"""Any connection; the `type` key picks the model, and only that model is built (`ByType`)."""
+
+CONNECTION_TYPES: tuple[str, ...] = _BY_TYPE.tags
 """Every supported connection `type`."""

@@ -30,6 +30,7 @@ from pydantic import (
 from pydantic.fields import FieldInfo
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from ._by_type import rebased
 from ._common import ConfigModel, ServiceName
 from .backends import BACKEND_CONNECTIONS
 from .connections import ConnectionConfig
@@ -308,7 +309,7 @@ def _resolve(
             return type(base).model_validate({**base.model_dump(), **changes})
         except ValidationError as error:
             failed = True
-            errors.extend(_rebased(error, ("services", *where, field)))
+            errors.extend(rebased(error, ("services", *where, field)))
             return base
 
     rate_limit: RateLimitConfig | None = integration.rate_limiting.default
@@ -320,7 +321,7 @@ def _resolve(
                 )
             except ValidationError as error:
                 failed = True
-                errors.extend(_rebased(error, ("services", *where, "rate_limit")))
+                errors.extend(rebased(error, ("services", *where, "rate_limit")))
         else:
             rate_limit = merge("rate_limit", rate_limit, service.rate_limit)
     elif "rate_limit" in service.model_fields_set:
@@ -538,19 +539,3 @@ def _connection_reference_errors(
                 "{name} is not a configured redis connection",
             )
     return errors
-
-
-def _rebased(error: ValidationError, prefix: tuple[str, ...]) -> list[InitErrorDetails]:
-    """Re-home a nested model's errors under `prefix`, keeping type, message and context.
-
-    Every error is re-raised as a custom error carrying its original type name and message,
-    because known pydantic error types cannot always be rebuilt from `errors()` output.
-    """
-    return [
-        InitErrorDetails(
-            type=PydanticCustomError(detail["type"], detail["msg"], detail.get("ctx")),
-            loc=(*prefix, *detail["loc"]),
-            input=detail["input"],
-        )
-        for detail in error.errors()
-    ]

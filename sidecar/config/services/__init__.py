@@ -17,8 +17,7 @@ from __future__ import annotations
 
 from typing import Annotated, Union, get_args
 
-from pydantic import Field
-
+from .._by_type import ByType
 from .ai import AIAliasServiceConfig, AIModelServiceConfig
 from .api import ApiServiceConfig
 from .base import ServiceBase
@@ -72,8 +71,8 @@ ServiceModel = Union[  # noqa: UP007
 """Every service model, in the order error messages list their types."""
 # ==== end of SERVICE TYPES ==================================================================
 
-ServiceConfig = Annotated[ServiceModel, Field(discriminator="type")]
-"""Any service; the `type` key picks the model."""
+ServiceConfig = Annotated[ServiceModel, ByType(ServiceModel)]
+"""Any service; the `type` key picks the model, and only that model is built (`ByType`)."""
 
 
 def service_types(union: object) -> tuple[str, ...]:
