@@ -2,11 +2,18 @@
 time, either with the `openai` SDK directly against the upstream or through the sidecar's
 StreamComplete; prints one JSON line.
 
-Chunks are counted as upstream chunks in both modes (the fake upstream sends one word per
+Chunks are counted as upstream chunks in every mode (the fake upstream sends one word per
 chunk), so a sidecar message carrying several chunks, when the client falls behind, counts
-as what it carries; `messages` counts gRPC messages separately.
+as what it carries; `messages` counts gRPC messages separately. `all_chunks` counts the
+chunks of the whole run, warm-up and the answers finishing after the window included: what
+a server's CPU over the whole run is divided by.
 
-Usage: python -m bench.ai_load direct|sidecar|exact ADDRESS STREAMS SECONDS WARMUP
+Modes: `direct` (the openai SDK against the upstream), `sidecar` (StreamComplete on the
+merging service), `exact` (on the `coalesce_chunks: false` one), `paced` (on the
+`coalesce_chunks: false` one whose upstream is paced), `floor` (the bare grpc.aio stream of
+`bench/ai.py --floor`: WORDS messages per call, one every DELAY seconds).
+
+Usage: python -m bench.ai_load MODE ADDRESS STREAMS SECONDS WARMUP [WORDS DELAY]
 """
 
 from __future__ import annotations
@@ -20,6 +27,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 PROMPT = [{"role": "user", "content": "Count for the benchmark, please."}]
+FLOOR_METHOD = "/bench.AIFloor/Stream"
+TARGETS = {"sidecar": "bench", "exact": "bench-exact", "paced": "bench-paced"}
 
 
 class Tally:
@@ -30,12 +39,14 @@ class Tally:
         self.ttfts: list[float] = []
         self.chunks = 0
         self.messages = 0
+        self.all_chunks = 0
 
     def first(self, seconds: float, started_measuring: bool) -> None:
         if started_measuring:
             self.ttfts.append(seconds)
 
     def add(self, chunks: int) -> None:
+        self.all_chunks += chunks
         if self.measuring:
             self.chunks += chunks
             self.messages += 1
@@ -66,23 +77,38 @@ def _direct(address: str, tally: Tally) -> Callable[[], Awaitable[None]]:
     return one
 
 
-def _sidecar(address: str, tally: Tally, target: str) -> Callable[[], Awaitable[None]]:
+def _sidecar(
+    address: str, tally: Tally, target: str, floor: str | None = None
+) -> Callable[[], Awaitable[None]]:
+    """StreamComplete calls on `target`; or, given `floor` (its request), calls of the bare
+    floor stream, read by the same code."""
     import grpc
 
     from generated.integration.v1 import ai_pb2, ai_pb2_grpc
 
     channel = grpc.aio.insecure_channel(address)
-    stub = ai_pb2_grpc.AIServiceStub(channel)
-    request = ai_pb2.StreamCompleteRequest(
-        target=target,
-        messages=[ai_pb2.ChatMessage(role=ai_pb2.ROLE_USER, content=PROMPT[0]["content"])],
-    )
+    if floor is None:
+        stub = ai_pb2_grpc.AIServiceStub(channel)
+        request = ai_pb2.StreamCompleteRequest(
+            target=target,
+            messages=[ai_pb2.ChatMessage(role=ai_pb2.ROLE_USER, content=PROMPT[0]["content"])],
+        )
+
+        def call() -> Any:
+            return stub.StreamComplete(request)
+    else:
+        method = channel.unary_stream(
+            FLOOR_METHOD, response_deserializer=ai_pb2.StreamCompleteResponse.FromString
+        )
+
+        def call() -> Any:
+            return method(floor.encode())
 
     async def one() -> None:
         measured = tally.measuring
         started = time.perf_counter()
         first = True
-        async for message in stub.StreamComplete(request):
+        async for message in call():
             content = message.content
             if content:
                 if first:
@@ -93,12 +119,16 @@ def _sidecar(address: str, tally: Tally, target: str) -> Callable[[], Awaitable[
     return one
 
 
-async def run(mode: str, address: str, streams: int, seconds: float, warmup: float) -> None:
+async def run(
+    mode: str, address: str, streams: int, seconds: float, warmup: float, floor: str
+) -> None:
     tally = Tally()
     if mode == "direct":
         one = _direct(address, tally)
-    else:  # "sidecar" merges chunks that pile up; "exact" sends one message per chunk
-        one = _sidecar(address, tally, "bench" if mode == "sidecar" else "bench-exact")
+    elif mode == "floor":
+        one = _sidecar(address, tally, "", floor)
+    else:
+        one = _sidecar(address, tally, TARGETS[mode])
     stop_at = time.perf_counter() + warmup + seconds
 
     async def worker() -> None:
@@ -118,6 +148,7 @@ async def run(mode: str, address: str, streams: int, seconds: float, warmup: flo
         "chunks_per_s": tally.chunks / elapsed,
         "messages_per_s": tally.messages / elapsed,
         "chunks": tally.chunks,
+        "all_chunks": tally.all_chunks,
         "streams": len(tally.ttfts),
     }
     print(json.dumps(result))
@@ -125,4 +156,5 @@ async def run(mode: str, address: str, streams: int, seconds: float, warmup: flo
 
 if __name__ == "__main__":
     mode, address, streams, seconds, warmup = sys.argv[1:6]
-    asyncio.run(run(mode, address, int(streams), float(seconds), float(warmup)))
+    floor = " ".join(sys.argv[6:8])  # the floor's request: "WORDS DELAY"
+    asyncio.run(run(mode, address, int(streams), float(seconds), float(warmup), floor))
