@@ -104,11 +104,10 @@ def test_the_pool_defaults_to_the_ai_paths_limits_and_takes_the_connections_over
     )
     wide, narrow = connections.get("wide"), connections.get("narrow")
     assert isinstance(wide, HttpConnection) and isinstance(narrow, HttpConnection)
-    pool = wide.client._transport._pool  # type: ignore[attr-defined]
-    assert (pool._max_connections, pool._max_keepalive_connections) == (1000, 100)
-    pool = narrow.client._transport._pool  # type: ignore[attr-defined]
-    assert (pool._max_connections, pool._max_keepalive_connections) == (5, 5)
-    assert pool._keepalive_expiry == 30
+    limits = wide.client._transport.limits  # type: ignore[attr-defined]
+    assert (limits.max_connections, limits.keepalive_expiry) == (1000, 300)
+    limits = narrow.client._transport.limits  # type: ignore[attr-defined]
+    assert (limits.max_connections, limits.keepalive_expiry) == (5, 30)
     assert (narrow.client.timeout.connect, narrow.client.timeout.read) == (2, 9)
 
 
