@@ -29,6 +29,10 @@ import yarl
 
 __all__ = ["AiohttpTransport"]
 
+_MAX_HEADER_LINE: Final = 16 * 1024
+"""Bytes at most of the status line and of one response header (aiohttp's default is 8 KiB;
+h11, under httpx2's own transport, allows a 16 KiB head)."""
+
 _SKIP_AUTO_HEADERS: Final = ("Accept", "Accept-Encoding", "Content-Type", "User-Agent")
 """Headers aiohttp adds when absent: httpx2 sends its own or none."""
 
@@ -63,6 +67,8 @@ class AiohttpTransport(httpx2.AsyncBaseTransport):
             auto_decompress=False,
             skip_auto_headers=_SKIP_AUTO_HEADERS,
             timeout=aiohttp.ClientTimeout(total=None),
+            max_line_size=_MAX_HEADER_LINE,
+            max_field_size=_MAX_HEADER_LINE,
         )
         return self._session
 

@@ -258,6 +258,19 @@ async def test_what_arrived_before_a_cut_is_read_before_the_error() -> None:
     assert received == b"one two three"
 
 
+@pytest.mark.parametrize(("size", "accepted"), [(12_000, True), (20_000, False)])
+async def test_a_response_header_may_be_up_to_16_kib(size: int, accepted: bool) -> None:
+    """A large token or cookie header passes, as it did on httpx2's own transport; an
+    unbounded one does not."""
+    big = _writes_then_closes(_answer("200 OK", b"fine", "X-Token: " + "t" * size))
+    async with ScriptedServer(big) as server, _client(server.url) as client:
+        if accepted:
+            assert len((await client.get("/")).headers["x-token"]) == size
+        else:
+            with pytest.raises(httpx2.RemoteProtocolError):
+                await client.get("/")
+
+
 async def test_a_refused_connection_is_a_connect_error() -> None:
     async with _client(f"http://127.0.0.1:{free_port()}") as client:
         with pytest.raises(httpx2.ConnectError):

@@ -129,3 +129,23 @@ async def test_http2_is_an_option_and_falls_back_to_http11_where_not_offered(
     await connection.ping()
     response = await connection.client.get("/health")
     assert response.http_version == "HTTP/1.1"  # plain http: HTTP/2 only by ALPN over TLS
+
+
+async def test_a_proxy_from_the_environment_carries_the_requests(
+    server: HttpServer, open_http: Callable[[str], HttpConnection], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """HTTP_PROXY is honoured as httpx2 honours it (the test server stands in for the proxy:
+    it is sent the absolute URL), and NO_PROXY hosts are reached directly."""
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{server.port}")
+    monkeypatch.setenv("NO_PROXY", "direct.internal")
+    proxied = open_http("{type: http, base_url: 'http://upstream.internal', health_path: /health}")
+    await proxied.ping()
+    assert server.paths[-1] == "http://upstream.internal/health"
+
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{free_port()}")  # nothing listens
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    direct = open_http(
+        f"{{type: http, base_url: 'http://127.0.0.1:{server.port}', health_path: /health}}"
+    )
+    await direct.ping()
+    assert server.paths[-1] == "/health"
