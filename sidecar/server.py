@@ -23,7 +23,7 @@ from grpc_health.v1 import health, health_pb2_grpc
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader
 
-from sidecar.ai.services import ModelService
+from sidecar.backends.spec import PipelineOwner
 from sidecar.config import Config
 from sidecar.config.secrets import secret_settings
 from sidecar.interceptors.auth import BearerAuth
@@ -327,7 +327,7 @@ def _metrics(
     for integration in integrations:
         if integration.pipeline is not None:
             integration.pipeline.add_listener(metrics.record_resilience_event)
-        if isinstance(integration.backend, ModelService):  # every deployment's, now and later
+        if isinstance(integration.backend, PipelineOwner):  # every deployment's, now and later
             integration.backend.add_listener(metrics.record_resilience_event)
     if prometheus is not None:
         prometheus.add_collector(metrics.durations.prometheus_collector())

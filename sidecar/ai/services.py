@@ -25,6 +25,7 @@ from sidecar.ai.budgets import AliasBudgets, AliasLimits
 from sidecar.ai.hedge import HedgePolicy
 from sidecar.ai.pipelines import TOKENS, DeploymentPipelines, SharedLimiters, per_minute_limits
 from sidecar.backends.ai.base import ChatProvider, UpstreamTimeouts
+from sidecar.backends.spec import PipelineOwner
 from sidecar.resilience import (
     BulkheadOptions,
     CircuitBreakerOptions,
@@ -70,7 +71,7 @@ class TokenLimits:
 
 
 @dataclass(frozen=True)
-class ModelService:
+class ModelService(PipelineOwner):
     """An `ai_model` service: a provider client and how its deployments run.
 
     Attributes:

@@ -16,6 +16,7 @@ it has, and its build function. Every build function has one signature: it takes
 
 from __future__ import annotations
 
+import abc
 import builtins
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,9 +24,16 @@ from typing import Generic, TypeVar
 
 from sidecar.config import ServiceBase, ServicePolicies
 from sidecar.connections import Connection
-from sidecar.resilience import Clock
+from sidecar.resilience import (
+    CircuitState,
+    Clock,
+    EventListener,
+    PipelineSnapshot,
+    StreamingPipeline,
+    StreamingSnapshot,
+)
 
-__all__ = ["BackendSpec", "BuildContext"]
+__all__ = ["BackendSpec", "BuildContext", "PipelineOwner"]
 
 SettingsT = TypeVar("SettingsT", bound=ServiceBase)
 
@@ -57,3 +65,30 @@ class BackendSpec(Generic[SettingsT]):
     """What every instance can do (a capability's optional families, ...); an instance may
     add more of its own with a `features()` method (say, a near cache it was configured
     with)."""
+
+
+class PipelineOwner(abc.ABC):
+    """A backend whose calls run through pipelines of its own (an `ai_model`: a streaming
+    pipeline per deployment) rather than its integration's one. The runtime reports,
+    probes and listens to them through this base, without importing the backend's
+    package (which a configuration without such a service never loads)."""
+
+    @abc.abstractmethod
+    def pipelines(self) -> tuple[StreamingPipeline, ...]:
+        """The pipelines made so far."""
+
+    @abc.abstractmethod
+    def add_listener(self, listener: EventListener, *, lifecycle: bool = False) -> None:
+        """Call `listener` for the events of every pipeline, now and later."""
+
+    @abc.abstractmethod
+    def breaker_states(self) -> list[tuple[str, CircuitState]]:
+        """(pipeline name, breaker state) of every pipeline with a breaker."""
+
+    @abc.abstractmethod
+    def deployment_snapshots(self) -> list[StreamingSnapshot]:
+        """Every pipeline's snapshot, sorted by name."""
+
+    @abc.abstractmethod
+    def snapshot(self) -> PipelineSnapshot | None:
+        """One view for reports that show one breaker per integration."""

@@ -11,9 +11,8 @@ from typing import Any, Generic, TypeVar
 
 from opentelemetry.metrics import Meter
 
-from sidecar.ai.services import ModelService
 from sidecar.backends.registry import BuiltBackend, build_backend
-from sidecar.backends.spec import BuildContext
+from sidecar.backends.spec import BuildContext, PipelineOwner
 from sidecar.config import Config, ServiceConfig
 from sidecar.connections import Connections, build_connections
 from sidecar.errors import NotFound
@@ -52,7 +51,7 @@ class Integration(Generic[B]):
     pipeline: Pipeline | None
     """The unary pipeline every call to the backend runs through; None for `ai_model` and
     `ai_alias` services, whose calls run through their deployments' streaming pipelines
-    (kept by the `ModelService`: `pipelines()`, `snapshot()`, `breaker_states()`)."""
+    (kept by the backend, a `PipelineOwner`: `pipelines()`, `snapshot()`, `breaker_states()`)."""
     settings: Any
     is_default: bool
     features: frozenset[str] = frozenset()
@@ -65,13 +64,13 @@ class Integration(Generic[B]):
         """The policies that really guard the integration's calls, or None if none do: its
         pipeline's, or for an `ai_model` its deployment with the worst breaker (an
         `ai_alias` has none of its own)."""
-        if isinstance(self.backend, ModelService):
+        if isinstance(self.backend, PipelineOwner):
             return self.backend.snapshot()
         return self.pipeline.snapshot() if self.pipeline is not None else None
 
     def deployment_snapshots(self) -> list[StreamingSnapshot]:
         """For an `ai_model`, every deployment's own pipeline, sorted by name; else none."""
-        if isinstance(self.backend, ModelService):
+        if isinstance(self.backend, PipelineOwner):
             return self.backend.deployment_snapshots()
         return []
 
@@ -140,7 +139,7 @@ class Integrations:
         and each AI deployment's (named `service/model`)."""
         states: list[tuple[str, CircuitState]] = []
         for item in self._by_name.values():
-            if isinstance(item.backend, ModelService):
+            if isinstance(item.backend, PipelineOwner):
                 states.extend(item.backend.breaker_states())
             elif item.pipeline is not None and item.pipeline.circuit_breaker is not None:
                 states.append((item.name, item.pipeline.circuit_breaker.state))

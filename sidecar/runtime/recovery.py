@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sidecar.ai.services import ModelService
+from sidecar.backends.spec import PipelineOwner
 from sidecar.resilience import CircuitBreaker, CircuitState
 from sidecar.runtime.integrations import Integration, Integrations
 
@@ -139,7 +139,7 @@ class RecoveryProber:
 
 def _breakers(item: Integration[Any]) -> list[CircuitBreaker]:
     """The breakers guarding `item`'s calls: its pipeline's, or its deployments'."""
-    if isinstance(item.backend, ModelService):
+    if isinstance(item.backend, PipelineOwner):
         pipelines = item.backend.pipelines()
         return [p.circuit_breaker for p in pipelines if p.circuit_breaker is not None]
     breaker = item.pipeline.circuit_breaker if item.pipeline is not None else None

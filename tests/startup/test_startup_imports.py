@@ -38,6 +38,8 @@ DENIED = (
     "aiomqtt",
     "redis",
     "httpx",
+    "httpx2",
+    "httpcore2",
     "opentelemetry.exporter",
     "opentelemetry.sdk.trace.export",
     "prometheus_client",
@@ -131,6 +133,8 @@ def test_a_service_not_configured_costs_no_servicer_import(tmp_path: Path) -> No
     for absent in ("sql", "ai", "objectstore", "queue", "http", "aws", "graphql", "websocket"):
         assert f"sidecar.servicers.{absent}" not in modules
         assert f"generated.integration.v1.{absent}_pb2" not in modules
+    # Nor its backends' code: the runtime knows AI services only as `PipelineOwner`s.
+    assert not _loaded(modules, "sidecar.ai") and not _loaded(modules, "sidecar.backends.ai")
 
 
 @pytest.mark.parametrize("name", [n for n in SERVICE_NAMES if n != HEALTH_SERVICE])
