@@ -8,7 +8,7 @@ TLS, `verify`, and `server_name`, sent as SNI and checked in the certificate thr
 httpx's `sni_hostname` request extension), HTTP/2 when asked for, the pool's size and idle
 time, and connect/read timeouts as defaults (a request's own timeout wins). HTTP/1.1
 requests to the upstream itself go out on aiohttp's pool (`transport.AiohttpTransport`: a
-relayed chunk costs less than half the CPU); HTTP/2 and the environment's proxies stay on
+relayed chunk costs about a third less CPU); HTTP/2 and the environment's proxies stay on
 httpx2's own transport.
 
 Usage:

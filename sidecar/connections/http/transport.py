@@ -111,7 +111,6 @@ class AiohttpTransport(httpx2.AsyncBaseTransport):
                     allow_redirects=False,
                     timeout=timeout,
                     server_hostname=server_hostname,
-                    auto_decompress=False,
                 )
         except httpx2.TransportError:
             if isinstance(body, _Upload) and body.error is not None:
