@@ -52,7 +52,12 @@ $(JAVA_EXAMPLE): examples/java/build.sh $(wildcard examples/java/src/example/*.j
 proto: $(STAMP)
 	$(PY) scripts/gen_protos.py
 
+# Bytecode compiled ahead, as the image does at build time: with PYTHONDONTWRITEBYTECODE set
+# (as here), every start would otherwise compile the sidecar's own modules again (~0.25 s).
+BYTECODE := $(PY) -m compileall -q sidecar generated
+
 run: $(STAMP)
+	$(BYTECODE)
 	$(PY) -m sidecar serve $(if $(CONFIG),--config $(CONFIG)) $(if $(LISTEN),--listen $(LISTEN))
 
 test: install
