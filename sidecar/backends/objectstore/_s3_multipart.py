@@ -10,7 +10,8 @@ filling the sidecar's memory.
 
 The abort: on any exception, `asyncio.CancelledError` included (the caller went away, the
 deadline expired), the parts in flight are cancelled and awaited, then AbortMultipartUpload
-runs in a task of its own, shielded from the cancellation and bounded by `ABORT_TIMEOUT`;
+runs in a task of its own, shielded from the cancellation and bounded by `ABORT_TIMEOUT`
+(sent up to `ABORT_ATTEMPTS` times while it fails transiently);
 the original error is re-raised. S3 keeps (and bills) the parts of an upload that is
 neither completed nor aborted, so a bucket used by the sidecar should still have a
 lifecycle rule `AbortIncompleteMultipartUpload` for the one case this cannot cover (the
@@ -26,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from sidecar.backends.objectstore._s3_part import MappedPart
 from sidecar.connections.aws import AwsErrors
-from sidecar.errors import ResourceExhausted
+from sidecar.errors import NotFound, ResourceExhausted, SidecarError
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
@@ -43,6 +44,9 @@ _log = logging.getLogger("sidecar.backends.objectstore")
 
 ABORT_TIMEOUT: Final = 10.0
 """Seconds an AbortMultipartUpload (after the parts in flight stopped) may take."""
+
+ABORT_ATTEMPTS: Final = 3
+ABORT_RETRY_DELAY: Final = 0.1  # then 0.2 s: the parts still arriving have time to land
 
 MAX_PARTS: Final = 10_000
 """S3's limit of parts per upload."""
@@ -252,10 +256,7 @@ class MultipartUpload:
             await asyncio.wait(in_flight, timeout=ABORT_TIMEOUT)
         try:
             async with asyncio.timeout(ABORT_TIMEOUT):
-                with self._errors:
-                    await self._client.abort_multipart_upload(
-                        Bucket=self._bucket, Key=self._key, UploadId=upload_id
-                    )
+                await self._abort_upload(upload_id)
         except Exception as exc:  # the original error matters more than this one
             _log.warning(
                 f"could not abort the multipart upload of {self._key!r}; S3 keeps its parts "
@@ -265,3 +266,23 @@ class MultipartUpload:
         for task in in_flight:
             if task.done() and not task.cancelled():
                 task.exception()  # retrieved: no "exception never retrieved" noise
+
+    async def _abort_upload(self, upload_id: str) -> None:
+        """AbortMultipartUpload, sent again after a transient failure: a part the store is
+        still receiving when the abort arrives can make the abort fail, and S3 documents
+        aborting again as the remedy. Gone on a later attempt means aborted."""
+        for attempt in range(ABORT_ATTEMPTS):
+            try:
+                with self._errors:
+                    await self._client.abort_multipart_upload(
+                        Bucket=self._bucket, Key=self._key, UploadId=upload_id
+                    )
+                return
+            except NotFound:
+                if attempt == 0:
+                    raise
+                return  # an earlier attempt did abort it; only its answer was lost
+            except SidecarError as exc:
+                if not exc.transient or attempt == ABORT_ATTEMPTS - 1:
+                    raise
+            await asyncio.sleep(ABORT_RETRY_DELAY * 2**attempt)
