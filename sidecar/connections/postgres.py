@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import ssl
 from collections.abc import Awaitable, Callable, Iterator
@@ -219,9 +220,12 @@ class PostgresConnection:
         reset), and let the next caller have it. Never raises for a lost connection: the
         pool replaces it."""
         pool = self._pool
+        reset_sent = None
         try:
-            if in_open_transaction(conn):
-                await rollback(conn)  # a read-only call's READ ONLY transaction, say
+            if in_open_transaction(conn):  # a read-only call's READ ONLY transaction, say
+                # The ROLLBACK and the session reset in one round trip, not two.
+                await rollback(conn, then=_RESET_SESSION)
+                reset_sent = _RESET_SENT.set(True)
             if pool is not None:
                 await pool.release(conn, timeout=CLEANUP_TIMEOUT)
         except (
@@ -232,6 +236,9 @@ class PostgresConnection:
         ) as exc:
             # asyncpg has already dropped a connection it could not reset.
             _log.debug("releasing a connection failed", extra={"error": repr(exc)})
+        finally:
+            if reset_sent is not None:
+                _RESET_SENT.reset(reset_sent)
 
     def release_soon(self, conn: PgConnection) -> None:
         """`release` in the background: the session reset is a round trip the caller need
@@ -386,8 +393,17 @@ def _ssl_context(tls: TlsConfig) -> ssl.SSLContext | None:
 
 
 async def _reset_session(conn: PgConnection) -> None:
-    """The pool's reset, run before a connection is reused (one round trip)."""
-    await conn.execute(_RESET_SESSION)
+    """The pool's reset, run before a connection is reused (one round trip), unless
+    `release` sent it already, with its ROLLBACK."""
+    if not _RESET_SENT.get():
+        await conn.execute(_RESET_SESSION)
+
+
+# True while `release` waits for asyncpg's release of a connection it has reset itself:
+# asyncpg calls the pool's reset hook in the same task, and the hook then sends nothing.
+_RESET_SENT: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "postgres_reset_sent", default=False
+)
 
 
 def in_open_transaction(conn: PgConnection) -> bool:
@@ -399,10 +415,11 @@ def in_open_transaction(conn: PgConnection) -> bool:
         return False
 
 
-async def rollback(conn: PgConnection) -> None:
-    """Roll back, or drop a connection that cannot even do that (the pool replaces it)."""
+async def rollback(conn: PgConnection, *, then: str = "") -> None:
+    """Roll back (and run the statements `then`, in the same message), or drop a connection
+    that cannot do that (the pool replaces it)."""
     try:
-        await asyncio.wait_for(conn.execute("ROLLBACK"), CLEANUP_TIMEOUT)
+        await asyncio.wait_for(conn.execute(f"ROLLBACK;{then}"), CLEANUP_TIMEOUT)
     except (TimeoutError, OSError, pg_errors.PostgresError, pg_errors.InterfaceError):
         # A connection lost meanwhile is already back in the pool: nothing left to drop.
         with contextlib.suppress(pg_errors.InterfaceError):

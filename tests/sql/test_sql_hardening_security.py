@@ -300,9 +300,23 @@ STATE_IDS = [
 ]
 
 
-@pytest.mark.parametrize("via", ["Execute", "Transaction"])
-@pytest.mark.parametrize(("dirty", "probe", "clean"), SESSION_STATE, ids=STATE_IDS)
+# On a read-only target every call runs in a READ ONLY transaction, which its release rolls
+# back in the same message as the session reset. What such a transaction can leave behind
+# (from "prepare" to "advisory-lock"; it cannot create tables or advance sequences, and a
+# LISTEN rolled back never listened):
+READ_ONLY_STATE_IDS = STATE_IDS[STATE_IDS.index("prepare") : STATE_IDS.index("listen")]
+SESSION_CASES = [
+    pytest.param(read_only, via, *state, id=f"{name}-{via}{'-read-only' if read_only else ''}")
+    for name, state in zip(STATE_IDS, SESSION_STATE, strict=True)
+    for read_only, vias in ((False, ("Execute", "Transaction")), (True, ("Execute", "Query")))
+    if name in READ_ONLY_STATE_IDS or not read_only
+    for via in vias
+]
+
+
+@pytest.mark.parametrize(("read_only", "via", "dirty", "probe", "clean"), SESSION_CASES)
 async def test_session_state_does_not_reach_the_next_call(
+    read_only: bool,
     via: str,
     dirty: str,
     probe: str,
@@ -315,9 +329,13 @@ async def test_session_state_does_not_reach_the_next_call(
     seq = f"{table}_seq"
     await _create_sequence_and_lastval_probe(pg_dsn, seq)
     dirty = dirty.format(role=app_role, seq=seq)
-    async with sidecar(config_for(pg_dsn, connection_pool=ONE_CONNECTION)) as (_, sql):
+    settings = {"read_only": "true", "allow_privileged_role": "true"} if read_only else {}
+    config = config_for(pg_dsn, connection_pool=ONE_CONNECTION, **settings)
+    async with sidecar(config) as (_, sql):
         if via == "Execute":
             await sql.Execute(sql_pb2.ExecuteRequest(sql=dirty))
+        elif via == "Query":
+            await sql.Query(sql_pb2.QueryRequest(sql=dirty))
         else:
             await sql.Transaction(sql_pb2.TransactionRequest(statements=[stmt(dirty)]))
         reply = await sql.Query(sql_pb2.QueryRequest(sql=probe))
