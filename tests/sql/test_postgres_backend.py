@@ -92,3 +92,29 @@ def port_with_nothing_listening() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+async def test_a_read_only_call_rolls_back_and_resets_its_session_in_one_message(
+    pg_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sent: list[str] = []
+    execute = asyncpg.Connection.execute
+
+    async def recording(self: asyncpg.Connection, query: str, *args: object) -> str:
+        sent.append(query)
+        return await execute(self, query, *args)
+
+    monkeypatch.setattr(asyncpg.Connection, "execute", recording)
+    backend = postgres_backend(
+        dsn=pg_dsn, min_size=1, max_size=1, read_only=True, allow_privileged_role=True
+    )
+    try:
+        for _ in range(3):
+            await backend.query(Statement("SELECT 1"), max_rows=1, deadline=None)
+    finally:
+        await backend.close()  # waits for the releases in the background
+    calls = [query for query in sent if query.startswith("BEGIN")]
+    sent = sent[sent.index(calls[0]) :]  # what opening the pool sent left out
+    # Per call: the BEGIN READ ONLY message, then one message with ROLLBACK and the reset.
+    assert [query.split(";")[0] for query in sent] == ["BEGIN READ ONLY", "ROLLBACK"] * 3
+    assert all("RESET ALL" in query for query in sent[1::2])
