@@ -71,10 +71,14 @@ async def reliable_round_trip(pubsub: PubSubServiceStub, wait: float) -> None:
     )
     assert (len(replay.replayed), replay.remaining) == (1, 0)
     again = (await read(call, wait, "message")).message
+    while again.message_id == good.message_id:
+        # Acknowledged after its visibility timeout (300 ms) on a loaded machine, the good
+        # message may be delivered once more before the ack lands: at least once, as stated.
+        again = (await read(call, wait, "message")).message
     assert (again.message_id, again.payload, again.delivery_count) == (
         replay.replayed[0].message_id,
         b"bad",
         1,
-    )
+    ), f"{again} (bad was {bad.message_id}, good {good.message_id})"
     assert not (await pubsub.ReadDeadLetters(request)).dead_letters
     call.cancel()
