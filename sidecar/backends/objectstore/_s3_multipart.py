@@ -11,7 +11,7 @@ filling the sidecar's memory.
 The abort: on any exception, `asyncio.CancelledError` included (the caller went away, the
 deadline expired), the parts in flight are cancelled and awaited, then AbortMultipartUpload
 runs in a task of its own, shielded from the cancellation and bounded by `ABORT_TIMEOUT`
-(sent up to `ABORT_ATTEMPTS` times while it fails transiently);
+(sent again, per `ABORT_RETRY`, while it fails transiently);
 the original error is re-raised. S3 keeps (and bills) the parts of an upload that is
 neither completed nor aborted, so a bucket used by the sidecar should still have a
 lifecycle rule `AbortIncompleteMultipartUpload` for the one case this cannot cover (the
@@ -22,12 +22,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Final
 
 from sidecar.backends.objectstore._s3_part import MappedPart
 from sidecar.connections.aws import AwsErrors
 from sidecar.errors import NotFound, ResourceExhausted, SidecarError
+from sidecar.resilience import RetryOptions, backoff_delay
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
@@ -45,8 +47,9 @@ _log = logging.getLogger("sidecar.backends.objectstore")
 ABORT_TIMEOUT: Final = 10.0
 """Seconds an AbortMultipartUpload (after the parts in flight stopped) may take."""
 
-ABORT_ATTEMPTS: Final = 3
-ABORT_RETRY_DELAY: Final = 0.1  # then 0.2 s: the parts still arriving have time to land
+ABORT_RETRY: Final = RetryOptions(max_retries=2, base_delay=0.1, jitter=False)
+"""An abort failing transiently is sent again after 0.1 s, then 0.2 s: time for the parts
+still arriving to land."""
 
 MAX_PARTS: Final = 10_000
 """S3's limit of parts per upload."""
@@ -271,7 +274,9 @@ class MultipartUpload:
         """AbortMultipartUpload, sent again after a transient failure: a part the store is
         still receiving when the abort arrives can make the abort fail, and S3 documents
         aborting again as the remedy. Gone on a later attempt means aborted."""
-        for attempt in range(ABORT_ATTEMPTS):
+        for retry in range(ABORT_RETRY.max_retries + 1):
+            if retry:
+                await asyncio.sleep(backoff_delay(ABORT_RETRY, retry, random.random))
             try:
                 with self._errors:
                     await self._client.abort_multipart_upload(
@@ -279,10 +284,9 @@ class MultipartUpload:
                     )
                 return
             except NotFound:
-                if attempt == 0:
+                if not retry:
                     raise
                 return  # an earlier attempt did abort it; only its answer was lost
             except SidecarError as exc:
-                if not exc.transient or attempt == ABORT_ATTEMPTS - 1:
+                if not exc.transient or retry == ABORT_RETRY.max_retries:
                     raise
-            await asyncio.sleep(ABORT_RETRY_DELAY * 2**attempt)

@@ -158,6 +158,24 @@ async def test_a_failed_part_aborts_the_upload(
     assert await open_uploads(s3, bucket) == []
 
 
+async def test_an_abort_gone_on_its_second_attempt_counts_as_aborted(
+    store: S3Backend, bucket: str, moto_server: MotoServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The first abort's answer is lost (500); the second finds the upload gone (404), as it
+    # would be had the first one aborted it: nothing more is sent and nothing is reported.
+    key = "aborted-unseen"
+    moto_server.fail_next(f"s3:PUT /{bucket}/{key}", status=503, code="SlowDown")
+    moto_server.fail_next(f"s3:DELETE /{bucket}/{key}", status=500, code="InternalError")
+    moto_server.fail_next(f"s3:DELETE /{bucket}/{key}", status=404, code="NoSuchUpload")
+    try:
+        with pytest.raises(ResourceExhausted):
+            await store.put(key, upload_body(chunks(random_bytes(12 * MiB))), PutOptions())
+    finally:
+        moto_server.clear_faults()
+    assert moto_server.calls(f"s3:DELETE /{bucket}/{key}") == 2
+    assert "could not abort" not in caplog.text
+
+
 async def test_a_failed_create_sends_no_part(
     store: S3Backend, s3: Any, bucket: str, moto_server: MotoServer
 ) -> None:
