@@ -363,7 +363,9 @@ async def test_the_empty_long_polls_of_an_idle_queue_never_open_its_breaker(
     an idle queue as soon as 20 of them ended within its 10 s window; they are cut to 9 s."""
     calls = [stub.Receive(pb.ReceiveRequest(target="jobs")) for _ in range(25)]  # ask 20 s
     await wait_until(lambda: clock.sleepers >= 25, "every stream's poll is parked")
-    await clock.advance(20.0)
+    # Just past the 9 s the polls are cut to: every one ends inside the breaker's 10 s
+    # window, however late the loop runs them (a 20 s advance could leave some out).
+    await clock.advance(9.5)
     breaker = running.integrations.resolve("queue", "jobs").pipeline.circuit_breaker
     # Enough calls for the breaker to judge; they settle on the loop after the advance.
     await wait_until(lambda: breaker.snapshot().total_in_window >= 20, "20 polls recorded")
